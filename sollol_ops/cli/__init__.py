@@ -1,0 +1,1 @@
+"""Thin click layer: parse options, call the library, render. No logic lives here."""

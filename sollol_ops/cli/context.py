@@ -1,0 +1,33 @@
+"""Per-invocation CLI state: global options and lazily loaded inventory. No globals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sollol_ops.inventory import Cluster
+
+
+@dataclass
+class Context:
+    inventory_option: str | None
+    verbose: int = 0
+    rpc_group: str = "rpc_servers"
+    coordinator_group: str = "coordinator"
+    _cluster: Cluster | None = field(default=None, repr=False)
+
+    def inventory_path(self) -> Path:
+        from sollol_ops.inventory import locate_inventory
+
+        return locate_inventory(self.inventory_option)
+
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            from sollol_ops.inventory import load_cluster
+
+            self._cluster = load_cluster(
+                self.inventory_path(), rpc_group=self.rpc_group, coordinator_group=self.coordinator_group
+            )
+        return self._cluster

@@ -1,0 +1,68 @@
+"""Typed errors. Every failure a user can cause is one of these; the CLI maps them to exit codes in one place."""
+
+from __future__ import annotations
+
+
+class SollolError(Exception):
+    """Base class: a one-line, actionable message and an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(self.message.split())
+
+
+class UsageError(SollolError):
+    exit_code = 2
+
+
+class InventoryError(SollolError):
+    exit_code = 3
+
+
+class ModelNotFound(SollolError):
+    exit_code = 4
+
+
+class StoreError(SollolError):
+    """The Ollama store is there but something in it is wrong (manifest, blob)."""
+
+    exit_code = 4
+
+
+class GGUFError(SollolError):
+    exit_code = 5
+
+
+class BackendError(SollolError):
+    """One or more RPC backends are down, busy or incompatible."""
+
+    exit_code = 6
+
+
+class PlacementError(SollolError):
+    """The model (plus KV cache) does not fit the backends."""
+
+    exit_code = 7
+
+
+class CoordinatorError(SollolError):
+    exit_code = 8
+
+
+class ToolchainError(SollolError):
+    """llama.cpp binaries missing or unusable."""
+
+    exit_code = 9
+
+
+class ProvisionError(SollolError):
+    exit_code = 10
+
+
+class BenchError(SollolError):
+    exit_code = 11

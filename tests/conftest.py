@@ -1,0 +1,24 @@
+"""Fixtures over real parts: the llama.cpp toolchain built by the role and the SmolLM2 Ollama store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sollol_ops.paths import cache_dir
+
+
+def test_store_root() -> Path:
+    return Path(os.environ.get("SOLLOL_TEST_MODELS", cache_dir() / "models" / "ollama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_store() -> Path:
+    """Root of a real Ollama store holding smollm2:135m (made by `make model`)."""
+    root = test_store_root()
+    manifest = root / "manifests/registry.ollama.ai/library/smollm2/135m"
+    if not manifest.is_file():
+        pytest.fail(f"test model store missing at {root}: run `make model` (make test does it for you)")
+    return root
