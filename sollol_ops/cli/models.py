@@ -1,0 +1,54 @@
+"""`sollol-ops models`: the models installed in the Ollama stores, with their GGUF facts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import click
+
+from sollol_ops.errors import StoreError
+from sollol_ops.ollama import InstalledModel, candidate_roots, list_models, store_roots
+from sollol_ops.ui import echo_json, echo_table, human_bytes
+
+HEADERS = ("MODEL", "SIZE", "ARCH", "LAYERS", "QUANT", "ROOT")
+
+
+def _row(m: InstalledModel, with_error: bool) -> tuple[object, ...]:
+    name = f"{m.ref} (shadowed)" if m.shadowed else m.ref
+    row: tuple[object, ...] = (
+        name,
+        human_bytes(m.size),
+        m.architecture,
+        m.block_count,
+        m.file_type_name,
+        m.root,
+    )
+    return (*row, m.error) if with_error else row
+
+
+def _broken_summary(entries: Sequence[InstalledModel]) -> StoreError:
+    broken = [m for m in entries if m.error]
+    return StoreError(
+        f"{len(broken)} of {len(entries)} installed models are broken (see the ERROR column); first: {broken[0].error}"
+    )
+
+
+@click.command("models")
+@click.option("--ollama-models", "ollama_models", metavar="PATH", help="Ollama store root searched first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+def models(ollama_models: str | None, as_json: bool) -> None:
+    """List models in the Ollama stores (exit status 4 when any entry is broken)."""
+    roots = store_roots(ollama_models, os.environ)
+    entries = list_models(roots, read_headers=True)
+    if as_json:
+        echo_json(entries)
+    else:
+        with_error = any(m.error for m in entries)
+        headers = (*HEADERS, "ERROR") if with_error else HEADERS
+        echo_table(headers, [_row(m, with_error) for m in entries], right=(1, 3))
+        if not entries:
+            searched = ", ".join(str(p) for p in candidate_roots(ollama_models, os.environ))
+            click.echo(f"no models found (searched: {searched})", err=True)
+    if any(m.error for m in entries):
+        raise _broken_summary(entries)
