@@ -1,0 +1,75 @@
+"""`sollol-ops local start|stop|status`: rpc-servers on this machine for the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sollol_ops import local_cluster, procs
+from sollol_ops.cli.context import Context
+from sollol_ops.ui import echo_json, echo_table
+
+
+@click.group()
+def local() -> None:
+    """Run a cluster of rpc-servers on this machine (for trying sollol-ops without hosts)."""
+
+
+@local.command()
+@click.argument("count", type=click.IntRange(1, 64), default=2)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--base-port", type=click.IntRange(1024, 65535), default=50052, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), help="Threads per rpc-server (default: cores / COUNT).")
+@click.option("--no-cache", is_flag=True, help="Start rpc-servers without their tensor cache (-c).")
+@click.option("--dir", "root", type=click.Path(path_type=Path), help="State directory (default: XDG state).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def start(
+    ctx: Context,
+    count: int,
+    host: str,
+    base_port: int,
+    threads: int | None,
+    no_cache: bool,
+    root: Path | None,
+    as_json: bool,
+) -> None:
+    """Start COUNT rpc-servers on consecutive ports and write a matching inventory."""
+    cluster = local_cluster.start(count, host=host, base_port=base_port, threads=threads, cache=not no_cache, root=root)
+    if as_json:
+        echo_json(cluster)
+        return
+    click.echo(f"started {count} rpc-server(s), {cluster.threads} thread(s) each: {','.join(cluster.endpoints)}")
+    click.echo(f"inventory: {cluster.inventory}")
+    click.echo(f"next: sollol-ops -i {cluster.inventory} up MODEL")
+
+
+@local.command()
+@click.option("--dir", "root", type=click.Path(path_type=Path))
+@click.pass_obj
+def stop(ctx: Context, root: Path | None) -> None:
+    """Stop the local rpc-servers."""
+    n = local_cluster.stop(root)
+    click.echo(f"stopped {n} rpc-server(s)" if n else "no local rpc-servers were running")
+
+
+@local.command("status")
+@click.option("--dir", "root", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def local_status(ctx: Context, root: Path | None, as_json: bool) -> None:
+    """Show the local rpc-servers."""
+    cluster = local_cluster.load(root)
+    rows = [] if cluster is None else cluster.servers
+    if as_json:
+        echo_json({"cluster": cluster, "alive": [procs.is_alive(s.pid, s.start_time) for s in rows]})
+        return
+    if cluster is None:
+        click.echo("no local cluster")
+        return
+    echo_table(
+        ["ENDPOINT", "PID", "ALIVE", "LOG"],
+        [[f"{cluster.host}:{s.port}", s.pid, procs.is_alive(s.pid, s.start_time), s.log] for s in rows],
+    )
+    click.echo(f"inventory: {cluster.inventory}")

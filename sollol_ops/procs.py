@@ -1,0 +1,110 @@
+"""Process helpers: detached spawning, liveness that survives pid reuse, and stopping cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def spawn_detached(
+    argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> int:
+    """Start argv in its own session (outlives the CLI), output appended to log_path. Returns the pid."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+            cwd=str(cwd) if cwd else None,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+def process_start_time(pid: int) -> int | None:
+    """Kernel start time of pid (clock ticks since boot), to tell a process from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19])
+
+
+def is_alive(pid: int, start_time: int | None = None) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if state[state.rfind(")") + 2 :].startswith("Z"):
+        _reap(pid)
+        return False
+    return start_time is None or process_start_time(pid) == start_time
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop_process(pid: int, start_time: int | None = None, timeout: float = 10.0, group: bool = True) -> bool:
+    """SIGTERM (the process group when it leads one), wait, then SIGKILL. True if it was running."""
+    if not is_alive(pid, start_time):
+        return False
+
+    def send(sig: int) -> None:
+        try:
+            if group and os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            return True
+        time.sleep(0.05)
+    send(signal.SIGKILL)
+    for _ in range(100):
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            break
+        time.sleep(0.05)
+    return True
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_ports(host: str, count: int, start: int) -> list[int]:
+    """`count` consecutive free ports from `start` on."""
+    port = start
+    while port + count <= 65535:
+        if all(not port_in_use(host, p) for p in range(port, port + count)):
+            return list(range(port, port + count))
+        port += 1
+    raise OSError(f"no {count} consecutive free ports from {start}")
