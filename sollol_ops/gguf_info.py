@@ -85,6 +85,11 @@ class GGUFInfo:
     parameter_count: int = 0
     tensor_count: int = 0
     version: int = 3
+    # Non-block tensors that placement needs: the input embedding always stays on the coordinator's CPU;
+    # the output head goes to the device of the last layer (a tied model reuses token_embd there).
+    token_embd_bytes: int = 0
+    output_bytes: int = 0
+    vocab_size: int = 0
 
     def per_layer_bytes_avg(self) -> int:
         """Mean bytes of one repeating block (0 when the model has none)."""
@@ -339,7 +344,19 @@ def _build_info(path: Path, header: _Header, file_size: int) -> GGUFInfo:
         parameter_count=sum(t.n_elements for t in header.tensors),
         tensor_count=len(header.tensors),
         version=header.version,
+        token_embd_bytes=_named_bytes(header.tensors, "token_embd.weight"),
+        output_bytes=_named_bytes(header.tensors, "output.weight") or _named_bytes(header.tensors, "token_embd.weight"),
+        vocab_size=_vocab_size(header.tensors),
     )
+
+
+def _named_bytes(tensors: list[TensorEntry], name: str) -> int:
+    return next((t.n_bytes for t in tensors if t.name == name), 0)
+
+
+def _vocab_size(tensors: list[TensorEntry]) -> int:
+    embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
+    return embd.shape[-1] if embd is not None and embd.shape else 0
 
 
 def _parse_file(path: Path) -> tuple[_Header, int]:

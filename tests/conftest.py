@@ -22,3 +22,14 @@ def smollm2_store() -> Path:
     if not manifest.is_file():
         pytest.fail(f"test model store missing at {root}: run `make model` (make test does it for you)")
     return root
+
+
+@pytest.fixture
+def sollol_env(tmp_path: Path, smollm2_store: Path) -> dict[str, str]:
+    """Environment for a CLI run isolated from the user's state and caches, reading the test store."""
+    return {
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "OLLAMA_MODELS": str(smollm2_store),
+        "SOLLOL_INVENTORY": "",
+    }

@@ -84,5 +84,5 @@ def test_cli_version_and_help() -> None:
     assert proc.returncode == 0 and __version__ in proc.stdout
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for command in ("backends", "rpc-list", "models", "resolve", "local", "toolchain"):
+    for command in ("up", "down", "status", "logs", "backends", "rpc-list", "models", "resolve", "local", "toolchain"):
         assert command in proc.stdout, command

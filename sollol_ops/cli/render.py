@@ -1,0 +1,89 @@
+"""Renderers shared by up/status: plan, distribution and backend tables, progress on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from sollol_ops.coordinator import Distribution
+from sollol_ops.placement import Plan
+from sollol_ops.serve import Reporter
+from sollol_ops.ui import echo_table
+
+MIB = 1 << 20
+
+
+class CliReporter(Reporter):
+    """Progress on stderr: steps as lines and loading as one live line on a terminal; nothing when
+    stderr is not a terminal (so a failure stays one line in pipes and logs) unless -v asks for it,
+    then a line every 5 s."""
+
+    def __init__(self, quiet: bool = False, verbose: int = 0) -> None:
+        self.tty = sys.stderr.isatty()
+        self.quiet = quiet or not (self.tty or verbose > 0)
+        self._last_plain = 0.0
+        self._spin = 0
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"• {message}", err=True)
+
+    def loading(self, elapsed: float, last_log_line: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self._spin = (self._spin + 1) % 4
+            spinner = "|/-\\"[self._spin]
+            line = f"{spinner} loading {elapsed:5.1f}s  {last_log_line[:90]}"
+            click.echo(f"\r\033[K{line}", err=True, nl=False)
+        elif time.monotonic() - self._last_plain > 5:
+            self._last_plain = time.monotonic()
+            click.echo(f"  loading {elapsed:5.1f}s: {last_log_line[:100]}", err=True)
+
+    def done(self) -> None:
+        if self.tty and not self.quiet:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+def echo_plan(plan: Plan) -> None:
+    echo_table(
+        ["BACKEND", "DEVICE", "SPLIT", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "NEED", "USABLE", "USABLE FROM"],
+        [
+            [
+                s.slot.backend.endpoint,
+                s.slot.name,
+                f"{s.split:.3f}",
+                f"{s.layers}{'+out' if s.has_output else ''}",
+                f"{s.weight_bytes / MIB:,.1f}",
+                f"{s.kv_bytes / MIB:,.1f}",
+                f"{s.compute_bytes / MIB:,.1f}",
+                f"{s.need_bytes / MIB:,.0f}",
+                f"{s.slot.usable_bytes / MIB:,.0f}",
+                s.slot.source,
+            ]
+            for s in plan.shares
+        ],
+        right=(2, 3, 4, 5, 6, 7, 8),
+    )
+    click.echo(
+        f"(MiB; ctx {plan.n_ctx}; {plan.n_layer} layers + output; input embeddings "
+        f"{plan.local_bytes / MIB:,.1f} MiB stay on the coordinator; {'; '.join(plan.notes)})"
+    )
+
+
+def echo_distribution(dist: Distribution) -> None:
+    rows = [
+        [
+            d.name,
+            "-" if d.layers is None else d.layers,
+            f"{d.model_mib:,.2f}",
+            f"{d.kv_mib:,.2f}",
+            f"{d.compute_mib:,.2f}",
+        ]
+        for d in dist.devices
+    ]
+    echo_table(["WHERE", "LAYERS", "MODEL MiB", "KV MiB", "COMPUTE MiB"], rows, right=(1, 2, 3, 4))
+    if dist.offloaded:
+        click.echo(f"(offloaded {dist.offloaded[0]}/{dist.offloaded[1]} layers to RPC backends)")

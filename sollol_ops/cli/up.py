@@ -1,0 +1,118 @@
+"""`sollol-ops up MODEL`: serve a model from the Ollama store sharded across the inventory's rpc-servers."""
+
+from __future__ import annotations
+
+import click
+
+from sollol_ops import coordinator, serve
+from sollol_ops.cli.context import Context
+from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
+from sollol_ops.coordinator import StartOptions
+from sollol_ops.ui import echo_json, echo_table
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("model")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the OpenAI endpoint listens on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("-c", "--ctx-size", type=click.IntRange(64, 1 << 22), default=4096, show_default=True)
+@click.option("-np", "--parallel", type=click.IntRange(1, 256), default=1, show_default=True, help="Parallel slots.")
+@click.option("-t", "--threads", type=click.IntRange(1, 1024), help="Coordinator threads (default: all cores).")
+@click.option(
+    "--ollama-models", metavar="PATH", help="Ollama store root (default: $OLLAMA_MODELS, ~/.ollama/models, ...)."
+)
+@click.option("--dry-run", is_flag=True, help="Check backends and print the placement plan, start nothing.")
+@click.option("--foreground", is_flag=True, help="Run attached (for a systemd unit), forwarding signals.")
+@click.option("--replace", is_flag=True, help="Stop a coordinator serving another model first.")
+@click.option("--skip-unhealthy", is_flag=True, help="Leave out down/busy/incompatible backends instead of refusing.")
+@click.option(
+    "--timeout", type=click.FloatRange(1, 86400), default=600, show_default=True, help="Seconds to wait for ready."
+)
+@click.option(
+    "--server-arg", "server_args", multiple=True, metavar="ARG", help="Extra llama-server argument (repeatable)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_obj
+def up(
+    ctx: Context,
+    model: str,
+    host: str,
+    port: int,
+    ctx_size: int,
+    parallel: int,
+    threads: int | None,
+    ollama_models: str | None,
+    dry_run: bool,
+    foreground: bool,
+    replace: bool,
+    skip_unhealthy: bool,
+    timeout: float,
+    server_args: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Serve MODEL (e.g. codellama:13b) from the Ollama store across the inventory's rpc-servers."""
+    opts = StartOptions(
+        host=host, port=port, n_ctx=ctx_size, parallel=parallel, threads=threads, extra_args=list(server_args)
+    )
+    req = serve.UpRequest(model, opts, ollama_models, dry_run, replace, skip_unhealthy, timeout)
+    reporter = CliReporter(quiet=as_json, verbose=ctx.verbose)
+    outcome = serve.up(req, ctx.cluster(), reporter, foreground=foreground)
+    reporter.done()
+    if as_json:
+        echo_json(
+            {
+                "kind": outcome.kind,
+                "model": outcome.model,
+                "endpoint": outcome.state.openai_base if outcome.state else None,
+                "plan": coordinator.plan_rows(outcome.plan) if outcome.plan else None,
+                "skipped": [
+                    {"endpoint": b.endpoint, "status": r.status, "detail": r.detail} for b, r in outcome.skipped
+                ],
+                "command": outcome.command,
+                "ready_s": outcome.ready_s,
+                "distribution": outcome.distribution,
+            }
+        )
+        if outcome.kind != "foreground":
+            return
+    if outcome.kind == "already-running":
+        st = outcome.state
+        assert st is not None
+        click.echo(f"{st.model} is already served at {st.openai_base} (pid {st.pid}); nothing to do")
+        return
+    if not as_json:
+        info = outcome.info
+        assert info is not None and outcome.resolved is not None and outcome.plan is not None
+        click.echo(
+            f"model {outcome.model}: {info.architecture}, {info.block_count} layers, {info.file_type_name}, "
+            f"{outcome.resolved.size / 2**20:,.1f} MiB  ({outcome.resolved.blob})"
+        )
+        for b, r in outcome.skipped:
+            click.echo(f"skipping {b.host} ({b.endpoint}): {r.status.value}, {r.detail}")
+        echo_plan(outcome.plan)
+    if outcome.kind == "dry-run":
+        click.echo("\ncommand: " + " ".join(outcome.command))
+        click.echo("(dry run: nothing started)")
+        return
+    if outcome.kind == "foreground":
+        code = coordinator.run_foreground(
+            serve.find_toolchain(),
+            outcome.resolved.blob,
+            outcome.plan,
+            opts,
+            outcome.model,
+            outcome.resolved.digest,
+            on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True),
+            ready_timeout=timeout,
+        )
+        raise SystemExit(code)
+    st = outcome.state
+    assert st is not None and outcome.distribution is not None
+    if outcome.replaced:
+        click.echo(f"replaced {outcome.replaced}")
+    click.echo(f"\nready in {outcome.ready_s:.1f}s: where the layers went")
+    echo_distribution(outcome.distribution)
+    echo_table(
+        ["ENDPOINT", "VALUE"], [["OpenAI API", st.openai_base], ["model", st.model], ["pid", st.pid], ["log", st.log]]
+    )
+    click.echo("\nstop with: sollol-ops down")

@@ -1,0 +1,221 @@
+"""`up` / `status` / `down` / `logs` with real rpc-servers, a real llama-server and the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import assert_clean_failure, run_cli
+from rpcdouble import RpcDouble
+
+from sollol_ops import procs
+from sollol_ops.devstore import write_store
+from sollol_ops.ollama import resolve_model
+
+
+def _free_port(start: int) -> int:
+    return procs.free_ports("127.0.0.1", 1, start)[0]
+
+
+class Local:
+    """`sollol-ops local start N` in an isolated state dir; stopped (with any coordinator) at teardown."""
+
+    def __init__(self, env: dict[str, str], count: int, base_port: int) -> None:
+        self.env = env
+        proc = run_cli("local", "start", str(count), "--base-port", str(base_port), "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        self.inventory = data["inventory"]
+        self.endpoints = [f"127.0.0.1:{s['port']}" for s in data["servers"]]
+        self.pids = [s["pid"] for s in data["servers"]]
+
+    def cli(self, *args: str, **kwargs) -> object:
+        return run_cli("-i", self.inventory, *args, env=self.env, **kwargs)
+
+    def stop(self) -> None:
+        run_cli("down", "--timeout", "5", env=self.env)
+        run_cli("local", "stop", env=self.env)
+
+
+@pytest.fixture
+def local2(sollol_env: dict[str, str]) -> Iterator[Local]:
+    cluster = Local(sollol_env, 2, _free_port(53000))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
+    cluster = Local(sollol_env, 3, _free_port(53100))
+    yield cluster
+    cluster.stop()
+
+
+def _serve_and_check(cluster: Local, n: int) -> None:
+    port = _free_port(18100)
+    proc = cluster.cli("up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["kind"] == "started"
+    rpc_rows = [d for d in out["distribution"]["devices"] if ":" in d["name"]]
+    assert sorted(d["name"] for d in rpc_rows) == sorted(cluster.endpoints)
+    assert all(d["layers"] > 0 and d["model_mib"] > 0 for d in rpc_rows), rpc_rows
+    assert sum(d["layers"] for d in rpc_rows) == 30
+    # the plan predicted what llama.cpp did
+    assert [p["layers"] for p in out["plan"]] == [d["layers"] for d in rpc_rows]
+
+    from sollol_ops.coordinator import CoordinatorState, chat
+
+    state = CoordinatorState(
+        **json.loads((Path(cluster.env["XDG_STATE_HOME"]) / "sollol-ops/coordinator.json").read_text())
+    )
+    answer = chat(state, "Name a colour.", max_tokens=16)
+    assert answer.strip(), "empty completion"
+
+    status = json.loads(cluster.cli("status", "--json").stdout)
+    assert status["coordinator"]["running"] and status["coordinator"]["healthy"]
+    assert [b["status"] for b in status["backends"]] == ["serving"] * n
+
+    logs = run_cli("logs", "-n", "400", env=cluster.env)
+    assert "model buffer size" in logs.stdout
+
+    down = run_cli("down", env=cluster.env)
+    assert down.returncode == 0 and "stopped smollm2:135m" in down.stdout
+    assert not procs.is_alive(state.pid, state.start_time)
+    assert not _llama_server_running(state.blob, port)
+    status = json.loads(cluster.cli("status", "--json").stdout)
+    assert not status["coordinator"]["running"]
+    assert [b["status"] for b in status["backends"]] == ["ready"] * n
+
+
+def _llama_server_running(blob: str, port: int) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if blob.encode() in args and str(port).encode() in args:
+            stat = (cmdline.parent / "stat").read_text()
+            if not stat[stat.rfind(")") + 2 :].startswith("Z"):
+                return True
+    return False
+
+
+@pytest.mark.slow
+def test_up_on_two_local_rpc_servers(local2: Local) -> None:
+    _serve_and_check(local2, 2)
+
+
+@pytest.mark.slow
+def test_up_on_three_local_rpc_servers(local3: Local) -> None:
+    _serve_and_check(local3, 3)
+
+
+def test_up_twice_same_model_is_a_noop_and_other_model_needs_replace(local2: Local, tmp_path: Path) -> None:
+    # a second model name in a second store root (the user's store is never written)
+    store = tmp_path / "store2"
+    blob = resolve_model("smollm2:135m", local2.env["OLLAMA_MODELS"]).blob
+    write_store(store, "smollm2:other", blob, link="hardlink")
+    env = {**local2.env, "OLLAMA_MODELS": str(store)}
+    port = _free_port(18200)
+    first = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
+    assert first.returncode == 0, first.stderr
+    again = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
+    assert again.returncode == 0 and "already served" in again.stdout
+    other = run_cli("-i", local2.inventory, "up", "smollm2:other", "--port", str(port), env=env)
+    assert_clean_failure(other, "smollm2:135m is already served", "--replace")
+    swapped = run_cli(
+        "-i", local2.inventory, "up", "smollm2:other", "--port", str(port), "-c", "512", "--replace", env=env
+    )
+    assert swapped.returncode == 0, swapped.stderr
+    assert "replaced smollm2:135m" in swapped.stdout
+
+
+def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
+    dead = _free_port(53500)
+    inv = tmp_path / "inv.ini"
+    inv.write_text(
+        "[rpc_servers]\n"
+        + "".join(
+            f"w{i} ansible_host=127.0.0.1 sollol_rpc_port={e.split(':')[1]}\n" for i, e in enumerate(local2.endpoints)
+        )
+        + f"ghost ansible_host=127.0.0.1 sollol_rpc_port={dead}\n"
+    )
+    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--port", str(_free_port(18300)), env=local2.env)
+    assert_clean_failure(proc, f"ghost (127.0.0.1:{dead}) is down", "--skip-unhealthy")
+    assert proc.returncode == 6
+    # --skip-unhealthy serves on the two that are up
+    proc = run_cli(
+        "-i", str(inv), "up", "smollm2:135m", "--port", str(_free_port(18300)), "-c", "512",
+        "--skip-unhealthy", "--json", env=local2.env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [s["endpoint"] for s in out["skipped"]] == [f"127.0.0.1:{dead}"]
+    assert sorted(d["name"] for d in out["distribution"]["devices"] if ":" in d["name"]) == sorted(local2.endpoints)
+
+
+def test_refuses_an_incompatible_backend_by_name(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    with RpcDouble(version=(6, 2, 0)) as old:
+        inv = tmp_path / "inv.ini"
+        inv.write_text(f"[rpc_servers]\nold-box ansible_host=127.0.0.1 sollol_rpc_port={old.port}\n")
+        proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--dry-run", env=sollol_env)
+    assert_clean_failure(proc, f"old-box (127.0.0.1:{old.port}) is incompatible", "RPC protocol 6.2.0")
+
+
+def test_refuses_a_port_in_use(local2: Local) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = local2.cli("up", "smollm2:135m", "--port", str(port))
+    assert_clean_failure(proc, f"port {port} on 127.0.0.1 is already in use", "--port")
+
+
+def test_model_not_found_suggests_near_matches(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    inv = tmp_path / "inv.ini"
+    inv.write_text("[rpc_servers]\nw ansible_host=127.0.0.1\n")
+    proc = run_cli("-i", str(inv), "up", "smollm2:136m", env=sollol_env)
+    assert_clean_failure(proc, "smollm2:136m", "ollama pull", "did you mean", "smollm2:135m")
+
+
+def test_model_that_cannot_fit_shows_the_numbers(local2: Local, tmp_path: Path) -> None:
+    inv = tmp_path / "inv.ini"
+    inv.write_text(
+        "[rpc_servers]\n"
+        + "".join(
+            f"w{i} ansible_host=127.0.0.1 sollol_rpc_port={e.split(':')[1]} sollol_rpc_memory_mib=60\n"
+            for i, e in enumerate(local2.endpoints)
+        )
+    )
+    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "-c", "8192", env=local2.env)
+    err = assert_clean_failure(proc, "smollm2:135m does not fit", "KV cache", "ctx 8192", "backends offer 120 MiB")
+    assert "declared cap" in err
+    assert proc.returncode == 7
+
+
+def test_dry_run_prints_plan_and_starts_nothing(local2: Local) -> None:
+    proc = local2.cli("up", "smollm2:135m", "--dry-run", "-c", "2048")
+    assert proc.returncode == 0, proc.stderr
+    assert "--tensor-split" in proc.stdout and "--device RPC0,RPC1" in proc.stdout
+    assert not (Path(local2.env["XDG_STATE_HOME"]) / "sollol-ops/coordinator.json").exists()
+
+
+def test_down_and_logs_without_a_coordinator(sollol_env: dict[str, str]) -> None:
+    assert "no coordinator running" in run_cli("down", env=sollol_env).stdout
+    assert_clean_failure(run_cli("logs", env=sollol_env), "no coordinator log")
+
+
+def test_status_json_with_a_down_backend(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    inv = tmp_path / "inv.ini"
+    inv.write_text(f"[rpc_servers]\nw ansible_host=127.0.0.1 sollol_rpc_port={_free_port(53600)}\n")
+    proc = run_cli("-i", str(inv), "status", "--json", env=sollol_env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["coordinator"]["running"] is False
+    assert report["backends"][0]["status"] == "down"
+    assert os.path.samefile(report["inventory"], inv)
