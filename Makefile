@@ -21,7 +21,7 @@ MODELS ?= $(CACHE)/models/ollama
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv llama model demo test lint unit bench clean-local
+.PHONY: help venv llama model demo demo-stop test lint unit bench molecule
 
 help:
 	@echo "make demo    build what is needed and serve SmolLM2 sharded over local rpc-servers"
@@ -71,9 +71,15 @@ lint: venv
 unit: venv llama model
 	SOLLOL_TEST_MODELS=$(MODELS) PATH=$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint unit
+test: lint unit molecule
 
 demo: venv llama model
-	PATH=$(BIN):$$PATH OLLAMA_MODELS=$(MODELS) $(BIN)/sollol-ops --version
-	@echo "toolchain: $(LLAMA_PREFIX)/current/bin"
-	@echo "model store: $(MODELS)"
+	PATH=$(BIN):$$PATH OLLAMA_MODELS=$(MODELS) bash scripts/demo.sh
+
+demo-stop: venv
+	-$(BIN)/sollol-ops down
+	-$(BIN)/sollol-ops local stop
+
+# Molecule scenarios on podman systemd containers (root; needs `make llama` for the artifact they install).
+molecule: venv llama
+	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh user-scope

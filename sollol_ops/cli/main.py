@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "bench": "sollol_ops.cli.bench:bench",
     "provision": "sollol_ops.cli.provision:provision",
     "toolchain": "sollol_ops.cli.toolchain:toolchain",
+    "ask": "sollol_ops.cli.ask:ask",
 }
 
 INTERNAL_ERROR_EXIT = 70

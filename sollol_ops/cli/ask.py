@@ -1,0 +1,19 @@
+"""`sollol-ops ask PROMPT`: one chat completion against the running coordinator's OpenAI endpoint."""
+
+from __future__ import annotations
+
+import click
+
+from sollol_ops import coordinator
+from sollol_ops.errors import CoordinatorError
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--max-tokens", type=click.IntRange(1, 1 << 16), default=64, show_default=True)
+def ask(prompt: str, max_tokens: int) -> None:
+    """Send PROMPT to the coordinator (POST /v1/chat/completions) and print the answer."""
+    state = coordinator.load_state()
+    if state is None or not coordinator.is_alive(state):
+        raise CoordinatorError("no coordinator running; start one with `sollol-ops up MODEL`")
+    click.echo(coordinator.chat(state, prompt, max_tokens=max_tokens).strip())
