@@ -219,3 +219,43 @@ def test_status_json_with_a_down_backend(sollol_env: dict[str, str], tmp_path: P
     assert report["coordinator"]["running"] is False
     assert report["backends"][0]["status"] == "down"
     assert os.path.samefile(report["inventory"], inv)
+
+
+def test_foreground_runs_attached_and_forwards_sigterm(local2: Local) -> None:
+    """What a systemd unit runs: attached, ready line on stderr, SIGTERM ends llama-server and the state."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    port = _free_port(18700)
+    env = {**os.environ, **local2.env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sollol_ops.cli.main", "-i", local2.inventory, "up", "smollm2:135m",
+         "--foreground", "--port", str(port), "-c", "512"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    state_file = Path(local2.env["XDG_STATE_HOME"]) / "sollol-ops/coordinator.json"
+    try:
+        deadline = time.monotonic() + 60
+        ready = ""
+        while time.monotonic() < deadline and "ready:" not in ready:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            ready += line
+        assert f"ready: http://127.0.0.1:{port}/v1" in ready, ready
+        state = json.loads(state_file.read_text())
+        assert state["foreground"] is True
+        status = json.loads(local2.cli("status", "--json").stdout)
+        assert status["coordinator"]["healthy"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not state_file.exists()
+    assert not procs.is_alive(state["pid"], state["start_time"])
+    assert not procs.port_in_use("127.0.0.1", port)
