@@ -51,7 +51,7 @@ LLAMA_VARS = {"llama_cpp_hosts": "all", "ansible_python_interpreter": "$(BIN)/py
   "llama_cpp_source": "archive", "llama_cpp_archive": "$(LLAMA_SDIST)", \
   "llama_cpp_archive_subdir": "vendor/llama.cpp", "llama_cpp_version": "$(LLAMA_REF)", \
   "llama_cpp_prefix": "$(LLAMA_PREFIX)", "llama_cpp_build_root": "$(LLAMA_BUILD_ROOT)", \
-  "llama_cpp_install_build_deps": false}
+  "llama_cpp_install_build_deps": false, "llama_cpp_install_runtime_deps": false}
 
 llama: venv $(LLAMA_SDIST)
 	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg $(BIN)/ansible-playbook -i localhost, -c local playbooks/build.yml \
@@ -83,3 +83,20 @@ demo-stop: venv
 # Molecule scenarios on podman systemd containers (root; needs `make llama` for the artifact they install).
 molecule: venv llama
 	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh user-scope
+
+# Benchmark (sollol_ops/bench.py): sharding vs. one node, coordinator start-up, shaped links, settings grid.
+# Two sessions, each measuring its own local-only baseline; together they rewrite their sections of
+# docs/benchmarks.md (other sections are kept) and docs/bench.png.
+BENCH_MODELS ?= smollm2:135m synthetic:4x2048-q8_0 synthetic:8x2048-q8_0
+BENCH_ARGS ?= --tokens 16 --prompt-tokens 64 --ctx 1024
+BENCH_ENV = SOLLOL_INVENTORY= OLLAMA_MODELS=$(MODELS) PATH=$(BIN):$$PATH
+
+$(LLAMA_PREFIX)/current/bin/llama-server:
+	$(MAKE) llama
+
+bench: venv model $(LLAMA_PREFIX)/current/bin/llama-server
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[plot]'
+	$(BENCH_ENV) $(BIN)/sollol-ops bench $(BENCH_MODELS) --backends 1,2 --repeats 2 $(BENCH_ARGS) \
+	  --plot docs/bench.png --plot-link bench.png --out-md docs/benchmarks.md
+	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m synthetic:4x2048-q8_0 --backends 2 --repeats 1 $(BENCH_ARGS) \
+	  --links 1gbit,100mbit --grid --out-md docs/benchmarks.md
