@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Run one Molecule scenario on podman systemd containers: `bash molecule/run.sh default [molecule args]`.
+# Sets up what this kind of host needs (docs/roles.md, "Molecule"): a containers.conf with ulimits the
+# host allows, cgroup v1 controllers moved off cgroup2, a private mount namespace that sees only cgroup2,
+# the containers.podman/ansible.posix/community.general collections unpacked from the `ansible` wheel,
+# and the base image. Then `molecule test -s SCENARIO` (or the molecule subcommand given in MOLECULE_CMD).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+SCENARIO="${1:-default}"
+shift || true
+VENV_BIN="${VENV_BIN:-$REPO/.venv/bin}"
+CACHE="${SOLLOL_CACHE:-$HOME/.cache/sollol-ops}"
+COLLECTIONS="$CACHE/collections"
+ANSIBLE_WHEEL_VERSION=12.3.0
+MOLECULE_CMD="${MOLECULE_CMD:-test}"
+
+[ -d "$REPO/molecule/$SCENARIO" ] || { echo "run.sh: no scenario molecule/$SCENARIO" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (debootstrap, mounts, rootful podman)" >&2; exit 1; }
+for tool in podman runc unshare; do
+  command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 1; }
+done
+export PATH="$VENV_BIN:$PATH"
+
+# 1. containers.conf: the host's hard limits (nofile 20000, memlock 8 MiB) and runc.
+mkdir -p "$CACHE"
+export CONTAINERS_CONF="$CACHE/containers.conf"
+cat >"$CONTAINERS_CONF.tmp" <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768", "memlock=8388608:8388608"]
+pids_limit = 0
+
+[engine]
+runtime = "runc"
+CONF
+mv "$CONTAINERS_CONF.tmp" "$CONTAINERS_CONF"
+
+# 2. Hybrid cgroup layout: mount every controller still on cgroup2 as a v1 hierarchy, so cgroup2 holds none.
+if [ -f /sys/fs/cgroup/unified/cgroup.controllers ]; then
+  for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
+    mountpoint -q "/sys/fs/cgroup/$c" && continue
+    mkdir -p "/sys/fs/cgroup/$c"
+    mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"
+  done
+fi
+
+# 3. Collections for the podman driver, from the `ansible` wheel (Galaxy is not reachable).
+if [ ! -d "$COLLECTIONS/ansible_collections/containers/podman" ] \
+  || [ ! -d "$COLLECTIONS/ansible_collections/ansible/posix" ] \
+  || [ ! -d "$COLLECTIONS/ansible_collections/community/general" ]; then
+  mkdir -p "$CACHE/downloads" "$COLLECTIONS"
+  wheel="$(ls "$CACHE"/downloads/ansible-"$ANSIBLE_WHEEL_VERSION"-py3-none-any.whl 2>/dev/null || true)"
+  if [ -z "$wheel" ]; then
+    "$VENV_BIN/pip" download -q --no-deps "ansible==$ANSIBLE_WHEEL_VERSION" -d "$CACHE/downloads"
+    wheel="$CACHE/downloads/ansible-$ANSIBLE_WHEEL_VERSION-py3-none-any.whl"
+  fi
+  "$VENV_BIN/python" - "$wheel" "$COLLECTIONS" <<'PY'
+import sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+wanted = ("ansible_collections/containers/podman/", "ansible_collections/ansible/posix/",
+          "ansible_collections/community/general/")
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.startswith(wanted)])
+PY
+fi
+export ANSIBLE_COLLECTIONS_PATH="$COLLECTIONS"
+
+# 4. Everything podman from here on runs in one private mount namespace that sees only cgroup2.
+export REPO SCENARIO MOLECULE_CMD
+exec unshare -m bash -euo pipefail -c '
+  mount --make-rprivate /
+  umount -l /sys/fs/cgroup
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup
+  bash "$REPO/molecule/image/build.sh"
+  cd "$REPO"
+  exec molecule $MOLECULE_CMD -s "$SCENARIO" "$@"
+' run.sh "$@"
