@@ -3,7 +3,7 @@
 The inventory is read through `ansible-inventory --list`, the supported interface (ansible's Python
 API is internal). Its JSON is cached, keyed by the inventory files' paths, sizes and mtimes (including
 group_vars/ and host_vars/) and the ANSIBLE_* environment, so repeated read commands skip the
-~0.5 s ansible start-up. Executable (dynamic) inventories are never cached.
+~0.5 s ansible start-up. Dynamic inventories (executable scripts, inventory plugin configs) are never cached.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -135,25 +136,41 @@ def _ansible_inventory_exe() -> str:
     return found
 
 
+def _is_plugin_config(f: Path) -> bool:
+    """An inventory plugin config (`plugin: amazon.aws.aws_ec2`, ...): its hosts come from elsewhere."""
+    if f.suffix not in (".yml", ".yaml"):
+        return False
+    try:
+        with f.open(encoding="utf-8", errors="replace") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return False
+    return re.search(r"^plugin:[ \t]*\S", head, re.MULTILINE) is not None
+
+
 def _inventory_files(path: Path) -> list[Path] | None:
-    """Every file that shapes the inventory, or None when it must not be cached (dynamic)."""
+    """Every file that shapes the inventory, or None when it must not be cached (dynamic: an
+    executable script or an inventory plugin config)."""
     files: list[Path] = []
     roots = [path] if path.is_dir() else [path.parent]
     if path.is_file():
-        if os.access(path, os.X_OK):
+        if os.access(path, os.X_OK) or _is_plugin_config(path):
             return None
         files.append(path)
     for root in roots:
         candidates = [root] if path.is_dir() else []
         candidates += [root / "group_vars", root / "host_vars"]
+        vars_dirs = (root / "group_vars", root / "host_vars")
         for base in candidates:
             if not base.is_dir():
                 continue
             for dirpath, _dirs, names in os.walk(base):
                 for name in names:
                     f = Path(dirpath) / name
-                    if f.is_file() and os.access(f, os.X_OK) and base == root:
-                        return None
+                    if f.is_file() and base == root:
+                        source = not any(d in f.parents for d in vars_dirs)
+                        if os.access(f, os.X_OK) or (source and _is_plugin_config(f)):
+                            return None
                     files.append(f)
     return sorted(set(files))
 
@@ -283,8 +300,8 @@ def _float(host: str, var: str, value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError) as exc:
         raise InventoryError(f"host {host}: {var} must be a number, got {value!r}") from exc
-    if number < 0:
-        raise InventoryError(f"host {host}: {var} must be >= 0, got {number}")
+    if not math.isfinite(number) or number < 0:
+        raise InventoryError(f"host {host}: {var} must be a finite number >= 0, got {value!r}")
     return number
 
 
@@ -292,6 +309,11 @@ def _address(host: str, hv: Mapping[str, Any]) -> str:
     address = hv.get("sollol_rpc_address") or hv.get("ansible_host") or host
     if _templated(address) or not isinstance(address, str) or not address.strip() or ":" in address:
         raise InventoryError(f"host {host}: sollol_rpc_address/ansible_host {address!r} is not a usable address")
+    if address.strip() == "0.0.0.0":
+        # A wildcard is nothing the coordinator can dial (it would reach itself), nor a safe bind address.
+        raise InventoryError(
+            f"host {host}: sollol_rpc_address/ansible_host is 0.0.0.0; set the address the coordinator reaches it on"
+        )
     return address.strip()
 
 
@@ -345,6 +367,10 @@ def cluster_from_inventory_data(
     seen: dict[str, str] = {}
     for host in hosts:
         for b in _host_backends(host, hostvars.get(host, {})):
+            if b.endpoint in seen and seen[b.endpoint] == host:
+                raise InventoryError(
+                    f"host {host} has two rpc-server instances on {b.endpoint}; give each instance its own port"
+                )
             if b.endpoint in seen:
                 raise InventoryError(
                     f"duplicate rpc endpoint {b.endpoint} (hosts {seen[b.endpoint]} and {host}); "

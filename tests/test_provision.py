@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import assert_clean_failure, run_cli
 
 OK_PLAYBOOK = """\
