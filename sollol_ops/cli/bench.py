@@ -1,0 +1,92 @@
+"""`sollol-ops bench MODEL...`: sharded vs. local-only, measured in one session (logic in sollol_ops.bench)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from sollol_ops import bench as lib
+from sollol_ops.cli.context import Context
+from sollol_ops.ui import to_jsonable
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--backends", default="1,2", show_default=True, help="rpc-server counts to compare, e.g. 1,2,3.")
+@click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--tokens", type=click.IntRange(1, 4096), default=32, show_default=True, help="Generated tokens.")
+@click.option("--prompt-tokens", type=click.IntRange(1, 8192), default=128, show_default=True)
+@click.option(
+    "--ctx", "n_ctx", type=click.IntRange(128, 1 << 20), default=1024, show_default=True, help="Context size."
+)
+@click.option(
+    "--links",
+    default="none",
+    show_default=True,
+    help="none (loopback), bridge (namespaces, unshaped) and/or tc rates such as 1gbit,100mbit.",
+)
+@click.option("--grid", is_flag=True, help="Also compare sollol/upstream defaults and a thread/batch grid.")
+@click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
+@click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
+@click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (schema: sollol_ops.bench).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot (needs matplotlib).")
+@click.option("--out-md", type=click.Path(path_type=Path), help="Write/update this run's sections in a markdown file.")
+@click.option("--plot-link", help="Image link written into --out-md (default: the --plot path).")
+@click.pass_obj
+def bench(
+    ctx: Context,
+    models: tuple[str, ...],
+    backends: str,
+    repeats: int,
+    tokens: int,
+    prompt_tokens: int,
+    n_ctx: int,
+    links: str,
+    grid: bool,
+    use_inventory: bool,
+    ollama_models: str | None,
+    timeout: float,
+    as_json: bool,
+    plot_path: Path | None,
+    out_md: Path | None,
+    plot_link: str | None,
+) -> None:
+    """Benchmark MODEL(s) sharded over rpc-servers against a local-only llama-server.
+
+    MODEL is an Ollama ref (smollm2:135m) or a synthetic llama model synthetic:LAYERSxN_EMBD[-f16|-q8_0].
+    """
+    if plot_path is not None:
+        lib.require_matplotlib()
+    cfg = lib.BenchConfig(
+        models=list(models),
+        backends=lib.parse_int_list(backends, "--backends"),
+        repeats=repeats,
+        tokens=tokens,
+        prompt_tokens=prompt_tokens,
+        ctx=n_ctx,
+        links=lib.parse_links(links),
+        grid=grid,
+        use_inventory=use_inventory,
+        ollama_models=ollama_models,
+        timeout=timeout,
+        command="sollol-ops " + shlex.join(sys.argv[1:]),
+    )
+    if use_inventory:
+        cfg.inventory_backends = list(ctx.cluster().backends)
+    doc = lib.run_bench(cfg, log=lambda line: click.echo(line, err=True))
+    if plot_path is not None:
+        lib.plot(doc, plot_path)
+    if out_md is not None:
+        link = plot_link or (str(plot_path) if plot_path else None)
+        existing = out_md.read_text() if out_md.is_file() else ""
+        out_md.parent.mkdir(parents=True, exist_ok=True)
+        out_md.write_text(lib.merge_markdown(existing, lib.render_markdown(doc, link)))
+    if as_json:
+        click.echo(json.dumps(to_jsonable(doc), indent=2))
+    else:
+        click.echo(lib.render_text(doc))

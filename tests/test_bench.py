@@ -1,0 +1,230 @@
+"""`sollol-ops bench`: pure helpers, the synthetic model writer, and end-to-end runs with tiny settings.
+
+No assertion here depends on how fast anything is: the figures are only checked for shape and sanity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from gguf import GGUFValueType
+from helpers import assert_clean_failure, run_cli
+
+from sollol_ops import bench
+from sollol_ops.errors import BenchError
+from sollol_ops.gguf_info import read_gguf
+
+TINY = ("--repeats", "1", "--tokens", "4", "--prompt-tokens", "16", "--ctx", "512", "--json")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_summarize_median_and_spread() -> None:
+    s = bench.summarize([3.0, 1.0, 2.0, 10.0])
+    assert s == bench.Stat(median=2.5, min=1.0, max=10.0, n=4)
+    assert bench.summarize([4.0]) == bench.Stat(4.0, 4.0, 4.0, 1)
+    assert bench.summarize([]) is None
+
+
+def test_ratio_and_row_ratios() -> None:
+    assert bench.ratio(3.0, 2.0) == 1.5
+    assert bench.ratio(1.0, 0.0) is None and bench.ratio(None, 2.0) is None and bench.ratio(2.0, None) is None
+    base = {"gen_tps": bench.Stat(100, 90, 110, 3), "load_cold_s": bench.Stat(0.5, 0.4, 0.6, 3)}
+    base["load_warm_s"] = bench.Stat(0.25, 0.2, 0.3, 3)
+    row = {
+        "gen_tps": bench.Stat(50, 40, 60, 3),
+        "load_nocache_s": bench.Stat(1.0, 1, 1, 1),  # compared with the baseline's cold load
+        "ready_s": bench.Stat(1.0, 1, 1, 1),  # compared with the baseline's warm load
+        "ttft_s": bench.Stat(0.1, 0.1, 0.1, 1),  # the baseline has none
+        "gen_n": bench.Stat(4, 4, 4, 1),  # counts get no ratio
+    }
+    assert bench.row_ratios(row, base) == {"gen_tps": 0.5, "load_nocache_s": 2.0, "ready_s": 4.0, "ttft_s": None}
+    assert bench.row_ratios(row, None)["gen_tps"] is None
+
+
+def test_parsers() -> None:
+    assert bench.parse_int_list("3,1,2,2", "--backends") == [1, 2, 3]
+    for bad in ("", "0", "a,b", "1,99"):
+        with pytest.raises(BenchError):
+            bench.parse_int_list(bad, "--backends")
+    assert bench.parse_links("none,1gbit,100MBIT,bridge,none") == ["none", "1gbit", "100mbit", "bridge"]
+    with pytest.raises(BenchError, match="rate"):
+        bench.parse_links("fast")
+    assert bench.parse_synthetic("smollm2:135m") is None
+    spec = bench.parse_synthetic("synthetic:4x2048-q8_0")
+    assert spec == bench.SyntheticSpec(4, 2048, "q8_0")
+    assert (spec.n_ff, spec.heads, spec.heads_kv) == (5632, 32, 4)  # TinyLlama-1.1B's shapes
+    assert bench.parse_synthetic("synthetic:2x128").ftype == "q8_0"
+    for bad in ("synthetic:4", "synthetic:4x100", "synthetic:0x128", "synthetic:2x128-q4_0"):
+        with pytest.raises(BenchError):
+            bench.parse_synthetic(bad)
+
+
+def test_tbf_args() -> None:
+    assert bench.tbf_args("1gbit") == ["rate", "1gbit", "burst", "500000", "latency", "50ms"]
+    assert bench.tbf_args("100mbit")[3] == str(128 * 1024)  # never below one GSO super-packet's worth
+    with pytest.raises(BenchError):
+        bench.tbf_args("none")
+
+
+def test_merge_markdown_keeps_foreign_sections() -> None:
+    existing = (
+        "# Benchmarks\n\nintro\n\n## rpc-list vs ansible-inventory\n\nkeep me\n\n## Sharding vs. a single node\n\nold\n"
+    )
+    new = {
+        "## Sharding vs. a single node": "## Sharding vs. a single node\n\nnew\n",
+        "## Links and x": "## Links and x\n\nl\n",
+    }
+    out = bench.merge_markdown(existing, new)
+    assert "keep me" in out and "intro" in out and "new" in out and "old" not in out
+    assert out.index("## rpc-list") < out.index("## Sharding") < out.index("## Links")
+    assert bench.merge_markdown(out, new) == out  # idempotent
+    assert bench.merge_markdown("", new).startswith("# Benchmarks\n\n## Sharding")
+
+
+# --------------------------------------------------------------------------- synthetic models
+
+
+def _tiny_tokenizer(n: int = 300) -> list[tuple[str, object, GGUFValueType, GGUFValueType | None]]:
+    return [
+        ("tokenizer.ggml.model", "gpt2", GGUFValueType.STRING, None),
+        ("tokenizer.ggml.tokens", [f"t{i}" for i in range(n)], GGUFValueType.ARRAY, GGUFValueType.STRING),
+        ("tokenizer.ggml.token_type", [1] * n, GGUFValueType.ARRAY, GGUFValueType.INT32),
+        ("tokenizer.ggml.eos_token_id", 2, GGUFValueType.UINT32, None),
+    ]
+
+
+@pytest.mark.parametrize("ftype", ["q8_0", "f16"])
+def test_synthetic_writer_shapes(tmp_path: Path, ftype: str) -> None:
+    spec = bench.SyntheticSpec(3, 128, ftype)
+    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", spec, _tiny_tokenizer())
+    info = read_gguf(path)
+    assert info.architecture == "llama" and info.block_count == 3 and len(info.layer_bytes) == 3
+    assert (info.embedding_length, info.head_count, info.head_count_kv) == (128, 2, 1)
+    assert info.file_type_name == ftype.upper() and info.vocab_size == 300
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.slow
+def test_synthetic_store_copies_the_smollm2_tokenizer(tmp_path: Path, smollm2_store: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    spec = bench.SyntheticSpec(2, 256, "q8_0")
+    source = bench.tokenizer_source(str(smollm2_store))
+    bench.synthetic_store([spec], tmp_path / "store", source)
+    from sollol_ops.ollama import resolve_model
+
+    resolved = resolve_model(spec.ref, tmp_path / "store")
+    assert resolved.gguf is not None and resolved.gguf.block_count == 2
+    keys = {k for k, *_ in bench.read_tokenizer(resolved.blob)}
+    assert {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template"} <= keys
+    assert not (smollm2_store / "manifests/registry.ollama.ai/library/synthetic-2x256").exists()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def _check_stat(stat: dict) -> None:
+    assert set(stat) == {"median", "min", "max", "n"}
+    assert stat["min"] <= stat["median"] <= stat["max"] and stat["n"] >= 1
+
+
+def test_bench_smoke_end_to_end(sollol_env: dict[str, str]) -> None:
+    proc = run_cli("bench", "smollm2:135m", "--backends", "1", "--links", "none", *TINY, env=sollol_env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == bench.SCHEMA
+    top = {"started_at", "wall_s", "command", "machine", "settings", "models", "rows", "comparisons", "notes"}
+    assert top <= set(doc)
+    m = doc["machine"]
+    assert {"cpu_model", "cores", "ram_mib", "llama_cpp_version", "rpc_protocol", "loadavg_start"} <= set(m)
+    assert isinstance(m["cores"], int) and m["cores"] >= 1 and m["ram_mib"] > 0 and m["llama_cpp_version"]
+    assert doc["settings"]["backends"] == [1] and doc["settings"]["repeats"] == 1
+    assert doc["models"][0]["ref"] == "smollm2:135m" and doc["models"][0]["layers"] == 30
+    rows = doc["rows"]
+    for row in rows:
+        keys = {"section", "model", "size_mib", "setup", "backends", "link", "settings", "metrics", "ratios"}
+        assert keys | {"loadavg_1m"} <= set(row)
+        assert isinstance(row["loadavg_1m"], float)
+        for stat in row["metrics"].values():
+            _check_stat(stat)
+        for name, value in row["ratios"].items():
+            assert name in row["metrics"] and (value is None or isinstance(value, float))
+    base = [r for r in rows if r["setup"] == "baseline"]
+    assert len(base) == 1 and base[0]["backends"] == 0
+    assert {"load_cold_s", "load_warm_s", "prompt_tps", "gen_tps", "ttft_s"} <= set(base[0]["metrics"])
+    assert base[0]["ratios"]["gen_tps"] == 1.0
+    rpc = [r for r in rows if r["section"] == "sharding" and r["setup"] == "rpc"]
+    assert [r["backends"] for r in rpc] == [1] and rpc[0]["link"] == "loopback"
+    assert isinstance(rpc[0]["ratios"]["gen_tps"], float) and rpc[0]["ratios"]["gen_tps"] > 0
+    assert rpc[0]["metrics"]["gen_n"]["median"] == 4  # ignore_eos: exactly --tokens generated
+    coord = {r["settings"]: r for r in rows if r["section"] == "coordinator"}
+    assert set(coord) == {"persistent coordinator", "coordinator per query", "raw llama-server --rpc", "sollol-ops up"}
+    assert {c["what"] for c in doc["comparisons"]} == {"TTFT of a repeated query", "start to ready"}
+    assert all(c["ratio"] > 0 for c in doc["comparisons"])
+    # nothing left running or behind
+    state = Path(sollol_env["XDG_STATE_HOME"]) / "sollol-ops" / "coordinator.json"
+    assert not state.exists()
+    assert not list((Path(sollol_env["XDG_CACHE_HOME"]) / "sollol-ops" / "bench").glob("run-*"))
+
+
+def test_bench_text_and_markdown(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n\n## rpc-list vs ansible-inventory\n\nother helper's figures\n")
+    png = tmp_path / "bench.png"
+    args = ("--repeats", "1", "--tokens", "2", "--prompt-tokens", "8", "--ctx", "512", "--backends", "1")
+    proc = run_cli("bench", "smollm2:135m", *args, "--out-md", str(md), "--plot", str(png), env=sollol_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "local only" in proc.stdout and "GEN x" in proc.stdout and "comparisons" in proc.stdout
+    text = md.read_text()
+    assert "other helper's figures" in text
+    for title in ("## Sharding vs. a single node", "## Persistent coordinator vs. per-query start"):
+        assert text.count(title) == 1
+    assert f"]({png})" in text and "cores" in text and "sollol-ops bench smollm2:135m" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_bad_options(sollol_env: dict[str, str]) -> None:
+    assert_clean_failure(run_cli("bench", "smollm2:135m", "--links", "fast", env=sollol_env), "--links")
+    assert_clean_failure(run_cli("bench", "smollm2:135m", "--backends", "0", env=sollol_env), "--backends")
+    assert_clean_failure(run_cli("bench", "synthetic:3", env=sollol_env), "synthetic")
+    assert_clean_failure(run_cli("bench", "nosuch:1b", "--repeats", "1", env=sollol_env), "nosuch")
+
+
+def test_plot_without_matplotlib_is_one_line(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    fake = tmp_path / "nompl" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    env = {**sollol_env, "PYTHONPATH": str(fake.parent)}
+    proc = run_cli("bench", "smollm2:135m", "--plot", str(tmp_path / "x.png"), env=env)
+    assert_clean_failure(proc, "pip install matplotlib")
+
+
+def _our_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("sb")}
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tc") is None, reason="needs root and iproute2")
+def test_bench_over_shaped_namespace_links(sollol_env: dict[str, str]) -> None:
+    before = _our_namespaces()
+    args = ("--backends", "1", "--links", "1gbit", "--repeats", "1", "--tokens", "2", "--prompt-tokens", "8")
+    proc = run_cli("bench", "smollm2:135m", *args, "--ctx", "512", "--json", env=sollol_env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    links = [r for r in doc["rows"] if r["section"] == "links"]
+    assert len(links) == 1 and links[0]["link"] == "1gbit"
+    assert {"load_cold_s", "load_warm_s", "load_nocache_s", "gen_tps"} <= set(links[0]["metrics"])
+    assert isinstance(links[0]["ratios"]["load_nocache_s"], float)
+    assert not [r for r in doc["rows"] if r["section"] == "coordinator"]  # no loopback cluster asked for
+    assert any("netem" in n for n in doc["notes"])
+    assert _our_namespaces() == before  # namespaces and bridge removed
+    links_out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=False).stdout
+    assert not [ln for ln in links_out.splitlines() if ln.startswith("sb") and "br " in ln]
