@@ -64,24 +64,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sollol_ops import coordinator, local_cluster, procs, rpc
 from sollol_ops.coordinator import StartOptions
 from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.inventory import Backend
 from sollol_ops.local_cluster import RpcServerSpec
+from sollol_ops.netlab import RATE, NetLab
 from sollol_ops.ollama import resolve_model
 from sollol_ops.paths import cache_dir
 from sollol_ops.placement import build_slots, plan_placement
 from sollol_ops.rpc import CLIENT_PROTOCOL
+from sollol_ops.synthetic import parse_synthetic, synthetic_store
 from sollol_ops.toolchain import Toolchain, find_toolchain
 
 SCHEMA = "sollol-ops-bench/1"
 MIB = 1 << 20
-SYNTHETIC_PREFIX = "synthetic:"
-SYNTHETIC_VERSION = "1"
 NETNS_SUBNET = "10.213"
 RPC_PORT_NETNS = 50052
 NO_LATENCY_NOTE = (
@@ -89,7 +87,6 @@ NO_LATENCY_NOTE = (
     "and add no delay (bridge round trip ~0.05 ms)"
 )
 BASELINE_OF = {"load_nocache_s": "load_cold_s", "ready_s": "load_warm_s"}
-_RATE = re.compile(r"^(\d+(?:\.\d+)?)(k|m|g)bit$")
 _TEXT = (
     "the quick brown fox jumps over a lazy dog while seven small birds sing about rain and "
     "sunlight in an old green garden near the river where children play every summer"
@@ -171,7 +168,7 @@ def parse_links(text: str) -> list[str]:
     """`none` (loopback), `bridge` (namespaces, unshaped) or a tc rate such as 1gbit / 100mbit."""
     links = [x.strip().lower() for x in text.split(",") if x.strip()]
     for link in links:
-        if link not in ("none", "bridge") and not _RATE.match(link):
+        if link not in ("none", "bridge") and not RATE.match(link):
             raise BenchError(f"--links: {link!r} is not none, bridge or a rate like 1gbit / 100mbit")
     if not links:
         raise BenchError("--links is empty")
@@ -211,150 +208,6 @@ def machine_info(toolchain: Toolchain | None) -> dict[str, Any]:
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "loadavg_end": None,
     }
-
-
-# --------------------------------------------------------------------------- synthetic models
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    layers: int
-    n_embd: int
-    ftype: str = "q8_0"  # "f16" | "q8_0"
-
-    @property
-    def n_ff(self) -> int:
-        return round(self.n_embd * 2.75 / 256) * 256
-
-    @property
-    def heads(self) -> int:
-        return max(1, self.n_embd // 64)
-
-    @property
-    def heads_kv(self) -> int:
-        return max(1, self.heads // 8)
-
-    @property
-    def ref(self) -> str:
-        return f"synthetic-{self.layers}x{self.n_embd}:{self.ftype.replace('_', '-')}"
-
-    @property
-    def label(self) -> str:
-        return f"{SYNTHETIC_PREFIX}{self.layers}x{self.n_embd}-{self.ftype}"
-
-
-def parse_synthetic(text: str) -> SyntheticSpec | None:
-    """`synthetic:<layers>x<n_embd>[-f16|-q8_0]` -> spec; None for an ordinary model ref."""
-    if not text.startswith(SYNTHETIC_PREFIX):
-        return None
-    m = re.fullmatch(r"(\d+)x(\d+)(?:-(f16|q8_0))?", text[len(SYNTHETIC_PREFIX) :].lower())
-    if not m:
-        raise BenchError(f"{text!r}: synthetic models are written synthetic:<layers>x<n_embd>[-f16|-q8_0]")
-    spec = SyntheticSpec(int(m.group(1)), int(m.group(2)), m.group(3) or "q8_0")
-    if not (1 <= spec.layers <= 64 and 64 <= spec.n_embd <= 8192 and spec.n_embd % 64 == 0):
-        raise BenchError(f"{text!r}: layers must be 1..64 and n_embd a multiple of 64 in 64..8192")
-    return spec
-
-
-def read_tokenizer(path: Path) -> list[tuple[str, Any, Any, Any]]:
-    """The tokenizer.* keys of a GGUF as (key, value, type, sub_type) for GGUFWriter.add_key_value."""
-    from gguf import GGUFReader, GGUFValueType
-
-    out = []
-    for key, fld in GGUFReader(path).fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = fld.types[0]
-        sub = fld.types[1] if vtype == GGUFValueType.ARRAY and len(fld.types) > 1 else None
-        out.append((key, fld.contents(), vtype, sub))
-    return out
-
-
-def _q8_0_bytes(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
-    """Random Q8_0 data: per 32-value block an f16 scale then 32 int8 quants (34 bytes)."""
-    blocks = cols // 32
-    data = np.empty((rows, blocks, 34), dtype=np.uint8)
-    data[:, :, :2] = np.frombuffer(np.float16(0.0008).tobytes(), dtype=np.uint8)
-    data[:, :, 2:] = rng.integers(-127, 128, size=(rows, blocks, 32), dtype=np.int8).view(np.uint8)
-    return data.reshape(rows, blocks * 34)
-
-
-def write_synthetic_gguf(
-    path: Path, spec: SyntheticSpec, tokenizer: Sequence[tuple[str, Any, Any, Any]], vocab: int | None = None
-) -> Path:
-    """A llama GGUF with random weights of the spec's shapes (output tied to token_embd)."""
-    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
-
-    vocab = vocab or next((len(v) for k, v, _t, _s in tokenizer if k == "tokenizer.ggml.tokens"), 0)
-    if vocab <= 0:
-        raise BenchError("the tokenizer source has no tokenizer.ggml.tokens")
-    rng = np.random.default_rng(spec.layers * 100003 + spec.n_embd)
-    q8 = spec.ftype == "q8_0"
-    e, ff, head_dim = spec.n_embd, spec.n_ff, spec.n_embd // spec.heads
-    kv = spec.heads_kv * head_dim
-
-    def matrix(rows: int, cols: int) -> tuple[np.ndarray, Any]:
-        if q8:
-            return _q8_0_bytes(rng, rows, cols), GGMLQuantizationType.Q8_0
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16), None
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    writer = GGUFWriter(tmp, "llama")
-    writer.add_name(f"sollol-ops synthetic {spec.layers}x{spec.n_embd} {spec.ftype}")
-    writer.add_block_count(spec.layers)
-    writer.add_context_length(4096)
-    writer.add_embedding_length(e)
-    writer.add_feed_forward_length(ff)
-    writer.add_head_count(spec.heads)
-    writer.add_head_count_kv(spec.heads_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(vocab)
-    writer.add_file_type(LlamaFileType.MOSTLY_Q8_0 if q8 else LlamaFileType.MOSTLY_F16)
-    for key, value, vtype, sub in tokenizer:
-        writer.add_key_value(key, value, vtype, sub_type=sub)
-
-    def add(name: str, pair: tuple[np.ndarray, Any]) -> None:
-        data, raw = pair
-        writer.add_tensor(name, data, raw_dtype=raw)
-
-    ones = np.ones(e, dtype=np.float32)
-    add("token_embd.weight", matrix(vocab, e))
-    for i in range(spec.layers):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", ones)
-        add(f"blk.{i}.attn_q.weight", matrix(e, e))
-        add(f"blk.{i}.attn_k.weight", matrix(kv, e))
-        add(f"blk.{i}.attn_v.weight", matrix(kv, e))
-        add(f"blk.{i}.attn_output.weight", matrix(e, e))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
-        add(f"blk.{i}.ffn_gate.weight", matrix(ff, e))
-        add(f"blk.{i}.ffn_up.weight", matrix(ff, e))
-        add(f"blk.{i}.ffn_down.weight", matrix(e, ff))
-    writer.add_tensor("output_norm.weight", ones)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    tmp.replace(path)
-    return path
-
-
-def synthetic_store(specs: Sequence[SyntheticSpec], store: Path, tokenizer_source: Path) -> None:
-    """Write missing synthetic GGUFs into the bench cache, then lay them out in the temporary `store`."""
-    from sollol_ops.devstore import CHATML_TEMPLATE, write_store
-
-    cache = cache_dir() / "bench"
-    tokenizer: list[tuple[str, Any, Any, Any]] | None = None
-    for spec in specs:
-        gguf = cache / f"synthetic-v{SYNTHETIC_VERSION}-{spec.layers}x{spec.n_embd}-{spec.ftype}.gguf"
-        if not gguf.is_file():
-            tokenizer = tokenizer or read_tokenizer(tokenizer_source)
-            write_synthetic_gguf(gguf, spec, tokenizer)
-        write_store(store, spec.ref, gguf, template=CHATML_TEMPLATE, params={"stop": ["<|im_end|>"]}, link="hardlink")
 
 
 # --------------------------------------------------------------------------- processes
@@ -558,98 +411,32 @@ class InventoryBackends(RpcBackends):
         pass
 
 
-def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
-    if check and proc.returncode != 0:
-        raise BenchError(f"`{' '.join(argv)}` failed: {(proc.stderr or proc.stdout).strip()[:200]}")
-    return proc
-
-
-def tbf_args(rate: str) -> list[str]:
-    """tc tbf parameters for a rate like 1gbit: burst ~4 ms of traffic (at least 128 KiB), 50 ms queue."""
-    m = _RATE.match(rate)
-    if not m:
-        raise BenchError(f"not a rate: {rate!r}")
-    bits = float(m.group(1)) * {"k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
-    burst = max(128 * 1024, int(bits / 8 / 250))
-    return ["rate", rate, "burst", str(burst), "latency", "50ms"]
-
-
-class NetLab(RpcBackends):
-    """k network namespaces, each with a veth into one bridge on the host; names unique per run."""
+class NetnsBackends(RpcBackends):
+    """rpc-servers inside the namespaces of a NetLab, one per namespace, bound to its address."""
 
     kind = "netns"
 
     def __init__(self, toolchain: Toolchain, reaper: Reaper, logs: Path, timeout: float, count: int) -> None:
-        if os.geteuid() != 0:
-            raise BenchError("--links with namespaces needs root (ip netns, tc); use --links none")
-        for tool in ("ip", "tc"):
-            if shutil.which(tool) is None:
-                raise BenchError(f"--links needs `{tool}` (iproute2)")
+        self.lab = NetLab(count, prefix=f"sb{os.getpid() % 10_000_000}", subnet_base=NETNS_SUBNET)
         self.toolchain, self.reaper, self.logs, self.timeout = toolchain, reaper, logs, timeout
-        self.prefix = f"sb{os.getpid() % 10_000_000}"
-        self.bridge = f"{self.prefix}br"
-        self.count = count
-        self.subnet = self._free_subnet()
-        self.namespaces: list[str] = []
         self.pids: list[int] = []
-        self.rate: str | None = None
-
-    def _free_subnet(self) -> str:
-        used = _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
-        used += _run(["ip", "-4", "route", "show"], check=False).stdout
-        first = os.getpid() % 250 + 1
-        for i in range(250):
-            third = (first + i) % 250 + 1
-            net = f"{NETNS_SUBNET}.{third}."
-            if net not in used:
-                return net
-        raise BenchError(f"no free /24 in {NETNS_SUBNET}.0.0/16 for the bench namespaces")
-
-    def address(self, i: int) -> str:
-        return f"{self.subnet}{10 + i}"
-
-    def host_veth(self, i: int) -> str:
-        return f"{self.prefix}h{i}"
-
-    def ns_veth(self, i: int) -> str:
-        return f"{self.prefix}p{i}"
 
     def up(self) -> None:
-        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        _run(["ip", "addr", "add", f"{self.subnet}1/24", "dev", self.bridge])
-        _run(["ip", "link", "set", self.bridge, "up"])
-        for i in range(self.count):
-            ns = f"{self.prefix}n{i}"
-            _run(["ip", "netns", "add", ns])
-            self.namespaces.append(ns)
-            _run(["ip", "link", "add", self.host_veth(i), "type", "veth", "peer", "name", self.ns_veth(i)])
-            _run(["ip", "link", "set", self.ns_veth(i), "netns", ns])
-            _run(["ip", "link", "set", self.host_veth(i), "master", self.bridge, "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", self.ns_veth(i)])
-            _run(["ip", "-n", ns, "link", "set", self.ns_veth(i), "up"])
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        self.lab.up()
 
     def shape(self, rate: str | None) -> None:
-        """tbf at `rate` on both ends of every veth (None: remove shaping)."""
-        for i, ns in enumerate(self.namespaces):
-            for prefix, dev in ((["tc"], self.host_veth(i)), (["tc", "-n", ns], self.ns_veth(i))):
-                if rate is None:
-                    _run([*prefix, "qdisc", "del", "dev", dev, "root"], check=False)
-                else:
-                    _run([*prefix, "qdisc", "replace", "dev", dev, "root", "tbf", *tbf_args(rate)])
-        self.rate = rate
+        self.lab.shape(rate)
 
     def start(self, k: int, threads: int | None, cache: Path | None) -> list[str]:
         self.stop()
-        if k > len(self.namespaces):
-            raise BenchError(f"the namespace lab has {len(self.namespaces)} namespaces, {k} asked")
+        if k > self.lab.count:
+            raise BenchError(f"the namespace lab has {self.lab.count} namespaces, {k} asked")
         endpoints, logs = [], []
         for i in range(k):
-            spec = RpcServerSpec(self.address(i), RPC_PORT_NETNS, threads or 1, self.logs / f"rpc-ns{i}.log", cache)
-            argv = ["ip", "netns", "exec", self.namespaces[i], *_rpc_argv(self.toolchain, spec, threads)]
+            spec = RpcServerSpec(self.lab.address(i), RPC_PORT_NETNS, threads or 1, self.logs / f"rpc-ns{i}.log", cache)
+            argv = self.lab.exec_argv(i, _rpc_argv(self.toolchain, spec, threads))
             self.pids.append(self.reaper.spawn(argv, spec.log, _rpc_env(cache)))
-            endpoints.append(f"{self.address(i)}:{RPC_PORT_NETNS}")
+            endpoints.append(f"{self.lab.address(i)}:{RPC_PORT_NETNS}")
             logs.append(spec.log)
         wait_rpc_ready(endpoints, self.pids, logs, self.timeout)
         return endpoints
@@ -661,14 +448,7 @@ class NetLab(RpcBackends):
 
     def down(self) -> None:
         self.stop()
-        for ns in self.namespaces:
-            _run(["ip", "netns", "del", ns], check=False)
-        self.namespaces = []
-        existing = _run(["ip", "-o", "link", "show"], check=False).stdout
-        for i in range(self.count):  # a veth whose peer never reached its namespace
-            if f" {self.host_veth(i)}@" in existing or f" {self.host_veth(i)}:" in existing:
-                _run(["ip", "link", "del", self.host_veth(i)], check=False)
-        _run(["ip", "link", "del", self.bridge], check=False)
+        self.lab.down()
 
 
 # --------------------------------------------------------------------------- models
@@ -988,9 +768,9 @@ class Bench:
             loop = LoopbackBackends(self.toolchain, self.reaper, self.logs, 30.0)
         loop_link = "inventory" if cfg.use_inventory else "loopback"
         shaped = [x for x in cfg.links if x != "none"]
-        lab: NetLab | None = None
+        lab: NetnsBackends | None = None
         if shaped and not cfg.use_inventory:
-            lab = NetLab(self.toolchain, self.reaper, self.logs, 60.0, kmax)
+            lab = NetnsBackends(self.toolchain, self.reaper, self.logs, 60.0, kmax)
             self.notes.append(NO_LATENCY_NOTE)
         elif shaped:
             self.notes.append("--use-inventory: --links ignored (no shaping of real hosts)")

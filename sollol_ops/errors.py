@@ -66,3 +66,9 @@ class ProvisionError(SollolError):
 
 class BenchError(SollolError):
     exit_code = 11
+
+
+class NetworkLabError(SollolError):
+    """Network namespaces for test hosts could not be set up (root, iproute2)."""
+
+    exit_code = 12

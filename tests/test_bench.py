@@ -6,8 +6,6 @@ No assertion here depends on how fast anything is: the figures are only checked 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,8 +13,8 @@ import pytest
 from gguf import GGUFValueType
 from helpers import assert_clean_failure, run_cli
 
-from sollol_ops import bench
-from sollol_ops.errors import BenchError
+from sollol_ops import bench, netlab, synthetic
+from sollol_ops.errors import BenchError, NetworkLabError
 from sollol_ops.gguf_info import read_gguf
 
 TINY = ("--repeats", "1", "--tokens", "4", "--prompt-tokens", "16", "--ctx", "512", "--json")
@@ -56,21 +54,21 @@ def test_parsers() -> None:
     assert bench.parse_links("none,1gbit,100MBIT,bridge,none") == ["none", "1gbit", "100mbit", "bridge"]
     with pytest.raises(BenchError, match="rate"):
         bench.parse_links("fast")
-    assert bench.parse_synthetic("smollm2:135m") is None
-    spec = bench.parse_synthetic("synthetic:4x2048-q8_0")
-    assert spec == bench.SyntheticSpec(4, 2048, "q8_0")
+    assert synthetic.parse_synthetic("smollm2:135m") is None
+    spec = synthetic.parse_synthetic("synthetic:4x2048-q8_0")
+    assert spec == synthetic.SyntheticSpec(4, 2048, "q8_0")
     assert (spec.n_ff, spec.heads, spec.heads_kv) == (5632, 32, 4)  # TinyLlama-1.1B's shapes
-    assert bench.parse_synthetic("synthetic:2x128").ftype == "q8_0"
+    assert synthetic.parse_synthetic("synthetic:2x128").ftype == "q8_0"
     for bad in ("synthetic:4", "synthetic:4x100", "synthetic:0x128", "synthetic:2x128-q4_0"):
         with pytest.raises(BenchError):
-            bench.parse_synthetic(bad)
+            synthetic.parse_synthetic(bad)
 
 
 def test_tbf_args() -> None:
-    assert bench.tbf_args("1gbit") == ["rate", "1gbit", "burst", "500000", "latency", "50ms"]
-    assert bench.tbf_args("100mbit")[3] == str(128 * 1024)  # never below one GSO super-packet's worth
-    with pytest.raises(BenchError):
-        bench.tbf_args("none")
+    assert netlab.tbf_args("1gbit") == ["rate", "1gbit", "burst", "500000", "latency", "50ms"]
+    assert netlab.tbf_args("100mbit")[3] == str(128 * 1024)  # never below one GSO super-packet's worth
+    with pytest.raises(NetworkLabError):
+        netlab.tbf_args("none")
 
 
 def test_merge_markdown_keeps_foreign_sections() -> None:
@@ -102,8 +100,8 @@ def _tiny_tokenizer(n: int = 300) -> list[tuple[str, object, GGUFValueType, GGUF
 
 @pytest.mark.parametrize("ftype", ["q8_0", "f16"])
 def test_synthetic_writer_shapes(tmp_path: Path, ftype: str) -> None:
-    spec = bench.SyntheticSpec(3, 128, ftype)
-    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", spec, _tiny_tokenizer())
+    spec = synthetic.SyntheticSpec(3, 128, ftype)
+    path = synthetic.write_synthetic_gguf(tmp_path / "m.gguf", spec, _tiny_tokenizer())
     info = read_gguf(path)
     assert info.architecture == "llama" and info.block_count == 3 and len(info.layer_bytes) == 3
     assert (info.embedding_length, info.head_count, info.head_count_kv) == (128, 2, 1)
@@ -114,14 +112,14 @@ def test_synthetic_writer_shapes(tmp_path: Path, ftype: str) -> None:
 @pytest.mark.slow
 def test_synthetic_store_copies_the_smollm2_tokenizer(tmp_path: Path, smollm2_store: Path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    spec = bench.SyntheticSpec(2, 256, "q8_0")
+    spec = synthetic.SyntheticSpec(2, 256, "q8_0")
     source = bench.tokenizer_source(str(smollm2_store))
-    bench.synthetic_store([spec], tmp_path / "store", source)
+    synthetic.synthetic_store([spec], tmp_path / "store", source)
     from sollol_ops.ollama import resolve_model
 
     resolved = resolve_model(spec.ref, tmp_path / "store")
     assert resolved.gguf is not None and resolved.gguf.block_count == 2
-    keys = {k for k, *_ in bench.read_tokenizer(resolved.blob)}
+    keys = {k for k, *_ in synthetic.read_tokenizer(resolved.blob)}
     assert {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template"} <= keys
     assert not (smollm2_store / "manifests/registry.ollama.ai/library/synthetic-2x256").exists()
 
@@ -212,7 +210,6 @@ def _our_namespaces() -> set[str]:
 
 @pytest.mark.netns
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tc") is None, reason="needs root and iproute2")
 def test_bench_over_shaped_namespace_links(sollol_env: dict[str, str]) -> None:
     before = _our_namespaces()
     args = ("--backends", "1", "--links", "1gbit", "--repeats", "1", "--tokens", "2", "--prompt-tokens", "8")

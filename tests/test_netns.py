@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from helpers import run_cli
-from netlab import NetLab
 
 from sollol_ops import procs
 from sollol_ops.coordinator import CoordinatorState, chat
 from sollol_ops.local_cluster import wait_ready
+from sollol_ops.netlab import NetLab
 from sollol_ops.toolchain import find_toolchain
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -28,7 +28,7 @@ def _root_only() -> None:
 
 def test_up_across_network_namespaces(sollol_env: dict[str, str], tmp_path: Path) -> None:
     rpc = find_toolchain().rpc_server
-    with NetLab(hosts=3) as lab:
+    with NetLab(3, subnet_base="10.214") as lab:
         pids = []
         try:
             for i in range(3):
