@@ -81,7 +81,7 @@ demo-stop: venv
 	-$(BIN)/sollol-ops local stop
 
 # Molecule scenarios on podman systemd containers (root; needs `make llama` for the artifact they install).
-molecule: venv llama
+molecule: venv llama model
 	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh user-scope
 
 # Benchmark (sollol_ops/bench.py): sharding vs. one node, coordinator start-up, shaped links, settings grid.

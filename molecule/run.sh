@@ -3,7 +3,7 @@
 # Sets up what this kind of host needs (docs/roles.md, "Molecule"): a containers.conf with ulimits the
 # host allows, cgroup v1 controllers moved off cgroup2, a private mount namespace that sees only cgroup2,
 # the containers.podman/ansible.posix/community.general collections unpacked from the `ansible` wheel,
-# and the base image. Then `molecule test -s SCENARIO` (or the molecule subcommand given in MOLECULE_CMD).
+# a frozen copy of the sollol-ops sources, and the base image. Then `molecule test -s SCENARIO` (or the molecule subcommand given in MOLECULE_CMD).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -65,13 +65,39 @@ PY
 fi
 export ANSIBLE_COLLECTIONS_PATH="$COLLECTIONS"
 
-# 4. Everything podman from here on runs in one private mount namespace that sees only cgroup2.
+# 4. Freeze the sollol-ops sources for this run: the coordinator role builds its wheelhouse from this copy
+#    (molecule.yml: coordinator_source), so edits to the checkout during the run cannot show up as changes in
+#    the idempotence step.
+export SOLLOL_MOLECULE_SOURCE="$CACHE/molecule/source"
+rm -rf "$SOLLOL_MOLECULE_SOURCE"
+mkdir -p "$SOLLOL_MOLECULE_SOURCE"
+tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md sollol_ops | tar -C "$SOLLOL_MOLECULE_SOURCE" -xf -
+
+# 5. Everything podman from here on runs in one private mount namespace that sees only cgroup2.
+#    /run/netns (podman's network namespace mounts) is shared with the host, so a later run, in another namespace,
+#    can still tear down and remove containers an interrupted run left behind.
+mkdir -p /run/netns
+if ! grep -q ' /run/netns .* shared:' /proc/self/mountinfo; then
+  mountpoint -q /run/netns || mount --bind /run/netns /run/netns
+  mount --make-shared /run/netns
+fi
 export REPO SCENARIO MOLECULE_CMD
-exec unshare -m bash -euo pipefail -c '
-  mount --make-rprivate /
+exec unshare -m --propagation unchanged bash -euo pipefail -c '
+  mount --make-rprivate /sys
   umount -l /sys/fs/cgroup
   mount -t cgroup2 cgroup2 /sys/fs/cgroup
   bash "$REPO/molecule/image/build.sh"
+  # Stale aardvark-dns records of this scenario'"'"'s network (destroy does not always remove them) keep the resolver
+  # on an old gateway address, and the containers cannot resolve each other'"'"'s names. Remove containers an aborted
+  # run left on the scenario'"'"'s own network, then the file: netavark writes a fresh one for the first new container.
+  net="$(sed -n "s/^ *network: *\([A-Za-z0-9_.-]*\).*/\1/p" "$REPO/molecule/$SCENARIO/molecule.yml" | head -n1)"
+  if [ -n "$net" ]; then
+    left="$(podman ps -aq --filter "network=$net" 2>/dev/null || true)"
+    for c in $left; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+    rm -f "/run/containers/networks/aardvark-dns/$net"
+  fi
   cd "$REPO"
-  exec molecule $MOLECULE_CMD -s "$SCENARIO" "$@"
+  start=$(date +%s)
+  molecule $MOLECULE_CMD -s "$SCENARIO" "$@"
+  echo "run.sh: molecule $MOLECULE_CMD -s $SCENARIO passed in $(( $(date +%s) - start )) s"
 ' run.sh "$@"
