@@ -71,7 +71,7 @@ lint: venv
 unit: venv llama model
 	SOLLOL_TEST_MODELS=$(MODELS) PATH=$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint unit molecule
+test: lint molecule unit
 
 demo: venv llama model
 	PATH=$(BIN):$$PATH OLLAMA_MODELS=$(MODELS) bash scripts/demo.sh
