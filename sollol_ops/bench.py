@@ -368,7 +368,19 @@ def _rpc_env(cache: Path | None) -> dict[str, str]:
     return env
 
 
-class LoopbackBackends(RpcBackends):
+class SpawnedBackends(RpcBackends):
+    """rpc-servers this run spawned (tracked by pid, stopped through the reaper)."""
+
+    reaper: Reaper
+    pids: list[int]
+
+    def stop(self) -> None:
+        for pid in self.pids:
+            self.reaper.stop(pid)
+        self.pids = []
+
+
+class LoopbackBackends(SpawnedBackends):
     def __init__(self, toolchain: Toolchain, reaper: Reaper, logs: Path, timeout: float) -> None:
         self.toolchain, self.reaper, self.logs, self.timeout = toolchain, reaper, logs, timeout
         self.pids: list[int] = []
@@ -384,11 +396,6 @@ class LoopbackBackends(RpcBackends):
         endpoints = [f"127.0.0.1:{p}" for p in ports]
         wait_rpc_ready(endpoints, self.pids, logs, self.timeout)
         return endpoints
-
-    def stop(self) -> None:
-        for pid in self.pids:
-            self.reaper.stop(pid)
-        self.pids = []
 
 
 class InventoryBackends(RpcBackends):
@@ -411,7 +418,7 @@ class InventoryBackends(RpcBackends):
         pass
 
 
-class NetnsBackends(RpcBackends):
+class NetnsBackends(SpawnedBackends):
     """rpc-servers inside the namespaces of a NetLab, one per namespace, bound to its address."""
 
     kind = "netns"
@@ -440,11 +447,6 @@ class NetnsBackends(RpcBackends):
             logs.append(spec.log)
         wait_rpc_ready(endpoints, self.pids, logs, self.timeout)
         return endpoints
-
-    def stop(self) -> None:
-        for pid in self.pids:
-            self.reaper.stop(pid)
-        self.pids = []
 
     def down(self) -> None:
         self.stop()
