@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,7 +383,3 @@ def chat(state: CoordinatorState, prompt: str, max_tokens: int = 64, timeout: fl
 
 def uptime(state: CoordinatorState) -> float:
     return max(0.0, time.time() - state.started_at)
-
-
-def backends_of(state: CoordinatorState | None) -> Sequence[str]:
-    return state.backends if state is not None else ()

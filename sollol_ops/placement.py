@@ -80,12 +80,6 @@ class Plan:
                 out.append(s.slot.backend.endpoint)
         return out
 
-    def need_bytes(self) -> int:
-        return sum(s.need_bytes for s in self.shares)
-
-    def usable_bytes(self) -> int:
-        return sum(s.slot.usable_bytes for s in self.shares)
-
 
 def mem_available_bytes(meminfo: str | None = None) -> int:
     text = meminfo if meminfo is not None else Path("/proc/meminfo").read_text()

@@ -73,9 +73,6 @@ class ProbeResult:
     def ok(self) -> bool:
         return self.status is Status.READY
 
-    def with_status(self, status: Status, detail: str) -> ProbeResult:
-        return ProbeResult(self.endpoint, status, self.version, self.devices, detail, self.latency_ms)
-
 
 class _Closed(Exception):
     """The peer closed the connection before a full reply."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from enum import Enum
 from pathlib import Path
@@ -52,12 +51,6 @@ def echo_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Seq
     click.echo(table(headers, rows, right))
 
 
-def mib(n_bytes: int | float | None) -> str:
-    if n_bytes is None:
-        return "-"
-    return f"{n_bytes / 2**20:,.0f} MiB"
-
-
 def human_bytes(n_bytes: int | float | None) -> str:
     if n_bytes is None:
         return "-"
@@ -67,7 +60,3 @@ def human_bytes(n_bytes: int | float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()
