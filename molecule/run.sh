@@ -22,6 +22,17 @@ for tool in podman runc unshare; do
 done
 export PATH="$VENV_BIN:$PATH"
 
+# 0. The hosts reach each other by name: podman must give its networks DNS (with the CNI backend, the dnsname
+# plugin). Without it verify fails much later with "Name or service not known"; say so now, in one line.
+probe="sollol-dns-probe-$$"
+podman network create "$probe" >/dev/null
+dns="$(podman network inspect "$probe" --format '{{.DNSEnabled}}')"
+podman network rm -f "$probe" >/dev/null
+if [ "$dns" != true ]; then
+  echo "run.sh: podman networks here have no DNS for container names (backend $(podman info --format '{{.Host.NetworkBackend}}')): install golang-github-containernetworking-plugin-dnsname (CNI) or netavark + aardvark-dns" >&2
+  exit 1
+fi
+
 # 1. containers.conf: the host's hard limits (nofile 20000, memlock 8 MiB) and runc.
 mkdir -p "$CACHE"
 export CONTAINERS_CONF="$CACHE/containers.conf"
@@ -95,6 +106,10 @@ exec unshare -m --propagation unchanged bash -euo pipefail -c '
     left="$(podman ps -aq --filter "network=$net" 2>/dev/null || true)"
     for c in $left; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
     rm -f "/run/containers/networks/aardvark-dns/$net"
+    # A network created before DNS was available keeps DNS off: let molecule create it anew.
+    if podman network exists "$net" && [ "$(podman network inspect "$net" --format "{{.DNSEnabled}}")" != true ]; then
+      podman network rm -f "$net" >/dev/null
+    fi
   fi
   cd "$REPO"
   start=$(date +%s)
