@@ -6,21 +6,24 @@ never mistaken for ours), its log in coordinator.log next to it.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import procs
-from sollol_ops.errors import CoordinatorError
+from sollol_ops import procs, statefile
+from sollol_ops.errors import CoordinatorError, StateError, ToolchainError, UsageError
 from sollol_ops.paths import state_dir
 from sollol_ops.placement import Plan
 from sollol_ops.toolchain import Toolchain
@@ -45,6 +48,21 @@ class CoordinatorState:
     kv_per_layer: int
     foreground: bool = False
     plan: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.pid <= 0:
+            raise statefile.ShapeError(f"pid {self.pid} is not a process id")
+        if not self.command:
+            raise statefile.ShapeError("command is empty")
+
+    @property
+    def listen(self) -> str:
+        """Where llama-server really listens (0.0.0.0 / :: mean every interface)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def exposed(self) -> bool:
+        return not is_loopback(self.host)
 
     @property
     def endpoint(self) -> str:
@@ -79,28 +97,36 @@ def log_path(root: Path | None = None) -> Path:
     return (root or default_root()) / "coordinator.log"
 
 
-def load_state(root: Path | None = None) -> CoordinatorState | None:
-    try:
-        data = json.loads(state_path(root).read_text())
-        return CoordinatorState(**data)
-    except (OSError, ValueError, TypeError):
-        return None
+def lock_path(root: Path | None = None) -> Path:
+    return (root or default_root()) / "coordinator.lock"
+
+
+def start_lock(model: str, root: Path | None = None) -> Any:
+    """Held from the first check to a recorded, ready coordinator: of two `up`s, one wins, the other
+    is told who holds it (statefile.LockHeld). The kernel releases it if the holder dies."""
+    return statefile.exclusive(lock_path(root), f"sollol-ops up {model}", "the coordinator lock")
+
+
+def load_state(root: Path | None = None, warn: statefile.Warn = statefile.warn_stderr) -> CoordinatorState | None:
+    """The recorded coordinator, or None. A corrupt state file is set aside with one warning line."""
+    return statefile.load(state_path(root), CoordinatorState, "coordinator state", warn)
 
 
 def save_state(state: CoordinatorState, root: Path | None = None) -> None:
-    path = state_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(path)
+    statefile.write(state_path(root), state, "the coordinator state")
 
 
 def clear_state(root: Path | None = None) -> None:
-    state_path(root).unlink(missing_ok=True)
+    statefile.remove(state_path(root))
 
 
 def is_alive(state: CoordinatorState) -> bool:
-    return procs.is_alive(state.pid, state.start_time)
+    """Alive and provably the llama-server we started (pid, kernel start time and program)."""
+    return procs.is_ours(state.pid, state.start_time, state.command[0])
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def health(state: CoordinatorState, timeout: float = 1.0) -> int | None:
@@ -112,6 +138,46 @@ def health(state: CoordinatorState, timeout: float = 1.0) -> int | None:
         return exc.code
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+# llama-server flags that sollol-ops sets itself, from its own options or its plan. Passing one again through
+# --server-arg would make llama-server do something other than what the state file, `status` and the
+# placement table say (llama.cpp takes the last occurrence), so they are refused.
+MANAGED_FLAGS: dict[str, str] = {
+    "--host": "--host",
+    "--port": "--port",
+    "-m": "the MODEL argument",
+    "--model": "the MODEL argument",
+    "--rpc": "the inventory",
+    "-dev": "the placement plan",
+    "--device": "the placement plan",
+    "-ts": "the placement plan",
+    "--tensor-split": "the placement plan",
+    "-ngl": "the placement plan",
+    "--n-gpu-layers": "the placement plan",
+    "--gpu-layers": "the placement plan",
+    "-c": "--ctx-size",
+    "--ctx-size": "--ctx-size",
+    "-np": "--parallel",
+    "--parallel": "--parallel",
+    "-t": "--threads",
+    "--threads": "--threads",
+    "-a": "the model name",
+    "--alias": "the model name",
+    "-lv": "the log level sollol-ops parses",
+    "--log-verbosity": "the log level sollol-ops parses",
+    "--log-file": "the coordinator log sollol-ops parses",
+}
+
+
+def check_extra_args(extra: list[str]) -> None:
+    """UsageError when a --server-arg repeats a flag sollol-ops manages."""
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        if flag in MANAGED_FLAGS:
+            raise UsageError(
+                f"--server-arg {arg} conflicts with what sollol-ops sets itself; use {MANAGED_FLAGS[flag]} instead"
+            )
 
 
 def build_command(toolchain: Toolchain, blob: Path, plan: Plan, opts: StartOptions) -> list[str]:
@@ -157,16 +223,52 @@ def plan_rows(plan: Plan) -> list[dict[str, Any]]:
     ]
 
 
+def _prepare_log(root: Path | None) -> Path:
+    log = log_path(root)
+    try:
+        log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log.write_text("")  # one log per run: the distribution is parsed from it
+    except OSError as exc:
+        raise statefile.cannot_write("the coordinator log", log.parent, exc) from exc
+    return log
+
+
+def _spawn_recorded(
+    argv: list[str], root: Path | None, log: Path, record: Callable[[int], CoordinatorState], foreground: bool
+) -> tuple[CoordinatorState, subprocess.Popen[bytes] | None]:
+    """Start llama-server only once its state can be recorded: the state file's room is reserved
+    (written and synced) first, so a full or read-only state directory fails before anything runs;
+    if the final write still fails, the process just started is stopped before the error is raised."""
+    with statefile.reserve(state_path(root), record(1 << 22), "the coordinator state") as slot:
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            if foreground:
+                with open(log, "ab") as log_file:
+                    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+                pid = proc.pid
+            else:
+                pid = procs.spawn_detached(argv, log)
+        except OSError as exc:
+            raise ToolchainError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        state = record(pid)
+        try:
+            slot.commit(state)
+        except StateError:
+            procs.stop_process(pid, state.start_time, timeout=5, group=not foreground)
+            if proc is not None:
+                proc.wait()
+            raise
+    return state, proc
+
+
 def start_detached(
     toolchain: Toolchain, blob: Path, plan: Plan, opts: StartOptions, model: str, digest: str, root: Path | None = None
 ) -> CoordinatorState:
     argv = build_command(toolchain, blob, plan, opts)
-    log = log_path(root)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")  # one log per run: the distribution is parsed from it
-    pid = procs.spawn_detached(argv, log)
-    state = _state(pid, argv, blob, plan, opts, model, digest, log, foreground=False)
-    save_state(state, root)
+    log = _prepare_log(root)
+    state, _ = _spawn_recorded(
+        argv, root, log, lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, foreground=False), False
+    )
     return state
 
 
@@ -213,12 +315,12 @@ def run_foreground(
 ) -> int:
     """Run llama-server attached (for a systemd unit): signals are forwarded, state removed on exit."""
     argv = build_command(toolchain, blob, plan, opts)
-    log = log_path(root)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-    state = _state(proc.pid, argv, blob, plan, opts, model, digest, log, foreground=True)
-    save_state(state, root)
+    log = _prepare_log(root)
+    state, started = _spawn_recorded(
+        argv, root, log, lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, foreground=True), True
+    )
+    assert started is not None
+    proc = started
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)
@@ -289,14 +391,23 @@ def last_error(log: Path) -> str:
     return lines[-1][:200] if lines else "empty log"
 
 
-def stop(root: Path | None = None, timeout: float = 15.0) -> CoordinatorState | None:
-    """SIGTERM, wait, SIGKILL; remove the state. Returns the state that was stopped (None: nothing ran)."""
+@dataclass
+class Stopped:
+    state: CoordinatorState
+    was_running: bool  # False: it had exited already, or its pid is no longer provably ours (not signalled)
+
+
+def stop(root: Path | None = None, timeout: float = 15.0) -> Stopped | None:
+    """SIGTERM, wait, SIGKILL, only if the recorded process is provably ours; remove the state.
+    None when nothing was recorded."""
     state = load_state(root)
     if state is None:
         return None
-    procs.stop_process(state.pid, state.start_time, timeout=timeout, group=not state.foreground)
+    was_running = procs.stop_process(
+        state.pid, state.start_time, timeout=timeout, group=not state.foreground, argv0=state.command[0]
+    )
     clear_state(root)
-    return state
+    return Stopped(state, was_running)
 
 
 # --------------------------------------------------------------------------- distribution from the log
@@ -365,20 +476,160 @@ def distribution(state: CoordinatorState) -> Distribution:
     return parse_distribution(text, state.kv_per_layer)
 
 
-def chat(state: CoordinatorState, prompt: str, max_tokens: int = 64, timeout: float = 120.0) -> str:
-    """One OpenAI-style chat completion against the coordinator; returns the answer text."""
-    body = json.dumps(
-        {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
-    ).encode()
-    req = urllib.request.Request(
-        f"{state.openai_base}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+class Stalled(CoordinatorError):
+    """The coordinator made no progress for the stall time-out; names the backend it waits on, if known."""
+
+
+def stall_message(state: CoordinatorState, seconds: float) -> str:
+    suspects = blocked_on(state)
+    if suspects:
+        who = "; suspected backend: " + ", ".join(suspects) + " (llama-server is waiting for its reply)"
+    else:
+        who = "; no backend could be singled out"
+    return (
+        f"the coordinator ({state.model}, pid {state.pid}) made no progress for {seconds:g}s: stalled{who}; "
+        "check that worker (`sollol-ops status`, systemctl status sollol-rpc-server there), then "
+        "`sollol-ops down` and `up` again"
     )
+
+
+def chat(
+    state: CoordinatorState,
+    prompt: str,
+    max_tokens: int = 64,
+    stall_timeout: float = 120.0,
+    on_token: Callable[[str], None] | None = None,
+) -> str:
+    """One OpenAI chat completion, streamed, against the coordinator; returns the answer text.
+    Each read waits at most ``stall_timeout`` seconds: a request that makes no progress that long (a
+    frozen worker: llama.cpp's RPC client itself never times out) ends in Stalled, not a hang."""
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+    ).encode()
+    host = state.endpoint.removeprefix("http://").rsplit(":", 1)[0]
+    conn = http.client.HTTPConnection(host, state.port, timeout=stall_timeout)
+    parts: list[str] = []
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            data = json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise CoordinatorError(f"chat completion at {state.openai_base} failed: {exc}") from exc
-    return str(data["choices"][0]["message"]["content"])
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            detail = resp.read(4096).decode(errors="replace")
+            raise CoordinatorError(f"chat completion at {state.openai_base} failed: HTTP {resp.status} {detail[:200]}")
+        while True:
+            line = resp.readline(1 << 20)
+            if not line:
+                break
+            text = line.decode(errors="replace").strip()
+            if not text.startswith("data:"):
+                continue
+            payload = text[5:].strip()
+            if payload == "[DONE]":
+                break
+            chunk = json.loads(payload)
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    parts.append(piece)
+                    if on_token is not None:
+                        on_token(piece)
+    except TimeoutError as exc:
+        raise Stalled(stall_message(state, stall_timeout)) from exc
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise CoordinatorError(f"chat completion at {state.openai_base} failed: {reason}") from exc
+    finally:
+        conn.close()
+    return "".join(parts)
+
+
+def main_loop_responds(state: CoordinatorState, timeout: float) -> bool:
+    """Whether llama-server's main loop answers within ``timeout``: /health is answered by the HTTP
+    threads, /metrics only by the loop that runs the model, which hangs while a backend does not reply."""
+    try:
+        with urllib.request.urlopen(f"{state.endpoint}/metrics", timeout=timeout) as resp:
+            resp.read(1 << 20)
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+# Syscalls a thread blocked reading a socket sits in, by machine (x86_64, aarch64).
+_READ_SYSCALLS = {"x86_64": {0, 45, 47}, "aarch64": {63, 207, 212}}
+
+
+def _socket_peers(pid: int) -> dict[int, tuple[str, int]]:
+    """fd -> (remote address, port) of pid's TCP sockets, from /proc."""
+    inodes: dict[int, int] = {}
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes[int(target[8:-1])] = int(fd)
+    except OSError:
+        return {}
+    peers: dict[int, tuple[str, int]] = {}
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or int(fields[9]) not in inodes:
+                continue
+            addr_hex, port_hex = fields[2].split(":")
+            raw = bytes.fromhex(addr_hex)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            address = socket.inet_ntop(family, raw)
+            if address.startswith("::ffff:"):
+                address = address[7:]
+            peers[inodes[int(fields[9])]] = (address, int(port_hex, 16))
+    return peers
+
+
+def _addresses(host: str) -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return set()
+
+
+def blocked_on(state: CoordinatorState) -> list[str]:
+    """The coordinator's backends that one of llama-server's threads is blocked reading from (from
+    /proc/PID/task/*/syscall; empty when that is not readable or no thread waits on a backend)."""
+    reads = _READ_SYSCALLS.get(os.uname().machine, set())
+    waiting_fds: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{state.pid}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            fields = Path(f"/proc/{state.pid}/task/{tid}/syscall").read_text().split()
+        except OSError:
+            continue
+        if len(fields) >= 2 and fields[0].isdigit() and int(fields[0]) in reads:
+            waiting_fds.add(int(fields[1], 16))
+    if not waiting_fds:
+        return []
+    peers = _socket_peers(state.pid)
+    waiting = {peers[fd] for fd in waiting_fds if fd in peers}
+    suspects = []
+    for endpoint in state.backends:
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]")
+        if any(p == int(port) and a in _addresses(host) for a, p in waiting):
+            suspects.append(endpoint)
+    return suspects
 
 
 def uptime(state: CoordinatorState) -> float:

@@ -72,3 +72,15 @@ class NetworkLabError(SollolError):
     """Network namespaces for test hosts could not be set up (root, iproute2)."""
 
     exit_code = 12
+
+
+class StateError(SollolError):
+    """sollol-ops's own state directory cannot be read or written (full, read-only, wrong owner)."""
+
+    exit_code = 13
+
+
+class CheckFailed(SollolError):
+    """A health check (`status --check`, `doctor`) found problems; the message names each one."""
+
+    exit_code = 14

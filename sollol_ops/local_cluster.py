@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sollol_ops import procs, rpc
-from sollol_ops.errors import BackendError, UsageError
+from sollol_ops import procs, rpc, statefile
+from sollol_ops.errors import BackendError, StateError, UsageError
 from sollol_ops.paths import cache_dir, state_dir
 from sollol_ops.toolchain import Toolchain, find_toolchain
 
@@ -20,6 +19,7 @@ class LocalServer:
     pid: int
     start_time: int | None
     log: str
+    argv0: str | None = None  # the program, so a reused pid is never signalled
 
 
 @dataclass
@@ -61,8 +61,9 @@ def start_rpc_server(toolchain: Toolchain, spec: RpcServerSpec) -> LocalServer:
     if spec.cache_dir is not None:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
         env["LLAMA_CACHE"] = str(spec.cache_dir)
-    pid = procs.spawn_detached(rpc_server_argv(toolchain, spec), spec.log, env=env)
-    return LocalServer(spec.port, pid, procs.process_start_time(pid), str(spec.log))
+    argv = rpc_server_argv(toolchain, spec)
+    pid = procs.spawn_detached(argv, spec.log, env=env)
+    return LocalServer(spec.port, pid, procs.process_start_time(pid), str(spec.log), argv[0])
 
 
 def wait_ready(endpoints: list[str], timeout: float = 30.0) -> list[rpc.ProbeResult]:
@@ -85,14 +86,19 @@ def default_root() -> Path:
     return state_dir() / "local"
 
 
-def load(root: Path | None = None) -> LocalCluster | None:
-    root = root or default_root()
-    try:
-        data = json.loads(_state_file(root).read_text())
-    except (OSError, ValueError):
+def load(root: Path | None = None, warn: statefile.Warn = statefile.warn_stderr) -> LocalCluster | None:
+    """The recorded local cluster, or None; a corrupt file is set aside with one warning line."""
+    return statefile.load(_state_file(root or default_root()), LocalCluster, "local cluster state", warn)
+
+
+def exposure_warning(host: str) -> str | None:
+    if host in ("localhost", "::1") or host.startswith("127."):
         return None
-    data["servers"] = [LocalServer(**s) for s in data["servers"]]
-    return LocalCluster(**data)
+    where = "every interface" if host in ("0.0.0.0", "::", "") else host
+    return (
+        f"rpc-server has no authentication and will listen on {where}: anyone who can reach this host can "
+        "allocate its memory, run graphs on it and crash it; bind 127.0.0.1 or firewall the ports to the coordinator"
+    )
 
 
 def write_inventory(path: Path, host: str, ports: list[int], threads: int) -> None:
@@ -121,23 +127,33 @@ def start(
     if count < 1 or count > 64:
         raise UsageError(f"local cluster size must be 1..64, got {count}")
     root = root or default_root()
-    existing = load(root)
-    if existing and any(procs.is_alive(s.pid, s.start_time) for s in existing.servers):
-        raise UsageError(
-            f"a local cluster is already running ({', '.join(existing.endpoints)}); run `sollol-ops local stop` first"
-        )
-    toolchain = toolchain or find_toolchain()
-    ncpu = os.cpu_count() or 1
-    threads = threads or max(1, ncpu // count)
-    ports = procs.free_ports(host, count, base_port)
-    rpc_cache = cache_dir() / "rpc-cache" if cache else None
-    servers = [
-        start_rpc_server(toolchain, RpcServerSpec(host, p, threads, root / f"rpc-{p}.log", rpc_cache)) for p in ports
-    ]
-    inventory = root / "inventory.ini"
-    write_inventory(inventory, host, ports, threads)
-    cluster = LocalCluster(host, servers, str(inventory), threads, cache, str(root))
-    _state_file(root).write_text(json.dumps(asdict(cluster), indent=2))
+    with statefile.exclusive(root / "cluster.lock", f"sollol-ops local start {count}", "the local cluster lock"):
+        existing = load(root)
+        if existing and any(procs.is_ours(s.pid, s.start_time, s.argv0) for s in existing.servers):
+            raise UsageError(
+                f"a local cluster is already running ({', '.join(existing.endpoints)}); run `sollol-ops local stop` "
+                "first"
+            )
+        toolchain = toolchain or find_toolchain()
+        ncpu = os.cpu_count() or 1
+        threads = threads or max(1, ncpu // count)
+        ports = procs.free_ports(host, count, base_port)
+        rpc_cache = cache_dir() / "rpc-cache" if cache else None
+        inventory = root / "inventory.ini"
+        cluster = LocalCluster(host, [], str(inventory), threads, cache, str(root))
+        with statefile.reserve(_state_file(root), _template(cluster, count), "the local cluster state") as slot:
+            try:
+                for p in ports:
+                    spec = RpcServerSpec(host, p, threads, root / f"rpc-{p}.log", rpc_cache)
+                    cluster.servers.append(start_rpc_server(toolchain, spec))
+                write_inventory(inventory, host, ports, threads)
+                slot.commit(cluster)
+            except (OSError, StateError) as exc:
+                for s in cluster.servers:
+                    procs.stop_process(s.pid, s.start_time, timeout=5, argv0=s.argv0)
+                if isinstance(exc, StateError):
+                    raise
+                raise statefile.cannot_write("the local cluster", root, exc) from exc
     try:
         wait_ready(cluster.endpoints, timeout)
     except BackendError:
@@ -146,12 +162,18 @@ def start(
     return cluster
 
 
+def _template(cluster: LocalCluster, count: int) -> LocalCluster:
+    """The largest state file `count` servers can need, to reserve its room before any starts."""
+    big = LocalServer(65535, 1 << 22, 1 << 62, str(Path(cluster.root) / "rpc-65535.log"), "x" * 4096)
+    return LocalCluster(cluster.host, [big] * count, cluster.inventory, cluster.threads, cluster.cache, cluster.root)
+
+
 def stop(root: Path | None = None) -> int:
     """Stop the local cluster's rpc-servers; returns how many were running."""
     root = root or default_root()
     cluster = load(root)
     if cluster is None:
         return 0
-    stopped = sum(procs.stop_process(s.pid, s.start_time, timeout=5) for s in cluster.servers)
-    _state_file(root).unlink(missing_ok=True)
+    stopped = sum(procs.stop_process(s.pid, s.start_time, timeout=5, argv0=s.argv0) for s in cluster.servers)
+    statefile.remove(_state_file(root))
     return stopped

@@ -60,34 +60,68 @@ def _reap(pid: int) -> None:
         pass
 
 
-def stop_process(pid: int, start_time: int | None = None, timeout: float = 10.0, group: bool = True) -> bool:
-    """SIGTERM (the process group when it leads one), wait, then SIGKILL. True if it was running."""
-    if not is_alive(pid, start_time):
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def is_ours(pid: int, start_time: int | None, argv0: str | None = None) -> bool:
+    """True only when pid is provably the process we started: alive, the same kernel start time (a pid
+    with no recorded start time proves nothing), and, when given, the same program (argv[0])."""
+    if start_time is None or not is_alive(pid, start_time):
         return False
-
-    def send(sig: int) -> None:
-        try:
-            if group and os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    send(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not is_alive(pid, start_time):
-            return True
-        time.sleep(0.05)
-    send(signal.SIGKILL)
-    for _ in range(100):
-        _reap(pid)
-        if not is_alive(pid, start_time):
+    if argv0 is None:
+        return True
+    args = cmdline(pid)
+    for _ in range(20):  # empty for a moment while a just-forked child is still inside exec()
+        if args or not is_alive(pid, start_time):
             break
-        time.sleep(0.05)
-    return True
+        time.sleep(0.01)
+        args = cmdline(pid)
+    return bool(args) and args[0] == argv0
+
+
+def stop_process(
+    pid: int, start_time: int | None, timeout: float = 10.0, group: bool = True, argv0: str | None = None
+) -> bool:
+    """SIGTERM (the process group when it leads one), wait, then SIGKILL. True if it was running.
+    Nothing is signalled unless the process is proven ours (is_ours): a reused pid is left alone."""
+    try:
+        pidfd = os.pidfd_open(pid)  # pins the process: from here on the pid cannot name another one
+    except OSError:
+        return False
+    try:
+        if not is_ours(pid, start_time, argv0):
+            return False
+
+        def send(sig: int) -> None:
+            try:
+                if group and os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+        send(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not is_alive(pid, start_time):
+                return True
+            time.sleep(0.05)
+        send(signal.SIGKILL)
+        for _ in range(100):
+            _reap(pid)
+            if not is_alive(pid, start_time):
+                break
+            time.sleep(0.05)
+        return True
+    finally:
+        os.close(pidfd)
 
 
 def port_in_use(host: str, port: int) -> bool:

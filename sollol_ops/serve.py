@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sollol_ops import coordinator, procs, rpc
+from sollol_ops import coordinator, procs, rpc, statefile
 from sollol_ops.coordinator import CoordinatorState, Distribution, StartOptions
-from sollol_ops.errors import BackendError, CoordinatorError
+from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.inventory import Backend, Cluster
 from sollol_ops.ollama import ResolvedModel, resolve_model
@@ -41,6 +42,7 @@ class UpOutcome:
     ready_s: float | None = None
     distribution: Distribution | None = None
     replaced: str | None = None
+    opts: StartOptions | None = None
 
 
 class Reporter:
@@ -51,6 +53,9 @@ class Reporter:
 
     def loading(self, elapsed: float, last_log_line: str) -> None:  # pragma: no cover
         pass
+
+    def warn(self, message: str) -> None:
+        statefile.warn_stderr(message)
 
 
 def describe_backend_problem(backend: Backend, result: rpc.ProbeResult) -> str:
@@ -76,9 +81,23 @@ def check_backends(
 def _running(root: Path | None) -> CoordinatorState | None:
     state = coordinator.load_state(root)
     if state is not None and not coordinator.is_alive(state):
-        coordinator.clear_state(root)  # stale: the process is gone
+        coordinator.clear_state(root)  # stale: the process is gone (or the pid is no longer ours)
         return None
     return state
+
+
+def exposure_warning(opts: StartOptions) -> str | None:
+    """The warning `up` gives when llama-server will listen beyond loopback."""
+    if coordinator.is_loopback(opts.host):
+        return None
+    keyed = any(a == "--api-key" or a.startswith(("--api-key=", "--api-key-file")) for a in opts.extra_args)
+    where = "every interface" if opts.host in ("0.0.0.0", "::", "") else opts.host
+    if keyed:
+        return f"llama-server will listen on {where} (port {opts.port}), protected by the --api-key given"
+    return (
+        f"llama-server will listen on {where} (port {opts.port}) with no API key: anyone who can reach this host "
+        "can use the model; firewall the port or add --server-arg=--api-key --server-arg=KEY"
+    )
 
 
 def up(
@@ -89,9 +108,26 @@ def up(
     toolchain: Toolchain | None = None,
     foreground: bool = False,
 ) -> UpOutcome:
+    """Resolve, probe, plan, start and wait, under the coordinator lock (one `up` at a time)."""
     reporter = reporter or Reporter()
+    coordinator.check_extra_args(req.opts.extra_args)
+    if req.dry_run:
+        return _up(req, cluster, reporter, root, toolchain, foreground)
+    with coordinator.start_lock(req.model, root):
+        return _up(req, cluster, reporter, root, toolchain, foreground)
+
+
+def _up(
+    req: UpRequest,
+    cluster: Cluster,
+    reporter: Reporter,
+    root: Path | None,
+    toolchain: Toolchain | None,
+    foreground: bool,
+) -> UpOutcome:
     resolved = resolve_model(req.model, req.ollama_models)
     model = resolved.ref
+    opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
     running = _running(root)
     if running is not None and running.model == model and running.digest == resolved.digest and not foreground:
         return UpOutcome("already-running", model, state=running, resolved=resolved)
@@ -102,28 +138,26 @@ def up(
         )
     info = resolved.gguf or read_gguf(resolved.blob)
     toolchain = toolchain or find_toolchain()
-    outcome = UpOutcome("dry-run", model, resolved=resolved, info=info)
+    outcome = UpOutcome("dry-run", model, resolved=resolved, info=info, opts=opts)
     if running is not None and req.replace and not req.dry_run:
         reporter.step(f"stopping {running.model} (pid {running.pid}) to serve {model}")
         coordinator.stop(root)
         outcome.replaced = running.model
-    if not req.dry_run and procs.port_in_use(req.opts.host, req.opts.port):
-        raise CoordinatorError(
-            f"port {req.opts.port} on {req.opts.host} is already in use by another process; pass --port"
-        )
+    if not req.dry_run and procs.port_in_use(opts.host, opts.port):
+        raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
     outcome.probes, outcome.skipped = check_backends(cluster, req.skip_unhealthy, reporter)
     slots = build_slots(outcome.probes)
-    outcome.plan = plan_placement(info, slots, req.opts.n_ctx, model)
-    if req.opts.alias is None:
-        req.opts.alias = model
-    outcome.command = coordinator.build_command(toolchain, resolved.blob, outcome.plan, req.opts)
+    outcome.plan = plan_placement(info, slots, opts.n_ctx, model)
+    outcome.command = coordinator.build_command(toolchain, resolved.blob, outcome.plan, opts)
     if req.dry_run:
         return outcome
+    if warning := exposure_warning(opts):
+        reporter.warn(warning)
     if foreground:
         outcome.kind = "foreground"
         return outcome
-    reporter.step(f"starting llama-server on {req.opts.host}:{req.opts.port}")
-    state = coordinator.start_detached(toolchain, resolved.blob, outcome.plan, req.opts, model, resolved.digest, root)
+    reporter.step(f"starting llama-server on {opts.host}:{opts.port}")
+    state = coordinator.start_detached(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, root)
     try:
         outcome.ready_s = coordinator.wait_ready(state, timeout=req.timeout, on_progress=reporter.loading)
     except CoordinatorError:
@@ -133,6 +167,36 @@ def up(
     outcome.state = state
     outcome.distribution = coordinator.distribution(state)
     return outcome
+
+
+def run_foreground(
+    outcome: UpOutcome,
+    root: Path | None = None,
+    on_ready: Callable[[CoordinatorState], None] | None = None,
+    ready_timeout: float = 600.0,
+    toolchain: Toolchain | None = None,
+) -> int:
+    """Run the planned llama-server attached (a systemd unit's main process), holding the coordinator
+    lock for its whole life; returns its exit code."""
+    assert outcome.kind == "foreground" and outcome.plan and outcome.resolved and outcome.opts
+    with coordinator.start_lock(outcome.model, root):
+        running = _running(root)
+        if running is not None:
+            raise CoordinatorError(
+                f"{running.model} is already served at {running.openai_base} (pid {running.pid}); "
+                "run `sollol-ops down` first"
+            )
+        return coordinator.run_foreground(
+            toolchain or find_toolchain(),
+            outcome.resolved.blob,
+            outcome.plan,
+            outcome.opts,
+            outcome.model,
+            outcome.resolved.digest,
+            root,
+            on_ready=on_ready,
+            ready_timeout=ready_timeout,
+        )
 
 
 # --------------------------------------------------------------------------- status
@@ -155,10 +219,15 @@ class CoordinatorStatus:
     model: str | None = None
     pid: int | None = None
     endpoint: str | None = None
+    listen: str | None = None
+    exposed: bool = False
     uptime_s: float | None = None
     backends: list[str] = field(default_factory=list)
     distribution: Distribution | None = None
     log: str | None = None
+    state: str = "not running"  # serving | loading | unhealthy | stalled | exited | not running
+    detail: str = ""
+    suspects: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,33 +236,85 @@ class StatusReport:
     backends: list[BackendStatus]
     inventory: str | None
 
+    def problems(self, require_coordinator: bool = False) -> list[str]:
+        """What `status --check` fails on: a coordinator that exists but is not serving (or none, when
+        required), and every backend that is neither ready nor held by our coordinator."""
+        out = []
+        c = self.coordinator
+        if c.state not in ("serving", "not running"):
+            out.append(f"coordinator {c.model or ''} is {c.state}: {c.detail}".replace("  ", " "))
+        elif c.state == "not running" and require_coordinator:
+            out.append("no coordinator is running (start one with `sollol-ops up MODEL`)")
+        for b in self.backends:
+            if b.status not in (rpc.Status.READY.value, rpc.Status.SERVING.value):
+                out.append(f"{b.host} ({b.endpoint}) is {b.status}: {b.detail}")
+        return out
 
-def coordinator_status(root: Path | None = None) -> CoordinatorStatus:
-    state = _running(root)
+    def check(self, require_coordinator: bool = False) -> None:
+        problems = self.problems(require_coordinator)
+        if problems:
+            raise CheckFailed(f"{len(problems)} problem(s): " + "; ".join(problems))
+
+
+def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) -> CoordinatorStatus:
+    """The recorded coordinator as it really is. A recorded one that is gone stays reported as
+    `exited` (with the log's last error) until `down` or the next `up`. A healthy one whose model loop
+    does not answer within ``stall_timeout`` is `stalled`, with the backend it waits on as suspect."""
+    state = coordinator.load_state(root)
     if state is None:
         return CoordinatorStatus(running=False, healthy=False)
-    return CoordinatorStatus(
+    base = CoordinatorStatus(
         running=True,
-        healthy=coordinator.health(state) == 200,
+        healthy=False,
         model=state.model,
         pid=state.pid,
         endpoint=state.openai_base,
-        uptime_s=round(coordinator.uptime(state), 1),
+        listen=state.listen,
+        exposed=state.exposed,
         backends=list(state.backends),
-        distribution=coordinator.distribution(state),
         log=state.log,
     )
+    if not coordinator.is_alive(state):
+        base.running = False
+        base.state = "exited"
+        base.detail = f"pid {state.pid} is gone; last log line: {coordinator.last_error(Path(state.log))}"
+        return base
+    base.uptime_s = round(coordinator.uptime(state), 1)
+    base.distribution = coordinator.distribution(state)
+    code = coordinator.health(state)
+    if code == 503:
+        base.state, base.detail = "loading", "llama-server is loading the model"
+    elif code != 200:
+        base.state = "unhealthy"
+        base.detail = f"/health answered {code}" if code else "/health does not answer"
+    elif not coordinator.main_loop_responds(state, stall_timeout):
+        base.state = "stalled"
+        base.suspects = coordinator.blocked_on(state)
+        base.detail = coordinator.stall_message(state, stall_timeout)
+    else:
+        base.healthy, base.state = True, "serving"
+    return base
 
 
-def status(cluster: Cluster, root: Path | None = None, probe: Callable[..., list] = rpc.probe_all) -> StatusReport:
+def status(
+    cluster: Cluster,
+    root: Path | None = None,
+    probe: Callable[..., list] = rpc.probe_all,
+    stall_timeout: float = 10.0,
+) -> StatusReport:
     """Coordinator and every backend. A backend our live coordinator holds is `serving` and is not
-    probed (its turn belongs to the coordinator; each probe would only wait in its accept queue)."""
-    coord = coordinator_status(root)
+    probed (its turn belongs to the coordinator; each probe would only wait in its accept queue);
+    when the coordinator is stalled, the backend it waits on is reported `stalled`."""
+    coord = coordinator_status(root, stall_timeout)
     held = set(coord.backends) if coord.running else set()
     to_probe = [b for b in cluster.backends if b.endpoint not in held]
     results = dict(zip([b.endpoint for b in to_probe], probe([b.endpoint for b in to_probe]), strict=True))
     rows = []
     for b in cluster.backends:
+        if b.endpoint in coord.suspects:
+            detail = f"held by {coord.model}, which has been waiting for its reply for over {stall_timeout:g}s"
+            rows.append(BackendStatus(b.host, b.endpoint, "stalled", None, [], detail))
+            continue
         if b.endpoint in held:
             rows.append(BackendStatus(b.host, b.endpoint, rpc.Status.SERVING.value, None, [], f"held by {coord.model}"))
             continue

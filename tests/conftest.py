@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Local, free_port
 
 from sollol_ops.paths import cache_dir
 
@@ -33,3 +35,17 @@ def sollol_env(tmp_path: Path, smollm2_store: Path) -> dict[str, str]:
         "OLLAMA_MODELS": str(smollm2_store),
         "SOLLOL_INVENTORY": "",
     }
+
+
+@pytest.fixture
+def local2(sollol_env: dict[str, str]) -> Iterator[Local]:
+    cluster = Local(sollol_env, 2, free_port(53000))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
+    cluster = Local(sollol_env, 3, free_port(53100))
+    yield cluster
+    cluster.stop()

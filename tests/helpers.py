@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+from sollol_ops import procs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,3 +41,27 @@ def assert_clean_failure(proc: subprocess.CompletedProcess[str], *needles: str) 
     for needle in needles:
         assert needle in err, f"{needle!r} not in {err!r}"
     return err
+
+
+def free_port(start: int) -> int:
+    return procs.free_ports("127.0.0.1", 1, start)[0]
+
+
+class Local:
+    """`sollol-ops local start N` in an isolated state dir; stopped (with any coordinator) at teardown."""
+
+    def __init__(self, env: dict[str, str], count: int, base_port: int) -> None:
+        self.env = env
+        proc = run_cli("local", "start", str(count), "--base-port", str(base_port), "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        self.inventory = data["inventory"]
+        self.endpoints = [f"127.0.0.1:{s['port']}" for s in data["servers"]]
+        self.pids = [s["pid"] for s in data["servers"]]
+
+    def cli(self, *args: str, **kwargs) -> object:
+        return run_cli("-i", self.inventory, *args, env=self.env, **kwargs)
+
+    def stop(self) -> None:
+        run_cli("down", "--timeout", "5", env=self.env)
+        run_cli("local", "stop", env=self.env)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_clean_failure, run_cli
+from helpers import Local, assert_clean_failure, free_port, run_cli
 from rpcdouble import RpcDouble
 
 from sollol_ops import procs
@@ -17,46 +16,8 @@ from sollol_ops.devstore import write_store
 from sollol_ops.ollama import resolve_model
 
 
-def _free_port(start: int) -> int:
-    return procs.free_ports("127.0.0.1", 1, start)[0]
-
-
-class Local:
-    """`sollol-ops local start N` in an isolated state dir; stopped (with any coordinator) at teardown."""
-
-    def __init__(self, env: dict[str, str], count: int, base_port: int) -> None:
-        self.env = env
-        proc = run_cli("local", "start", str(count), "--base-port", str(base_port), "--json", env=env)
-        assert proc.returncode == 0, proc.stderr
-        data = json.loads(proc.stdout)
-        self.inventory = data["inventory"]
-        self.endpoints = [f"127.0.0.1:{s['port']}" for s in data["servers"]]
-        self.pids = [s["pid"] for s in data["servers"]]
-
-    def cli(self, *args: str, **kwargs) -> object:
-        return run_cli("-i", self.inventory, *args, env=self.env, **kwargs)
-
-    def stop(self) -> None:
-        run_cli("down", "--timeout", "5", env=self.env)
-        run_cli("local", "stop", env=self.env)
-
-
-@pytest.fixture
-def local2(sollol_env: dict[str, str]) -> Iterator[Local]:
-    cluster = Local(sollol_env, 2, _free_port(53000))
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
-    cluster = Local(sollol_env, 3, _free_port(53100))
-    yield cluster
-    cluster.stop()
-
-
 def _serve_and_check(cluster: Local, n: int) -> None:
-    port = _free_port(18100)
+    port = free_port(18100)
     proc = cluster.cli("up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -121,7 +82,7 @@ def test_up_twice_same_model_is_a_noop_and_other_model_needs_replace(local2: Loc
     blob = resolve_model("smollm2:135m", local2.env["OLLAMA_MODELS"]).blob
     write_store(store, "smollm2:other", blob, link="hardlink")
     env = {**local2.env, "OLLAMA_MODELS": str(store)}
-    port = _free_port(18200)
+    port = free_port(18200)
     first = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
     assert first.returncode == 0, first.stderr
     again = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
@@ -136,7 +97,7 @@ def test_up_twice_same_model_is_a_noop_and_other_model_needs_replace(local2: Loc
 
 
 def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
-    dead = _free_port(53500)
+    dead = free_port(53500)
     inv = tmp_path / "inv.ini"
     inv.write_text(
         "[rpc_servers]\n"
@@ -145,12 +106,12 @@ def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
         )
         + f"ghost ansible_host=127.0.0.1 sollol_rpc_port={dead}\n"
     )
-    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--port", str(_free_port(18300)), env=local2.env)
+    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--port", str(free_port(18300)), env=local2.env)
     assert_clean_failure(proc, f"ghost (127.0.0.1:{dead}) is down", "--skip-unhealthy")
     assert proc.returncode == 6
     # --skip-unhealthy serves on the two that are up
     proc = run_cli(
-        "-i", str(inv), "up", "smollm2:135m", "--port", str(_free_port(18300)), "-c", "512",
+        "-i", str(inv), "up", "smollm2:135m", "--port", str(free_port(18300)), "-c", "512",
         "--skip-unhealthy", "--json", env=local2.env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -212,7 +173,7 @@ def test_down_and_logs_without_a_coordinator(sollol_env: dict[str, str]) -> None
 
 def test_status_json_with_a_down_backend(sollol_env: dict[str, str], tmp_path: Path) -> None:
     inv = tmp_path / "inv.ini"
-    inv.write_text(f"[rpc_servers]\nw ansible_host=127.0.0.1 sollol_rpc_port={_free_port(53600)}\n")
+    inv.write_text(f"[rpc_servers]\nw ansible_host=127.0.0.1 sollol_rpc_port={free_port(53600)}\n")
     proc = run_cli("-i", str(inv), "status", "--json", env=sollol_env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -230,7 +191,7 @@ def test_foreground_runs_attached_and_forwards_sigterm(local2: Local) -> None:
 
     from helpers import REPO
 
-    port = _free_port(18700)
+    port = free_port(18700)
     env = {**os.environ, **local2.env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sollol_ops.cli.main", "-i", local2.inventory, "up", "smollm2:135m",

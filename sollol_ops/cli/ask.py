@@ -11,9 +11,16 @@ from sollol_ops.errors import CoordinatorError
 @click.command()
 @click.argument("prompt")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 16), default=64, show_default=True)
-def ask(prompt: str, max_tokens: int) -> None:
-    """Send PROMPT to the coordinator (POST /v1/chat/completions) and print the answer."""
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(0.1, 86400),
+    default=120,
+    show_default=True,
+    help="Fail when the coordinator sends nothing for this many seconds (a frozen or lost worker).",
+)
+def ask(prompt: str, max_tokens: int, stall_timeout: float) -> None:
+    """Send PROMPT to the coordinator (POST /v1/chat/completions, streamed) and print the answer."""
     state = coordinator.load_state()
     if state is None or not coordinator.is_alive(state):
         raise CoordinatorError("no coordinator running; start one with `sollol-ops up MODEL`")
-    click.echo(coordinator.chat(state, prompt, max_tokens=max_tokens).strip())
+    click.echo(coordinator.chat(state, prompt, max_tokens=max_tokens, stall_timeout=stall_timeout).strip())

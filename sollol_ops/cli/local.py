@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sollol_ops import local_cluster, procs
+from sollol_ops import local_cluster, procs, statefile
 from sollol_ops.cli.context import Context
 from sollol_ops.ui import echo_json, echo_table
 
@@ -36,6 +36,8 @@ def start(
     as_json: bool,
 ) -> None:
     """Start COUNT rpc-servers on consecutive ports and write a matching inventory."""
+    if warning := local_cluster.exposure_warning(host):
+        statefile.warn_stderr(warning)
     cluster = local_cluster.start(count, host=host, base_port=base_port, threads=threads, cache=not no_cache, root=root)
     if as_json:
         echo_json(cluster)
@@ -63,13 +65,13 @@ def local_status(ctx: Context, root: Path | None, as_json: bool) -> None:
     cluster = local_cluster.load(root)
     rows = [] if cluster is None else cluster.servers
     if as_json:
-        echo_json({"cluster": cluster, "alive": [procs.is_alive(s.pid, s.start_time) for s in rows]})
+        echo_json({"cluster": cluster, "alive": [procs.is_ours(s.pid, s.start_time, s.argv0) for s in rows]})
         return
     if cluster is None:
         click.echo("no local cluster")
         return
     echo_table(
         ["ENDPOINT", "PID", "ALIVE", "LOG"],
-        [[f"{cluster.host}:{s.port}", s.pid, procs.is_alive(s.pid, s.start_time), s.log] for s in rows],
+        [[f"{cluster.host}:{s.port}", s.pid, procs.is_ours(s.pid, s.start_time, s.argv0), s.log] for s in rows],
     )
     click.echo(f"inventory: {cluster.inventory}")

@@ -14,21 +14,49 @@ MIB = 1 << 20
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 14, naming each problem on stderr, unless every backend is ready or serving and the coordinator "
+    "(if one was started) is serving.",
+)
+@click.option("--require-coordinator", is_flag=True, help="With --check: also fail when no coordinator runs.")
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10,
+    show_default=True,
+    help="Call a coordinator stalled when its model loop does not answer for this many seconds.",
+)
 @click.pass_obj
-def status(ctx: Context, as_json: bool) -> None:
-    """Coordinator (alive, healthy, model, endpoint, layers) and backends (ready/busy/serving/down/incompatible)."""
-    report = serve.status(ctx.cluster())
+def status(ctx: Context, as_json: bool, check: bool, require_coordinator: bool, stall_timeout: float) -> None:
+    """Coordinator (serving, loading, stalled, exited; model, endpoint, layers) and backends
+    (ready/busy/serving/stalled/down/incompatible)."""
+    report = serve.status(ctx.cluster(), stall_timeout=stall_timeout)
     if as_json:
         echo_json(report)
-        return
+    else:
+        _render(report)
+    if check:
+        report.check(require_coordinator)
+
+
+def _render(report: serve.StatusReport) -> None:
     c = report.coordinator
-    if c.running:
-        health = "healthy" if c.healthy else "loading/unhealthy"
-        click.echo(f"coordinator: {c.model} at {c.endpoint}  pid {c.pid}  {health}  up {c.uptime_s:.0f}s")
+    if c.state == "not running":
+        click.echo("coordinator: not running")
+    elif c.state == "exited":
+        click.echo(f"coordinator: {c.model} EXITED ({c.detail}); `sollol-ops down` clears it")
+    else:
+        exposed = "  (listens beyond loopback)" if c.exposed else ""
+        click.echo(
+            f"coordinator: {c.model} at {c.endpoint}  listening on {c.listen}{exposed}  pid {c.pid}  {c.state}  "
+            f"up {c.uptime_s:.0f}s"
+        )
+        if c.state != "serving":
+            click.echo(f"  {c.detail}")
         if c.distribution and c.distribution.devices:
             echo_distribution(c.distribution)
-    else:
-        click.echo("coordinator: not running")
     click.echo("")
     echo_table(
         ["HOST", "ENDPOINT", "STATUS", "VERSION", "DEVICES", "FREE / TOTAL", "DETAIL"],

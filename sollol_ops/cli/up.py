@@ -95,15 +95,8 @@ def up(
         click.echo("(dry run: nothing started)")
         return
     if outcome.kind == "foreground":
-        code = coordinator.run_foreground(
-            serve.find_toolchain(),
-            outcome.resolved.blob,
-            outcome.plan,
-            opts,
-            outcome.model,
-            outcome.resolved.digest,
-            on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True),
-            ready_timeout=timeout,
+        code = serve.run_foreground(
+            outcome, on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True), ready_timeout=timeout
         )
         raise SystemExit(code)
     st = outcome.state
@@ -113,6 +106,13 @@ def up(
     click.echo(f"\nready in {outcome.ready_s:.1f}s: where the layers went")
     echo_distribution(outcome.distribution)
     echo_table(
-        ["ENDPOINT", "VALUE"], [["OpenAI API", st.openai_base], ["model", st.model], ["pid", st.pid], ["log", st.log]]
+        ["ENDPOINT", "VALUE"],
+        [
+            ["OpenAI API", st.openai_base],
+            ["listens on", st.listen + ("  (beyond loopback)" if st.exposed else "")],
+            ["model", st.model],
+            ["pid", st.pid],
+            ["log", st.log],
+        ],
     )
     click.echo("\nstop with: sollol-ops down")
