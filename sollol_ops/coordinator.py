@@ -564,8 +564,11 @@ def main_loop_responds(state: CoordinatorState, timeout: float) -> bool:
 _READ_SYSCALLS = {"x86_64": {0, 45, 47}, "aarch64": {63, 207, 212}}
 
 
-def _socket_peers(pid: int) -> dict[int, tuple[str, int]]:
-    """fd -> (remote address, port) of pid's TCP sockets, from /proc."""
+TCP_ESTABLISHED, TCP_CLOSE_WAIT = 1, 8
+
+
+def _socket_peers(pid: int) -> dict[int, tuple[str, int, int]]:
+    """fd -> (remote address, port, TCP state) of pid's TCP sockets, from /proc."""
     inodes: dict[int, int] = {}
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -575,7 +578,7 @@ def _socket_peers(pid: int) -> dict[int, tuple[str, int]]:
                     inodes[int(target[8:-1])] = int(fd)
     except OSError:
         return {}
-    peers: dict[int, tuple[str, int]] = {}
+    peers: dict[int, tuple[str, int, int]] = {}
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -592,8 +595,27 @@ def _socket_peers(pid: int) -> dict[int, tuple[str, int]]:
             address = socket.inet_ntop(family, raw)
             if address.startswith("::ffff:"):
                 address = address[7:]
-            peers[inodes[int(fields[9])]] = (address, int(port_hex, 16))
+            peers[inodes[int(fields[9])]] = (address, int(port_hex, 16), int(fields[3], 16))
     return peers
+
+
+def _backend_of(state: CoordinatorState, address: str, port: int) -> str | None:
+    for endpoint in state.backends:
+        host, _, p = endpoint.rpartition(":")
+        if int(p) == port and address in _addresses(host.strip("[]")):
+            return endpoint
+    return None
+
+
+def lost_backends(state: CoordinatorState) -> list[str]:
+    """Backends whose rpc-server closed its connection to our llama-server (the socket sits in
+    CLOSE_WAIT: the worker process died or was restarted); llama.cpp only notices on the next request,
+    which then fails."""
+    lost = set()
+    for address, port, tcp_state in _socket_peers(state.pid).values():
+        if tcp_state == TCP_CLOSE_WAIT and (endpoint := _backend_of(state, address, port)):
+            lost.add(endpoint)
+    return [b for b in state.backends if b in lost]
 
 
 def _addresses(host: str) -> set[str]:
@@ -622,14 +644,8 @@ def blocked_on(state: CoordinatorState) -> list[str]:
     if not waiting_fds:
         return []
     peers = _socket_peers(state.pid)
-    waiting = {peers[fd] for fd in waiting_fds if fd in peers}
-    suspects = []
-    for endpoint in state.backends:
-        host, _, port = endpoint.rpartition(":")
-        host = host.strip("[]")
-        if any(p == int(port) and a in _addresses(host) for a, p in waiting):
-            suspects.append(endpoint)
-    return suspects
+    suspects = {_backend_of(state, peers[fd][0], peers[fd][1]) for fd in waiting_fds if fd in peers}
+    return [b for b in state.backends if b in suspects]
 
 
 def uptime(state: CoordinatorState) -> float:

@@ -225,9 +225,10 @@ class CoordinatorStatus:
     backends: list[str] = field(default_factory=list)
     distribution: Distribution | None = None
     log: str | None = None
-    state: str = "not running"  # serving | loading | unhealthy | stalled | exited | not running
+    state: str = "not running"  # serving | loading | unhealthy | stalled | backend-lost | exited | not running
     detail: str = ""
-    suspects: list[str] = field(default_factory=list)
+    suspects: list[str] = field(default_factory=list)  # the backend a stalled coordinator waits on
+    lost: list[str] = field(default_factory=list)  # backends that closed their connection to it
 
 
 @dataclass
@@ -282,7 +283,14 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
     base.uptime_s = round(coordinator.uptime(state), 1)
     base.distribution = coordinator.distribution(state)
     code = coordinator.health(state)
-    if code == 503:
+    base.lost = coordinator.lost_backends(state)
+    if base.lost:
+        base.state = "backend-lost"
+        base.detail = (
+            f"{', '.join(base.lost)} closed the connection (the rpc-server died or restarted); the next request "
+            "will fail: `sollol-ops down`, check the worker, `sollol-ops up` again"
+        )
+    elif code == 503:
         base.state, base.detail = "loading", "llama-server is loading the model"
     elif code != 200:
         base.state = "unhealthy"
@@ -311,6 +319,10 @@ def status(
     results = dict(zip([b.endpoint for b in to_probe], probe([b.endpoint for b in to_probe]), strict=True))
     rows = []
     for b in cluster.backends:
+        if b.endpoint in coord.lost:
+            detail = f"closed its connection to {coord.model}'s coordinator (rpc-server died or restarted)"
+            rows.append(BackendStatus(b.host, b.endpoint, "lost", None, [], detail))
+            continue
         if b.endpoint in coord.suspects:
             detail = f"held by {coord.model}, which has been waiting for its reply for over {stall_timeout:g}s"
             rows.append(BackendStatus(b.host, b.endpoint, "stalled", None, [], detail))

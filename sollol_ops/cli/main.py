@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "provision": "sollol_ops.cli.provision:provision",
     "toolchain": "sollol_ops.cli.toolchain:toolchain",
     "ask": "sollol_ops.cli.ask:ask",
+    "doctor": "sollol_ops.cli.doctor:doctor",
 }
 
 INTERNAL_ERROR_EXIT = 70
