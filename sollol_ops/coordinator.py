@@ -523,7 +523,10 @@ def chat(
         while True:
             line = resp.readline(1 << 20)
             if not line:
-                break
+                raise CoordinatorError(
+                    f"the coordinator at {state.openai_base} ended the answer before its end (did it die? "
+                    "`sollol-ops status`, `sollol-ops logs`)"
+                )
             text = line.decode(errors="replace").strip()
             if not text.startswith("data:"):
                 continue
@@ -547,17 +550,38 @@ def chat(
     return "".join(parts)
 
 
-def main_loop_responds(state: CoordinatorState, timeout: float) -> bool:
-    """Whether llama-server's main loop answers within ``timeout``: /health is answered by the HTTP
-    threads, /metrics only by the loop that runs the model, which hangs while a backend does not reply."""
+def _metrics(state: CoordinatorState, timeout: float) -> dict[str, float] | None:
+    """llama-server's Prometheus counters (`--metrics`), or None when they cannot be read."""
     try:
         with urllib.request.urlopen(f"{state.endpoint}/metrics", timeout=timeout) as resp:
-            resp.read(1 << 20)
-        return True
-    except urllib.error.HTTPError:
-        return True
+            text = resp.read(1 << 20).decode(errors="replace")
     except (urllib.error.URLError, OSError, ValueError):
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("llamacpp:"):
+            with contextlib.suppress(ValueError):
+                values[name[9:]] = float(value)
+    return values
+
+
+def is_stalled(state: CoordinatorState, window: float, poll: float = 0.25) -> bool:
+    """True when requests are in flight but llama-server completes no model step (its `n_decode_total`
+    counter stands still) for ``window`` seconds. Returns as soon as a step completes, so a busy,
+    progressing coordinator costs one or two polls; an idle one costs a single read."""
+    first = _metrics(state, timeout=min(window, 5.0))
+    if not first or first.get("requests_processing", 0) <= 0:
         return False
+    deadline = time.monotonic() + window
+    while time.monotonic() < deadline:
+        time.sleep(poll)
+        now = _metrics(state, timeout=min(window, 5.0))
+        if now is None:
+            continue
+        if now.get("requests_processing", 0) <= 0 or now.get("n_decode_total") != first.get("n_decode_total"):
+            return False
+    return True
 
 
 # Syscalls a thread blocked reading a socket sits in, by machine (x86_64, aarch64).

@@ -259,8 +259,9 @@ class StatusReport:
 
 def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) -> CoordinatorStatus:
     """The recorded coordinator as it really is. A recorded one that is gone stays reported as
-    `exited` (with the log's last error) until `down` or the next `up`. A healthy one whose model loop
-    does not answer within ``stall_timeout`` is `stalled`, with the backend it waits on as suspect."""
+    `exited` (with the log's last error) until `down` or the next `up`. A healthy one with requests in
+    flight that completes no model step for ``stall_timeout`` is `stalled`, with the backend it waits
+    on as suspect."""
     state = coordinator.load_state(root)
     if state is None:
         return CoordinatorStatus(running=False, healthy=False)
@@ -295,7 +296,7 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
     elif code != 200:
         base.state = "unhealthy"
         base.detail = f"/health answered {code}" if code else "/health does not answer"
-    elif not coordinator.main_loop_responds(state, stall_timeout):
+    elif coordinator.is_stalled(state, stall_timeout):
         base.state = "stalled"
         base.suspects = coordinator.blocked_on(state)
         base.detail = coordinator.stall_message(state, stall_timeout)

@@ -77,11 +77,13 @@ def test_concurrent_ups_have_one_winner(local2: Local) -> None:
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
-def test_a_full_or_read_only_state_dir_spawns_nothing(local2: Local, fault: str) -> None:
-    """The state directory is a tiny tmpfs, filled up or read-only, in a private mount namespace."""
+def test_a_full_or_read_only_state_dir_spawns_nothing(local2: Local, fault: str, tmp_path: Path) -> None:
+    """The coordinator's state directory is a tiny tmpfs, filled up or read-only, in a private mount
+    namespace (the local cluster keeps its own state elsewhere)."""
     port = free_port(18400)
-    state_dir = Path(local2.env["XDG_STATE_HOME"]) / "sollol-ops"
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_home = tmp_path / "coordinator-state"
+    state_dir = state_home / "sollol-ops"
+    state_dir.mkdir(parents=True)
     setup = f"mount -t tmpfs -o size=64k,mode=0700 tmpfs {state_dir}"
     if fault == "full":
         setup += f" && (dd if=/dev/zero of={state_dir}/filler bs=4k 2>/dev/null; true)"
@@ -92,7 +94,7 @@ def test_a_full_or_read_only_state_dir_spawns_nothing(local2: Local, fault: str)
         ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{setup} && exec {cli}"],
         capture_output=True,
         text=True,
-        env={**os.environ, **local2.env},
+        env={**os.environ, **local2.env, "XDG_STATE_HOME": str(state_home)},
         cwd=REPO,
         timeout=120,
     )
