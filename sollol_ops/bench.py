@@ -64,11 +64,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import coordinator, local_cluster, procs, rpc
-from sollol_ops.coordinator import StartOptions
+from sollol_ops import llama_server, local_cluster, procs, rpc
 from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.inventory import Backend
+from sollol_ops.llama_server import StartOptions
 from sollol_ops.local_cluster import RpcServerSpec
 from sollol_ops.netlab import RATE, NetLab
 from sollol_ops.ollama import resolve_model
@@ -246,7 +246,7 @@ def wait_health(port: int, pid: int, log: Path, timeout: float, t0: float) -> fl
     deadline = t0 + timeout
     while True:
         if not procs.is_alive(pid):
-            raise BenchError(f"llama-server exited while loading: {coordinator.last_error(log)} (log {log})")
+            raise BenchError(f"llama-server exited while loading: {llama_server.last_error(log)} (log {log})")
         with contextlib.suppress(OSError, http.client.HTTPException):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
             try:
@@ -256,7 +256,7 @@ def wait_health(port: int, pid: int, log: Path, timeout: float, t0: float) -> fl
             finally:
                 conn.close()
         if time.perf_counter() > deadline:
-            raise BenchError(f"llama-server not ready after {timeout:g}s: {coordinator.last_line(log)} (log {log})")
+            raise BenchError(f"llama-server not ready after {timeout:g}s: {llama_server.last_line(log)} (log {log})")
         time.sleep(0.02)
 
 
@@ -356,7 +356,7 @@ def wait_rpc_ready(endpoints: list[str], pids: Sequence[int], logs: Sequence[Pat
         local_cluster.wait_ready(endpoints, timeout)
     except SollolError as exc:
         dead = [(e, log) for e, pid, log in zip(endpoints, pids, logs, strict=True) if not procs.is_alive(pid)]
-        detail = "; ".join(f"{e} exited: {coordinator.last_line(log)} (log {log})" for e, log in dead)
+        detail = "; ".join(f"{e} exited: {llama_server.last_line(log)} (log {log})" for e, log in dead)
         raise BenchError(f"{exc}{'; ' + detail if detail else ''}") from exc
 
 
@@ -570,7 +570,7 @@ class Bench:
         opts = StartOptions(
             port=port, n_ctx=self.cfg.ctx, threads=settings.server_threads, extra_args=extra, alias=model.resolved_ref
         )
-        return coordinator.build_command(self.toolchain, model.blob, plan, opts)
+        return llama_server.command(self.toolchain, model.blob, opts, plan)
 
     def load(self, argv: Sequence[str], port: int, tag: str) -> Server:
         self._runs += 1

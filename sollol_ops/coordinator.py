@@ -6,24 +6,17 @@ never mistaken for ours), its log in coordinator.log next to it.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
-import os
-import re
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import procs, statefile
-from sollol_ops.errors import CoordinatorError, StateError, ToolchainError, UsageError
+from sollol_ops import llama_server, procs, statefile
+from sollol_ops.errors import CoordinatorError, StateError, ToolchainError
+from sollol_ops.llama_server import Distribution, StartOptions
 from sollol_ops.paths import state_dir
 from sollol_ops.placement import Plan
 from sollol_ops.toolchain import Toolchain
@@ -62,27 +55,15 @@ class CoordinatorState:
 
     @property
     def exposed(self) -> bool:
-        return not is_loopback(self.host)
+        return not procs.is_loopback(self.host)
 
     @property
     def endpoint(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+        return llama_server.base_url(self.host, self.port)
 
     @property
     def openai_base(self) -> str:
         return f"{self.endpoint}/v1"
-
-
-@dataclass
-class StartOptions:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    n_ctx: int = 4096
-    parallel: int = 1
-    threads: int | None = None
-    extra_args: list[str] = field(default_factory=list)
-    alias: str | None = None
 
 
 def default_root() -> Path:
@@ -123,84 +104,6 @@ def clear_state(root: Path | None = None) -> None:
 def is_alive(state: CoordinatorState) -> bool:
     """Alive and provably the llama-server we started (pid, kernel start time and program)."""
     return procs.is_ours(state.pid, state.start_time, state.command[0])
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def health(state: CoordinatorState, timeout: float = 1.0) -> int | None:
-    """HTTP status of /health (200 ready, 503 loading), None when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"{state.endpoint}/health", timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-# llama-server flags that sollol-ops sets itself, from its own options or its plan. Passing one again through
-# --server-arg would make llama-server do something other than what the state file, `status` and the
-# placement table say (llama.cpp takes the last occurrence), so they are refused.
-MANAGED_FLAGS: dict[str, str] = {
-    "--host": "--host",
-    "--port": "--port",
-    "-m": "the MODEL argument",
-    "--model": "the MODEL argument",
-    "--rpc": "the inventory",
-    "-dev": "the placement plan",
-    "--device": "the placement plan",
-    "-ts": "the placement plan",
-    "--tensor-split": "the placement plan",
-    "-ngl": "the placement plan",
-    "--n-gpu-layers": "the placement plan",
-    "--gpu-layers": "the placement plan",
-    "-c": "--ctx-size",
-    "--ctx-size": "--ctx-size",
-    "-np": "--parallel",
-    "--parallel": "--parallel",
-    "-t": "--threads",
-    "--threads": "--threads",
-    "-a": "the model name",
-    "--alias": "the model name",
-    "-lv": "the log level sollol-ops parses",
-    "--log-verbosity": "the log level sollol-ops parses",
-    "--log-file": "the coordinator log sollol-ops parses",
-}
-
-
-def check_extra_args(extra: list[str]) -> None:
-    """UsageError when a --server-arg repeats a flag sollol-ops manages."""
-    for arg in extra:
-        flag = arg.split("=", 1)[0]
-        if flag in MANAGED_FLAGS:
-            raise UsageError(
-                f"--server-arg {arg} conflicts with what sollol-ops sets itself; use {MANAGED_FLAGS[flag]} instead"
-            )
-
-
-def build_command(toolchain: Toolchain, blob: Path, plan: Plan, opts: StartOptions) -> list[str]:
-    threads = opts.threads or max(1, os.cpu_count() or 1)
-    argv = [
-        str(toolchain.llama_server),
-        "--model", str(blob),
-        "--rpc", ",".join(plan.rpc_endpoints),
-        "--device", ",".join(plan.devices),
-        "--tensor-split", ",".join(f"{s:g}" for s in plan.tensor_split),
-        "--n-gpu-layers", "999",
-        "--fit", "off",
-        "--ctx-size", str(opts.n_ctx),
-        "--parallel", str(opts.parallel),
-        "--threads", str(threads),
-        "--host", opts.host,
-        "--port", str(opts.port),
-        "--metrics",
-        "-lv", "4",
-    ]  # fmt: skip
-    if opts.alias:
-        argv += ["--alias", opts.alias]
-    return argv + list(opts.extra_args)
 
 
 def plan_rows(plan: Plan) -> list[dict[str, Any]]:
@@ -264,7 +167,7 @@ def _spawn_recorded(
 def start_detached(
     toolchain: Toolchain, blob: Path, plan: Plan, opts: StartOptions, model: str, digest: str, root: Path | None = None
 ) -> CoordinatorState:
-    argv = build_command(toolchain, blob, plan, opts)
+    argv = llama_server.command(toolchain, blob, opts, plan)
     log = _prepare_log(root)
     state, _ = _spawn_recorded(
         argv, root, log, lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, foreground=False), False
@@ -314,7 +217,7 @@ def run_foreground(
     ready_timeout: float = 600.0,
 ) -> int:
     """Run llama-server attached (for a systemd unit): signals are forwarded, state removed on exit."""
-    argv = build_command(toolchain, blob, plan, opts)
+    argv = llama_server.command(toolchain, blob, opts, plan)
     log = _prepare_log(root)
     state, started = _spawn_recorded(
         argv, root, log, lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, foreground=True), True
@@ -344,53 +247,6 @@ def run_foreground(
         clear_state(root)
 
 
-def wait_ready(
-    state: CoordinatorState, timeout: float = 600.0, on_progress: Callable[[float, str], None] | None = None
-) -> float:
-    """Poll /health until 200. Raises with the log's last error when the server dies or times out."""
-    t0 = time.monotonic()
-    while True:
-        elapsed = time.monotonic() - t0
-        if not is_alive(state):
-            raise CoordinatorError(f"llama-server exited while loading: {last_error(Path(state.log))}")
-        code = health(state, timeout=1.0)
-        if code == 200:
-            return elapsed
-        if elapsed > timeout:
-            raise CoordinatorError(
-                f"llama-server not ready after {timeout:g}s (see `sollol-ops logs`); last: {last_line(Path(state.log))}"
-            )
-        if on_progress is not None:
-            on_progress(elapsed, last_line(Path(state.log)))
-        time.sleep(0.1)
-
-
-_NOISE = re.compile(r"^[\d.]+ [A-Z] ")
-
-
-def _strip(line: str) -> str:
-    return _NOISE.sub("", line).strip()
-
-
-def last_line(log: Path) -> str:
-    try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return _strip(lines[-1])[:160] if lines else ""
-
-
-def last_error(log: Path) -> str:
-    try:
-        lines = [_strip(ln) for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "no log"
-    for ln in reversed(lines):
-        if re.search(r"error|failed|mismatch|unable|cannot|out of memory", ln, re.I):
-            return ln[:200]
-    return lines[-1][:200] if lines else "empty log"
-
-
 @dataclass
 class Stopped:
     state: CoordinatorState
@@ -410,62 +266,15 @@ def stop(root: Path | None = None, timeout: float = 15.0) -> Stopped | None:
     return Stopped(state, was_running)
 
 
-# --------------------------------------------------------------------------- distribution from the log
-
-_MODEL_BUF = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
-_KV_BUF = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
-_COMPUTE_BUF = re.compile(r"(?:sched_reserve|llama_context):\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
-_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_RPC_NAME = re.compile(r"^RPC\d+\[(.+)\]$")
+def health(state: CoordinatorState, timeout: float = 1.0) -> int | None:
+    return llama_server.health(state.endpoint, timeout)
 
 
-@dataclass
-class DeviceUse:
-    name: str  # endpoint for RPC devices, CPU_Mapped / CPU for the coordinator
-    model_mib: float = 0.0
-    kv_mib: float = 0.0
-    compute_mib: float = 0.0
-    layers: int | None = None
-
-    @property
-    def is_rpc(self) -> bool:
-        return ":" in self.name
-
-
-@dataclass
-class Distribution:
-    devices: list[DeviceUse]
-    offloaded: tuple[int, int] | None
-
-    def rpc(self) -> list[DeviceUse]:
-        return [d for d in self.devices if d.is_rpc]
-
-
-def parse_distribution(log_text: str, kv_per_layer: int | None = None) -> Distribution:
-    """Where the layers went, from llama-server's -lv 4 log (buffer sizes per device)."""
-    devices: dict[str, DeviceUse] = {}
-
-    def dev(raw: str) -> DeviceUse:
-        m = _RPC_NAME.match(raw)
-        name = m.group(1) if m else ("coordinator CPU" if raw.startswith("CPU") else raw)
-        return devices.setdefault(name, DeviceUse(name))
-
-    offloaded = None
-    for line in log_text.splitlines():
-        if m := _MODEL_BUF.search(line):
-            dev(m.group(1)).model_mib += float(m.group(2))
-        elif m := _KV_BUF.search(line):
-            dev(m.group(1)).kv_mib += float(m.group(2))
-        elif m := _COMPUTE_BUF.search(line):
-            dev(m.group(1)).compute_mib += float(m.group(2))
-        elif m := _OFFLOADED.search(line):
-            offloaded = (int(m.group(1)), int(m.group(2)))
-    if kv_per_layer:
-        for d in devices.values():
-            if d.is_rpc:
-                d.layers = round(d.kv_mib * MIB / kv_per_layer)
-    ordered = sorted(devices.values(), key=lambda d: (not d.is_rpc, 0))
-    return Distribution(ordered, offloaded)
+def wait_ready(
+    state: CoordinatorState, timeout: float = 600.0, on_progress: Callable[[float, str], None] | None = None
+) -> float:
+    """Poll /health until 200; CoordinatorError with the log's last error when it dies or times out."""
+    return llama_server.wait_ready(state.endpoint, lambda: is_alive(state), Path(state.log), timeout, on_progress)
 
 
 def distribution(state: CoordinatorState) -> Distribution:
@@ -473,7 +282,7 @@ def distribution(state: CoordinatorState) -> Distribution:
         text = Path(state.log).read_text(errors="replace")
     except OSError:
         text = ""
-    return parse_distribution(text, state.kv_per_layer)
+    return llama_server.parse_distribution(text, state.kv_per_layer)
 
 
 class Stalled(CoordinatorError):
@@ -500,176 +309,30 @@ def chat(
     stall_timeout: float = 120.0,
     on_token: Callable[[str], None] | None = None,
 ) -> str:
-    """One OpenAI chat completion, streamed, against the coordinator; returns the answer text.
-    Each read waits at most ``stall_timeout`` seconds: a request that makes no progress that long (a
-    frozen worker: llama.cpp's RPC client itself never times out) ends in Stalled, not a hang."""
-    body = json.dumps(
-        {
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "stream": True,
-        }
-    ).encode()
-    host = state.endpoint.removeprefix("http://").rsplit(":", 1)[0]
-    conn = http.client.HTTPConnection(host, state.port, timeout=stall_timeout)
-    parts: list[str] = []
+    """One chat completion against the coordinator, streamed; a request that makes no progress for
+    ``stall_timeout`` seconds (a frozen worker) ends in Stalled naming the suspected backend."""
     try:
-        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            detail = resp.read(4096).decode(errors="replace")
-            raise CoordinatorError(f"chat completion at {state.openai_base} failed: HTTP {resp.status} {detail[:200]}")
-        while True:
-            line = resp.readline(1 << 20)
-            if not line:
-                raise CoordinatorError(
-                    f"the coordinator at {state.openai_base} ended the answer before its end (did it die? "
-                    "`sollol-ops status`, `sollol-ops logs`)"
-                )
-            text = line.decode(errors="replace").strip()
-            if not text.startswith("data:"):
-                continue
-            payload = text[5:].strip()
-            if payload == "[DONE]":
-                break
-            chunk = json.loads(payload)
-            for choice in chunk.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content") or ""
-                if piece:
-                    parts.append(piece)
-                    if on_token is not None:
-                        on_token(piece)
-    except TimeoutError as exc:
+        return llama_server.stream_chat(
+            state.endpoint, [{"role": "user", "content": prompt}], max_tokens, stall_timeout, on_token=on_token
+        ).text
+    except llama_server.Stalled as exc:
         raise Stalled(stall_message(state, stall_timeout)) from exc
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        raise CoordinatorError(f"chat completion at {state.openai_base} failed: {reason}") from exc
-    finally:
-        conn.close()
-    return "".join(parts)
 
 
-def _metrics(state: CoordinatorState, timeout: float) -> dict[str, float] | None:
-    """llama-server's Prometheus counters (`--metrics`), or None when they cannot be read."""
-    try:
-        with urllib.request.urlopen(f"{state.endpoint}/metrics", timeout=timeout) as resp:
-            text = resp.read(1 << 20).decode(errors="replace")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("llamacpp:"):
-            with contextlib.suppress(ValueError):
-                values[name[9:]] = float(value)
-    return values
-
-
-def is_stalled(state: CoordinatorState, window: float, poll: float = 0.25) -> bool:
-    """True when requests are in flight but llama-server completes no model step (its `n_decode_total`
-    counter stands still) for ``window`` seconds. Returns as soon as a step completes, so a busy,
-    progressing coordinator costs one or two polls; an idle one costs a single read."""
-    first = _metrics(state, timeout=min(window, 5.0))
-    if not first or first.get("requests_processing", 0) <= 0:
-        return False
-    deadline = time.monotonic() + window
-    while time.monotonic() < deadline:
-        time.sleep(poll)
-        now = _metrics(state, timeout=min(window, 5.0))
-        if now is None:
-            continue
-        if now.get("requests_processing", 0) <= 0 or now.get("n_decode_total") != first.get("n_decode_total"):
-            return False
-    return True
-
-
-# Syscalls a thread blocked reading a socket sits in, by machine (x86_64, aarch64).
-_READ_SYSCALLS = {"x86_64": {0, 45, 47}, "aarch64": {63, 207, 212}}
-
-
-TCP_ESTABLISHED, TCP_CLOSE_WAIT = 1, 8
-
-
-def _socket_peers(pid: int) -> dict[int, tuple[str, int, int]]:
-    """fd -> (remote address, port, TCP state) of pid's TCP sockets, from /proc."""
-    inodes: dict[int, int] = {}
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes[int(target[8:-1])] = int(fd)
-    except OSError:
-        return {}
-    peers: dict[int, tuple[str, int, int]] = {}
-    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or int(fields[9]) not in inodes:
-                continue
-            addr_hex, port_hex = fields[2].split(":")
-            raw = bytes.fromhex(addr_hex)
-            # /proc prints each 32-bit word in host (little-endian) order
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            address = socket.inet_ntop(family, raw)
-            if address.startswith("::ffff:"):
-                address = address[7:]
-            peers[inodes[int(fields[9])]] = (address, int(port_hex, 16), int(fields[3], 16))
-    return peers
-
-
-def _backend_of(state: CoordinatorState, address: str, port: int) -> str | None:
-    for endpoint in state.backends:
-        host, _, p = endpoint.rpartition(":")
-        if int(p) == port and address in _addresses(host.strip("[]")):
-            return endpoint
-    return None
-
-
-def lost_backends(state: CoordinatorState) -> list[str]:
-    """Backends whose rpc-server closed its connection to our llama-server (the socket sits in
-    CLOSE_WAIT: the worker process died or was restarted); llama.cpp only notices on the next request,
-    which then fails."""
-    lost = set()
-    for address, port, tcp_state in _socket_peers(state.pid).values():
-        if tcp_state == TCP_CLOSE_WAIT and (endpoint := _backend_of(state, address, port)):
-            lost.add(endpoint)
-    return [b for b in state.backends if b in lost]
-
-
-def _addresses(host: str) -> set[str]:
-    try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
-    except (OSError, UnicodeError):
-        return set()
+def is_stalled(state: CoordinatorState, window: float) -> bool:
+    return llama_server.is_stalled(state.endpoint, window)
 
 
 def blocked_on(state: CoordinatorState) -> list[str]:
-    """The coordinator's backends that one of llama-server's threads is blocked reading from (from
-    /proc/PID/task/*/syscall; empty when that is not readable or no thread waits on a backend)."""
-    reads = _READ_SYSCALLS.get(os.uname().machine, set())
-    waiting_fds: set[int] = set()
-    try:
-        tasks = os.listdir(f"/proc/{state.pid}/task")
-    except OSError:
-        return []
-    for tid in tasks:
-        try:
-            fields = Path(f"/proc/{state.pid}/task/{tid}/syscall").read_text().split()
-        except OSError:
-            continue
-        if len(fields) >= 2 and fields[0].isdigit() and int(fields[0]) in reads:
-            waiting_fds.add(int(fields[1], 16))
-    if not waiting_fds:
-        return []
-    peers = _socket_peers(state.pid)
-    suspects = {_backend_of(state, peers[fd][0], peers[fd][1]) for fd in waiting_fds if fd in peers}
-    return [b for b in state.backends if b in suspects]
+    return llama_server.blocked_on(state.pid, state.backends)
+
+
+def lost_backends(state: CoordinatorState) -> list[str]:
+    return llama_server.lost_backends(state.pid, state.backends)
+
+
+def last_error(state: CoordinatorState) -> str:
+    return llama_server.last_error(Path(state.log))
 
 
 def uptime(state: CoordinatorState) -> float:

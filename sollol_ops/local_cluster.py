@@ -92,7 +92,7 @@ def load(root: Path | None = None, warn: statefile.Warn = statefile.warn_stderr)
 
 
 def exposure_warning(host: str) -> str | None:
-    if host in ("localhost", "::1") or host.startswith("127."):
+    if procs.is_loopback(host):
         return None
     where = "every interface" if host in ("0.0.0.0", "::", "") else host
     return (

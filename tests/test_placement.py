@@ -8,10 +8,10 @@ import pytest
 from rpcdouble import RpcDouble
 
 from sollol_ops import rpc
-from sollol_ops.coordinator import parse_distribution
 from sollol_ops.errors import PlacementError
 from sollol_ops.gguf_info import GGUFInfo
 from sollol_ops.inventory import Backend
+from sollol_ops.llama_server import parse_distribution
 from sollol_ops.placement import MIB, assign_layers, build_slots, plan_placement
 
 GIB = 1 << 30

@@ -7,9 +7,9 @@ import time
 
 import click
 
-from sollol_ops.coordinator import Distribution
+from sollol_ops.lifecycle import Reporter
+from sollol_ops.llama_server import Distribution
 from sollol_ops.placement import Plan
-from sollol_ops.serve import Reporter
 from sollol_ops.ui import echo_table
 
 MIB = 1 << 20

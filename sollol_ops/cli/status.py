@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import serve
+from sollol_ops import lifecycle
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import echo_distribution
 from sollol_ops.ui import echo_json, echo_table
@@ -32,7 +32,7 @@ MIB = 1 << 20
 def status(ctx: Context, as_json: bool, check: bool, require_coordinator: bool, stall_timeout: float) -> None:
     """Coordinator (serving, loading, stalled, exited; model, endpoint, layers) and backends
     (ready/busy/serving/stalled/down/incompatible)."""
-    report = serve.status(ctx.cluster(), stall_timeout=stall_timeout)
+    report = lifecycle.status(ctx.cluster(), stall_timeout=stall_timeout)
     if as_json:
         echo_json(report)
     else:
@@ -41,7 +41,7 @@ def status(ctx: Context, as_json: bool, check: bool, require_coordinator: bool, 
         report.check(require_coordinator)
 
 
-def _render(report: serve.StatusReport) -> None:
+def _render(report: lifecycle.StatusReport) -> None:
     c = report.coordinator
     if c.state == "not running":
         click.echo("coordinator: not running")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import coordinator, serve
+from sollol_ops import coordinator, lifecycle
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
-from sollol_ops.coordinator import StartOptions
+from sollol_ops.llama_server import StartOptions
 from sollol_ops.ui import echo_json, echo_table
 
 
@@ -54,9 +54,9 @@ def up(
     opts = StartOptions(
         host=host, port=port, n_ctx=ctx_size, parallel=parallel, threads=threads, extra_args=list(server_args)
     )
-    req = serve.UpRequest(model, opts, ollama_models, dry_run, replace, skip_unhealthy, timeout)
+    req = lifecycle.UpRequest(model, opts, ollama_models, dry_run, replace, skip_unhealthy, timeout)
     reporter = CliReporter(quiet=as_json, verbose=ctx.verbose)
-    outcome = serve.up(req, ctx.cluster(), reporter, foreground=foreground)
+    outcome = lifecycle.up(req, ctx.cluster(), reporter, foreground=foreground)
     reporter.done()
     if as_json:
         echo_json(
@@ -73,9 +73,9 @@ def up(
                 "distribution": outcome.distribution,
             }
         )
-        if outcome.kind != "foreground":
+        if outcome.kind is not lifecycle.Outcome.FOREGROUND:
             return
-    if outcome.kind == "already-running":
+    if outcome.kind is lifecycle.Outcome.ALREADY_RUNNING:
         st = outcome.state
         assert st is not None
         click.echo(f"{st.model} is already served at {st.openai_base} (pid {st.pid}); nothing to do")
@@ -90,12 +90,12 @@ def up(
         for b, r in outcome.skipped:
             click.echo(f"skipping {b.host} ({b.endpoint}): {r.status.value}, {r.detail}")
         echo_plan(outcome.plan)
-    if outcome.kind == "dry-run":
+    if outcome.kind is lifecycle.Outcome.DRY_RUN:
         click.echo("\ncommand: " + " ".join(outcome.command))
         click.echo("(dry run: nothing started)")
         return
-    if outcome.kind == "foreground":
-        code = serve.run_foreground(
+    if outcome.kind is lifecycle.Outcome.FOREGROUND:
+        code = lifecycle.run_foreground(
             outcome, on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True), ready_timeout=timeout
         )
         raise SystemExit(code)

@@ -1,17 +1,21 @@
-"""`up` and `status` as library calls: resolve, probe, plan, start, wait; the CLI only renders."""
+"""The coordinator's lifecycle as library calls (up, foreground, status), and the one path from a model
+to a llama-server command line (resolve -> probe -> plan -> command) that `up` and the benchmark share.
+The CLI commands call only this module; they render what it returns."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-from sollol_ops import coordinator, procs, rpc, statefile
-from sollol_ops.coordinator import CoordinatorState, Distribution, StartOptions
+from sollol_ops import coordinator, llama_server, procs, rpc, statefile
+from sollol_ops.coordinator import CoordinatorState
 from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.inventory import Backend, Cluster
+from sollol_ops.llama_server import Distribution, StartOptions
 from sollol_ops.ollama import ResolvedModel, resolve_model
 from sollol_ops.placement import Plan, build_slots, plan_placement
 from sollol_ops.toolchain import Toolchain, find_toolchain
@@ -28,9 +32,16 @@ class UpRequest:
     timeout: float = 600.0
 
 
+class Outcome(StrEnum):
+    ALREADY_RUNNING = "already-running"
+    DRY_RUN = "dry-run"
+    FOREGROUND = "foreground"
+    STARTED = "started"
+
+
 @dataclass
 class UpOutcome:
-    kind: str  # "already-running" | "dry-run" | "started"
+    kind: Outcome
     model: str
     state: CoordinatorState | None = None
     resolved: ResolvedModel | None = None
@@ -63,11 +74,11 @@ def describe_backend_problem(backend: Backend, result: rpc.ProbeResult) -> str:
 
 
 def check_backends(
-    cluster: Cluster, skip_unhealthy: bool, reporter: Reporter
+    backends: Sequence[Backend], skip_unhealthy: bool, reporter: Reporter
 ) -> tuple[list[tuple[Backend, rpc.ProbeResult]], list[tuple[Backend, rpc.ProbeResult]]]:
-    reporter.step(f"probing {len(cluster.backends)} backend(s)")
-    results = rpc.probe_all([b.endpoint for b in cluster.backends])
-    pairs = list(zip(cluster.backends, results, strict=True))
+    reporter.step(f"probing {len(backends)} backend(s)")
+    results = rpc.probe_all([b.endpoint for b in backends])
+    pairs = list(zip(backends, results, strict=True))
     bad = [(b, r) for b, r in pairs if not r.ok]
     if bad and not skip_unhealthy:
         problems = "; ".join(describe_backend_problem(b, r) for b, r in bad)
@@ -76,6 +87,32 @@ def check_backends(
     if not good:
         raise BackendError("no healthy backend left: " + "; ".join(describe_backend_problem(b, r) for b, r in bad))
     return good, bad
+
+
+@dataclass
+class Prepared:
+    """A model placed on backends: what to run and why."""
+
+    probes: list[tuple[Backend, rpc.ProbeResult]]
+    skipped: list[tuple[Backend, rpc.ProbeResult]]
+    plan: Plan
+    command: list[str]
+
+
+def plan_command(
+    resolved: ResolvedModel,
+    info: GGUFInfo,
+    backends: Sequence[Backend],
+    opts: StartOptions,
+    toolchain: Toolchain,
+    skip_unhealthy: bool = False,
+    reporter: Reporter | None = None,
+) -> Prepared:
+    """Probe the backends, plan placement, build the llama-server command: the one path from a model to
+    a sharded llama-server, shared by `up` and the benchmark."""
+    probes, skipped = check_backends(backends, skip_unhealthy, reporter or Reporter())
+    plan = plan_placement(info, build_slots(probes), opts.n_ctx, resolved.ref)
+    return Prepared(probes, skipped, plan, llama_server.command(toolchain, resolved.blob, opts, plan))
 
 
 def _running(root: Path | None) -> CoordinatorState | None:
@@ -88,7 +125,7 @@ def _running(root: Path | None) -> CoordinatorState | None:
 
 def exposure_warning(opts: StartOptions) -> str | None:
     """The warning `up` gives when llama-server will listen beyond loopback."""
-    if coordinator.is_loopback(opts.host):
+    if procs.is_loopback(opts.host):
         return None
     keyed = any(a == "--api-key" or a.startswith(("--api-key=", "--api-key-file")) for a in opts.extra_args)
     where = "every interface" if opts.host in ("0.0.0.0", "::", "") else opts.host
@@ -110,7 +147,7 @@ def up(
 ) -> UpOutcome:
     """Resolve, probe, plan, start and wait, under the coordinator lock (one `up` at a time)."""
     reporter = reporter or Reporter()
-    coordinator.check_extra_args(req.opts.extra_args)
+    llama_server.check_extra_args(req.opts.extra_args)
     if req.dry_run:
         return _up(req, cluster, reporter, root, toolchain, foreground)
     with coordinator.start_lock(req.model, root):
@@ -130,7 +167,7 @@ def _up(
     opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
     running = _running(root)
     if running is not None and running.model == model and running.digest == resolved.digest and not foreground:
-        return UpOutcome("already-running", model, state=running, resolved=resolved)
+        return UpOutcome(Outcome.ALREADY_RUNNING, model, state=running, resolved=resolved)
     if running is not None and not req.replace and not req.dry_run:
         raise CoordinatorError(
             f"{running.model} is already served at {running.openai_base} (pid {running.pid}); "
@@ -138,23 +175,22 @@ def _up(
         )
     info = resolved.gguf or read_gguf(resolved.blob)
     toolchain = toolchain or find_toolchain()
-    outcome = UpOutcome("dry-run", model, resolved=resolved, info=info, opts=opts)
+    outcome = UpOutcome(Outcome.DRY_RUN, model, resolved=resolved, info=info, opts=opts)
     if running is not None and req.replace and not req.dry_run:
         reporter.step(f"stopping {running.model} (pid {running.pid}) to serve {model}")
         coordinator.stop(root)
         outcome.replaced = running.model
     if not req.dry_run and procs.port_in_use(opts.host, opts.port):
         raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
-    outcome.probes, outcome.skipped = check_backends(cluster, req.skip_unhealthy, reporter)
-    slots = build_slots(outcome.probes)
-    outcome.plan = plan_placement(info, slots, opts.n_ctx, model)
-    outcome.command = coordinator.build_command(toolchain, resolved.blob, outcome.plan, opts)
+    prepared = plan_command(resolved, info, cluster.backends, opts, toolchain, req.skip_unhealthy, reporter)
+    outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
+    outcome.plan, outcome.command = prepared.plan, prepared.command
     if req.dry_run:
         return outcome
     if warning := exposure_warning(opts):
         reporter.warn(warning)
     if foreground:
-        outcome.kind = "foreground"
+        outcome.kind = Outcome.FOREGROUND
         return outcome
     reporter.step(f"starting llama-server on {opts.host}:{opts.port}")
     state = coordinator.start_detached(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, root)
@@ -163,7 +199,7 @@ def _up(
     except CoordinatorError:
         coordinator.stop(root, timeout=5)
         raise
-    outcome.kind = "started"
+    outcome.kind = Outcome.STARTED
     outcome.state = state
     outcome.distribution = coordinator.distribution(state)
     return outcome
@@ -178,7 +214,7 @@ def run_foreground(
 ) -> int:
     """Run the planned llama-server attached (a systemd unit's main process), holding the coordinator
     lock for its whole life; returns its exit code."""
-    assert outcome.kind == "foreground" and outcome.plan and outcome.resolved and outcome.opts
+    assert outcome.kind is Outcome.FOREGROUND and outcome.plan and outcome.resolved and outcome.opts
     with coordinator.start_lock(outcome.model, root):
         running = _running(root)
         if running is not None:
@@ -279,7 +315,7 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
     if not coordinator.is_alive(state):
         base.running = False
         base.state = "exited"
-        base.detail = f"pid {state.pid} is gone; last log line: {coordinator.last_error(Path(state.log))}"
+        base.detail = f"pid {state.pid} is gone; last log line: {coordinator.last_error(state)}"
         return base
     base.uptime_s = round(coordinator.uptime(state), 1)
     base.distribution = coordinator.distribution(state)
