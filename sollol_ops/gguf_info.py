@@ -14,12 +14,14 @@ violation is a one-line GGUFError naming the field and the file, in bounded time
 from __future__ import annotations
 
 import mmap
+import os
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gguf.constants import (
     GGML_QUANT_SIZES,
@@ -443,9 +445,21 @@ def _vocab_size(tensors: list[TensorEntry]) -> int:
     return embd.shape[-1] if embd is not None and embd.shape else 0
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading; only a regular file (O_NONBLOCK: a FIFO must not wait for a writer)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise GGUFError(f"cannot read {path}: not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise GGUFError(f"cannot read {path}: not a regular file")
+    return fh
+
+
 def _parse_file(path: Path) -> tuple[_Header, int]:
-    with path.open("rb") as fh:
-        size = path.stat().st_size
+    with _open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
         if size < 8:
             head = fh.read(8)
             if head[:4] != MAGIC:

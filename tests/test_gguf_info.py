@@ -7,12 +7,13 @@ import json
 import os
 import random
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from bounded import run_cli_bounded
+from bounded import run_bounded, run_cli_bounded
 from fixtures_gguf import TINY_REF, extract_smollm2, manifest_path, tiny_store, write_tiny_gguf
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from helpers import assert_clean_failure
@@ -358,3 +359,12 @@ def test_hostile_header_is_a_bounded_gguf_error(tmp_path: Path, case: str) -> No
     assert proc.returncode == GGUFError.exit_code, err
     assert str(root / "blobs") in err  # names the file
     assert "MemoryError" not in err and "internal error" not in err
+
+
+def test_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    """read_gguf on a FIFO used to wait forever in open() for a writer."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    code = "import sys; from sollol_ops.gguf_info import read_gguf; read_gguf(sys.argv[1])"
+    proc = run_bounded([sys.executable, "-c", code, str(fifo)])
+    assert "GGUFError" in proc.stderr and f"cannot read {fifo}: not a regular file" in proc.stderr, proc.stderr

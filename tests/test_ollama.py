@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bounded import run_cli_bounded
 from fixtures_gguf import (
     TINY_REF,
     manifest_path,
@@ -27,6 +29,7 @@ from sollol_ops.ollama import (
     candidate_roots,
     list_models,
     parse_model_ref,
+    read_manifest,
     resolve_model,
     store_roots,
     suggest,
@@ -406,3 +409,69 @@ def test_cli_real_smollm2_store(smollm2_store: Path, tmp_path: Path) -> None:
     (entry,) = [m for m in json.loads(proc.stdout) if m["ref"] == "smollm2:135m"]
     assert (entry["architecture"], entry["block_count"], entry["file_type_name"]) == ("llama", 30, "Q4_1")
     assert snapshot(smollm2_store / "manifests") == before
+
+
+# --- hostile stores: non-regular files, unreadable directories (issue 9) -----------------------
+
+
+def _fifo_manifest(root: Path) -> None:
+    path = manifest_path(root, TINY_REF)
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _device_manifest(root: Path) -> None:
+    path = manifest_path(root, TINY_REF)
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def _fifo_beside(root: Path) -> None:
+    os.mkfifo(manifest_path(root, TINY_REF).with_name("fifo"))
+
+
+NON_REGULAR = {"fifo manifest": _fifo_manifest, "manifest -> /dev/zero": _device_manifest, "fifo tag": _fifo_beside}
+UP_INVENTORY = "[rpc_servers]\nw1 ansible_host=127.0.0.1\n"
+NON_REGULAR_RUNS = [
+    (case, command)
+    for case in sorted(NON_REGULAR)
+    for command in ("resolve", "models", "up")
+    if case != "fifo tag" or command == "models"  # a FIFO beside tiny:1b is not read by resolve tiny:1b
+]
+
+
+@pytest.mark.parametrize(("case", "command"), NON_REGULAR_RUNS)
+def test_cli_non_regular_manifest_is_refused_not_read(tmp_path: Path, case: str, command: str) -> None:
+    """A FIFO among the manifests used to hang resolve/models/up (open() waits for a writer)."""
+    root = tiny_store(tmp_path)
+    NON_REGULAR[case](root)
+    (tmp_path / "inventory.ini").write_text(UP_INVENTORY)
+    args = {
+        "resolve": ["resolve", TINY_REF],
+        "models": ["models"],
+        "up": ["-i", str(tmp_path / "inventory.ini"), "up", TINY_REF, "--dry-run"],
+    }[command]
+    env = {**_env(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    before = snapshot_kinds(root)
+    proc = run_cli_bounded(*args, "--ollama-models", str(root), env=env)
+    err = assert_clean_failure(proc, "is not a regular file", "manifests")
+    assert proc.returncode == StoreError.exit_code, err
+    assert snapshot_kinds(root) == before
+
+
+def snapshot_kinds(root: Path) -> dict[str, tuple[int, int]]:
+    """(mode, size) of everything under root, without opening anything (FIFOs stay closed)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st = Path(dirpath, name).lstat()
+            out[os.path.relpath(Path(dirpath, name), root)] = (st.st_mode, st.st_size)
+    return out
+
+
+def test_read_manifest_bounds_what_it_reads(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with big.open("wb") as fh:
+        fh.truncate(1 << 40)  # sparse: a 1 TiB "manifest" must not be read whole
+    with pytest.raises(StoreError, match="is over 1048576 bytes"):
+        read_manifest(big)
