@@ -137,13 +137,27 @@ def candidate_roots(
     return _dedupe([_expand(p, env) for p in wanted])
 
 
+def _may_exist(root: Path) -> bool:
+    """A directory, or a path we cannot look at: only what the OS says is absent (or a file) is left out.
+
+    A root behind a directory we may not search is kept, so that reading it fails naming the reason
+    instead of the store silently reading as empty.
+    """
+    try:
+        return stat.S_ISDIR(os.stat(root).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+
+
 def store_roots(
     explicit: str | Path | None, env: Mapping[str, str], defaults: Sequence[str | Path] = DEFAULT_ROOTS
 ) -> list[Path]:
     """The candidate roots that exist. An explicit root that is not a directory is a UsageError."""
-    if explicit and not _expand(explicit, env).is_dir():
+    if explicit and not _may_exist(_expand(explicit, env)):
         raise UsageError(f"--ollama-models {explicit}: no such directory")
-    return [p for p in candidate_roots(explicit, env, defaults) if p.is_dir()]
+    return [p for p in candidate_roots(explicit, env, defaults) if _may_exist(p)]
 
 
 # --- manifests and blobs -----------------------------------------------------------------------
@@ -399,9 +413,22 @@ def resolve_model(
 # --- listing -----------------------------------------------------------------------------------
 
 
+def _unreadable(exc: OSError) -> None:
+    raise StoreError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+
+
 def _manifest_files(root: Path) -> Iterator[Path]:
+    """Every file under root/manifests; a store without manifests/ is empty, an unreadable one a StoreError."""
     base = root / "manifests"
-    for dirpath, dirnames, filenames in os.walk(base):
+    try:
+        mode = os.stat(base).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read {base}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(mode):
+        raise StoreError(f"cannot read {base}: Not a directory")
+    for dirpath, dirnames, filenames in os.walk(base, onerror=_unreadable):
         dirnames.sort()
         for filename in sorted(filenames):
             yield Path(dirpath, filename)

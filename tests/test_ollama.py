@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from bounded import run_cli_bounded
+from bounded import run_bounded, run_cli_bounded
 from fixtures_gguf import (
     TINY_REF,
     manifest_path,
@@ -475,3 +478,65 @@ def test_read_manifest_bounds_what_it_reads(tmp_path: Path) -> None:
         fh.truncate(1 << 40)  # sparse: a 1 TiB "manifest" must not be read whole
     with pytest.raises(StoreError, match="is over 1048576 bytes"):
         read_manifest(big)
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix under which permission bits count, also for root: setpriv drops CAP_DAC_*."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    drop = [setpriv or "setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if setpriv is None or subprocess.run([*drop, "true"], check=False).returncode != 0:
+        pytest.skip("needs setpriv (util-linux) able to drop root's DAC capabilities")
+    return drop
+
+
+def _manifests_a_file(root: Path) -> Path:
+    shutil.rmtree(root / "manifests")
+    (root / "manifests").write_text("not a directory\n")
+    return root / "manifests"
+
+
+def _manifests_a_loop(root: Path) -> Path:
+    shutil.rmtree(root / "manifests")
+    (root / "manifests").symlink_to("manifests")
+    return root / "manifests"
+
+
+def _chmod_000(path: Path) -> Path:
+    path.chmod(0)
+    return path
+
+
+UNREADABLE: dict[str, tuple[Callable[[Path], Path], str, bool]] = {
+    # case: (breaker returning the path to name, the OS error, needs permission bits to count)
+    "manifests is a file": (_manifests_a_file, "Not a directory", False),
+    "manifests is a symlink loop": (_manifests_a_loop, "Too many levels of symbolic links", False),
+    "manifests mode 000": (lambda r: _chmod_000(r / "manifests"), "Permission denied", True),
+    "namespace dir mode 000": (
+        lambda r: _chmod_000(r / "manifests/registry.ollama.ai/library"),
+        "Permission denied",
+        True,
+    ),
+    "store root behind a mode 000 dir": (lambda r: _chmod_000(r.parent) / r.name, "Permission denied", True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE))
+def test_cli_models_unreadable_store_fails(tmp_path: Path, case: str) -> None:
+    """An unreadable store used to list as "no models found" with exit 0 (os.walk drops errors)."""
+    breaker, os_error, needs_perms = UNREADABLE[case]
+    prefix = _unprivileged() if needs_perms else []
+    root = tiny_store(tmp_path / "base")
+    named = breaker(root)
+    try:
+        # $OLLAMA_MODELS, not --ollama-models: a root that cannot be looked into is still a root.
+        env = {"HOME": str(tmp_path / "home"), "OLLAMA_MODELS": str(root)}
+        proc = run_bounded([*prefix, sys.executable, "-m", "sollol_ops.cli.main", "models"], env=env)
+        err = assert_clean_failure(proc, f"cannot read {named}", os_error)
+        assert proc.returncode == StoreError.exit_code, err
+        assert "no models found" not in proc.stderr
+    finally:
+        for path in (root.parent, root / "manifests", root / "manifests/registry.ollama.ai/library"):
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
