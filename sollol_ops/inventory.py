@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -305,16 +306,51 @@ def _float(host: str, var: str, value: Any) -> float:
     return number
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
+MAX_LABEL = 63
+MAX_HOST_NAME = 253
+
+
+def _host_name_problem(address: str) -> str | None:
+    """Why `address` is neither an IPv4 literal nor a DNS host name (RFC 1123 sizes), or None."""
+    if not address.isascii():
+        return "is not ASCII; write an internationalised name in its xn-- (punycode) form"
+    name = address.removesuffix(".")
+    if re.fullmatch(r"[0-9.]+", name):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return "is not a valid IPv4 address"
+        return None
+    if len(name) > MAX_HOST_NAME:
+        return f"is {len(name)} characters (the limit is {MAX_HOST_NAME})"
+    for label in name.split("."):
+        if not label:
+            return "has an empty label (two dots in a row, or a leading dot)"
+        if len(label) > MAX_LABEL:
+            return f"has a label of {len(label)} characters (the limit is {MAX_LABEL})"
+        if not _LABEL.fullmatch(label):
+            return f"has a label {label!r} that is not letters, digits, '-' and '_' (no leading or trailing '-')"
+    return None
+
+
 def _address(host: str, hv: Mapping[str, Any]) -> str:
-    address = hv.get("sollol_rpc_address") or hv.get("ansible_host") or host
+    var = next((v for v in ("sollol_rpc_address", "ansible_host") if hv.get(v)), "the inventory hostname")
+    address = hv.get(var, host)
     if _templated(address) or not isinstance(address, str) or not address.strip() or ":" in address:
         raise InventoryError(f"host {host}: sollol_rpc_address/ansible_host {address!r} is not a usable address")
-    if address.strip() == "0.0.0.0":
+    address = address.strip()
+    if address == "0.0.0.0":
         # A wildcard is nothing the coordinator can dial (it would reach itself), nor a safe bind address.
         raise InventoryError(
             f"host {host}: sollol_rpc_address/ansible_host is 0.0.0.0; set the address the coordinator reaches it on"
         )
-    return address.strip()
+    problem = _host_name_problem(address)
+    if problem is not None:
+        raise InventoryError(
+            f"host {host}: {var} {address!r} {problem}; set sollol_rpc_address to a host name or IPv4 address"
+        )
+    return address
 
 
 def _host_backends(host: str, hv: Mapping[str, Any]) -> list[Backend]:

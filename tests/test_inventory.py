@@ -516,6 +516,8 @@ BAD_OWN: dict[str, tuple[dict[str, str], list[str]]] = {
 
 # The variable errors share one inventory directory (INI + YAML + group_vars + host_vars), one bad
 # group per case, picked with --rpc-group: a single `ansible-inventory` run serves them all.
+LONG_LABEL = "a" * 64  # DNS labels are at most 63 characters: idna encoding used to raise UnicodeError
+LONG_NAME = ".".join(["n" * 63] * 4)  # 255 characters: over the 253 of a DNS name
 CORPUS = {
     "corpus/hosts.ini": """
         [rpc_servers]
@@ -540,7 +542,19 @@ CORPUS = {
         bd
         [wildcard_address]
         wa ansible_host=192.168.1.50 sollol_rpc_address=0.0.0.0
-    """,
+        [host_long_label]
+        ll sollol_rpc_address=LONG_LABEL.example
+        [host_empty_label]
+        el ansible_host=node..lan
+        [host_bad_ipv4]
+        b4 sollol_rpc_address=300.1.1.1
+        [host_non_ascii]
+        na sollol_rpc_address=bücher.example
+        [host_bad_name]
+        LONG_LABEL.lan
+        [host_long_name]
+        ln ansible_host=LONG_NAME
+    """.replace("LONG_LABEL", LONG_LABEL).replace("LONG_NAME", LONG_NAME),
     "corpus/hosts.yml": """
         instance_port_range:
           hosts:
@@ -589,6 +603,18 @@ BAD_SHARED: dict[str, tuple[str, list[str]]] = {
     ),
     "instance-unknown-key": ("instance_unknown_key", ["host iuk", "sollol_rpc_instances[0] has unknown keys ['gpu']"]),
     "wildcard-address": ("wildcard_address", ["host wa", "is 0.0.0.0", "address the coordinator reaches it on"]),
+    "address-long-label": (
+        "host_long_label",
+        ["host ll", "sollol_rpc_address", LONG_LABEL, "64 characters (the limit is 63)"],
+    ),
+    "address-empty-label": ("host_empty_label", ["host el", "ansible_host 'node..lan'", "empty label"]),
+    "address-bad-ipv4": ("host_bad_ipv4", ["host b4", "sollol_rpc_address '300.1.1.1'", "IPv4"]),
+    "address-non-ascii": ("host_non_ascii", ["host na", "sollol_rpc_address", "xn--"]),
+    "address-bad-inventory-hostname": (
+        "host_bad_name",
+        [f"host {LONG_LABEL}.lan", "the inventory hostname", "64 characters (the limit is 63)"],
+    ),
+    "address-too-long": ("host_long_name", ["host ln", "ansible_host", "255 characters (the limit is 253)"]),
     "bad-device": (
         "bad_device",
         ["host bd", "sollol_rpc_instances[0].device must be a device name like CUDA0", "CUDA0; rm -rf /"],
@@ -650,4 +676,12 @@ def test_no_inventory_anywhere(tmp_path: Path) -> None:
 def test_sollol_inventory_pointing_nowhere(tmp_path: Path) -> None:
     proc = sollol("rpc-list", cache=tmp_path / "c", cwd=tmp_path, SOLLOL_INVENTORY=str(tmp_path / "gone.ini"))
     err = assert_clean_failure(proc, "gone.ini", "$SOLLOL_INVENTORY", "not found")
+    assert proc.returncode == INVENTORY_EXIT, err
+
+
+def test_status_with_an_over_long_label_is_an_inventory_error(tmp_path: Path) -> None:
+    """`status` probes the backends: a 64-character label used to end in UnicodeError from idna (exit 70)."""
+    hosts = write_tree(tmp_path / "inv", {"hosts.ini": f"[rpc_servers]\nw1 sollol_rpc_address={LONG_LABEL}.lan\n"})
+    proc = sollol("-i", str(hosts / "hosts.ini"), "status", cache=tmp_path / "c", XDG_STATE_HOME=str(tmp_path / "s"))
+    err = assert_clean_failure(proc, "host w1", "sollol_rpc_address", "the limit is 63")
     assert proc.returncode == INVENTORY_EXIT, err
