@@ -13,12 +13,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bounded import run_cli_bounded
 from helpers import assert_clean_failure, run_cli
 
 from sollol_ops import inventory as inv
@@ -685,3 +687,91 @@ def test_status_with_an_over_long_label_is_an_inventory_error(tmp_path: Path) ->
     proc = sollol("-i", str(hosts / "hosts.ini"), "status", cache=tmp_path / "c", XDG_STATE_HOME=str(tmp_path / "s"))
     err = assert_clean_failure(proc, "host w1", "sollol_rpc_address", "the limit is 63")
     assert proc.returncode == INVENTORY_EXIT, err
+
+
+# --------------------------------------------------------------------------- hostile YAML: bounded time and memory
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """ "Billion laughs": each level lists the previous one `width` times (9**9 strings once expanded)."""
+    lines = ["lol0: &lol0 [" + ", ".join(['"lol"'] * width) + "]"]
+    lines += [f"lol{i}: &lol{i} [" + ", ".join([f"*lol{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _indent(text: str, spaces: int) -> str:
+    return textwrap.indent(text, " " * spaces)
+
+
+BOMBS: dict[str, tuple[dict[str, str], str, str]] = {
+    # case: (files, the -i path, the file the error must name)
+    "yaml inventory": (
+        {"hosts.yml": "all:\n  vars:\n" + _indent(alias_bomb(), 4) + "rpc_servers:\n  hosts:\n    w1:\n"},
+        "hosts.yml",
+        "hosts.yml",
+    ),
+    "group_vars": (
+        {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "group_vars/all.yml": alias_bomb()},
+        "hosts.ini",
+        "group_vars/all.yml",
+    ),
+    "host_vars file without extension": (
+        {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "host_vars/w1": alias_bomb()},
+        "hosts.ini",
+        "host_vars/w1",
+    ),
+    "source in an inventory directory": (
+        {"inv/00-hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "inv/10-more.yaml": alias_bomb()},
+        "inv",
+        "inv/10-more.yaml",
+    ),
+    "recursive alias": (
+        {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "group_vars/all.yml": "loop: &loop [1, *loop]\n"},
+        "hosts.ini",
+        "group_vars/all.yml",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOMBS))
+def test_yaml_alias_bomb_is_refused_in_bounded_time(tmp_path: Path, case: str) -> None:
+    """A billion-laughs inventory used to keep ansible-inventory busy (and growing) for minutes."""
+    files, entry, named = BOMBS[case]
+    root = write_tree(tmp_path / "inv-root", files)
+    start = time.monotonic()
+    proc = run_cli_bounded("-i", str(root / entry), "rpc-list", env={"XDG_CACHE_HOME": str(tmp_path / "c")})
+    elapsed = time.monotonic() - start
+    err = assert_clean_failure(proc, str(root / named), "alias")
+    assert proc.returncode == INVENTORY_EXIT, err
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+def test_ordinary_yaml_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    files = {
+        "hosts.yml": """
+            rpc_servers:
+              vars:
+                defaults: &defaults {sollol_rpc_port: 50080, llama_cpp_backend: cpu}
+              hosts:
+                w1: {<<: *defaults, ansible_host: 10.1.0.1}
+                w2: {<<: *defaults, ansible_host: 10.1.0.2}
+        """,
+    }
+    root = write_tree(tmp_path / "inv", files)
+    assert load_cluster(root / "hosts.yml").rpc_list() == "10.1.0.1:50080,10.1.0.2:50080"
+
+
+def test_ansible_inventory_output_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its JSON goes to a file under RLIMIT_FSIZE: past the cap ansible-inventory dies (SIGXFSZ), we say why."""
+    hosts = write_tree(tmp_path / "inv", {"hosts.ini": "[rpc_servers]\nw[0:199] ansible_host=10.1.0.1\n"})
+    monkeypatch.setattr(inv, "ANSIBLE_INVENTORY_OUTPUT", 4096)
+    with pytest.raises(InventoryError, match=r"ansible-inventory printed more than 4,096 bytes for .*hosts\.ini"):
+        ansible_inventory_list(hosts / "hosts.ini")
+
+
+def test_ansible_inventory_memory_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It runs under RLIMIT_AS: running out is an InventoryError naming the limit, not a machine swapping."""
+    hosts = write_tree(tmp_path / "inv", {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n"})
+    monkeypatch.setattr(inv, "ANSIBLE_INVENTORY_MEMORY", 32 << 20)
+    with pytest.raises(InventoryError, match=r"ansible-inventory ran out of its 32 MiB of memory reading .*hosts\.ini"):
+        ansible_inventory_list(hosts / "hosts.ini")
