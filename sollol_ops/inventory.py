@@ -315,6 +315,56 @@ def _child_limits(memory: int, output: int) -> Callable[[], None]:
     return apply
 
 
+# --------------------------------------------------------------------------- the cache: private files
+#
+# A cache entry is the whole `ansible-inventory --list` output, every variable included
+# (ansible_become_password, ansible_ssh_pass, ...): it is created 0600 in a 0700 directory, and an
+# entry or directory an older version left readable is tightened when next used.
+
+CACHE_DIR_MODE = 0o700
+CACHE_FILE_MODE = 0o600
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _private_dir(directory: Path) -> None:
+    """Create `directory` 0700 (its parents as usual), or make an existing one so, with its files 0600."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory, CACHE_DIR_MODE)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(f"{directory} is not a directory")
+    if stat.S_IMODE(st.st_mode) != CACHE_DIR_MODE:
+        os.chmod(directory, CACHE_DIR_MODE)
+        for entry in os.scandir(directory):
+            if entry.is_file(follow_symlinks=False):
+                os.chmod(entry.path, CACHE_FILE_MODE, follow_symlinks=False)
+
+
+def _read_private(path: Path) -> str:
+    _private_dir(path.parent)
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != CACHE_FILE_MODE:
+            os.fchmod(fd, CACHE_FILE_MODE)
+        return fh.read().decode("utf-8")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically through a temporary file that is 0600 from its creation."""
+    _private_dir(path.parent)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, CACHE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _first_error(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in lines:
@@ -382,7 +432,7 @@ def ansible_inventory_list(path: Path, env: Mapping[str, str] | None = None, use
     if files is not None:
         cache_file = cache_dir() / "inventory" / f"{_cache_key(path, files, env)}.json"
         try:
-            return json.loads(cache_file.read_text())
+            return json.loads(_read_private(cache_file))
         except (OSError, ValueError):
             pass
     run_env = {
@@ -401,10 +451,7 @@ def ansible_inventory_list(path: Path, env: Mapping[str, str] | None = None, use
         raise InventoryError(f"ansible-inventory printed no JSON for {path}") from exc
     if cache_file is not None:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            tmp.replace(cache_file)
+            _write_private(cache_file, json.dumps(data).encode())
         except OSError:
             pass
     return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from bounded import run_cli_bounded
-from helpers import assert_clean_failure, run_cli
+from helpers import REPO, assert_clean_failure, run_cli
 
 from sollol_ops import inventory as inv
 from sollol_ops.errors import InventoryError
@@ -775,3 +776,48 @@ def test_ansible_inventory_memory_is_capped(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(inv, "ANSIBLE_INVENTORY_MEMORY", 32 << 20)
     with pytest.raises(InventoryError, match=r"ansible-inventory ran out of its 32 MiB of memory reading .*hosts\.ini"):
         ansible_inventory_list(hosts / "hosts.ini")
+
+
+# --------------------------------------------------------------------------- the cache holds secrets: 0600, 0700
+
+
+def _sollol_umask_022(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "sollol_ops.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=120,
+        check=False,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_inventory_cache_is_private_even_with_umask_022(tmp_path: Path) -> None:
+    """The cache copies every variable, ansible_become_password included: it was written 0644 in a 0755 dir."""
+    secret = "s3cret-become-password"
+    root = write_tree(
+        tmp_path / "inv", {"hosts.ini": f"[rpc_servers]\nw1 ansible_host=10.1.0.1 ansible_become_password={secret}\n"}
+    )
+    (root / "hosts.ini").chmod(0o600)
+    cache = tmp_path / "xdg"
+    proc = _sollol_umask_022("-i", str(root / "hosts.ini"), "rpc-list", cache=cache)
+    assert (proc.returncode, proc.stdout) == (0, "10.1.0.1:50052\n"), proc.stderr
+    cache_dir = cache / "sollol-ops" / "inventory"
+    (entry,) = cache_dir.glob("*.json")
+    assert secret in entry.read_text()  # it is there: so only we may read it
+    assert (_mode(cache_dir), _mode(entry)) == (0o700, 0o600)
+    assert not [p for p in cache_dir.iterdir() if p.suffix != ".json"], "a temporary file was left behind"
+
+    # A cache written by an older version (0755 dir, 0644 file) is fixed by the next read of it.
+    cache_dir.chmod(0o755)
+    entry.chmod(0o644)
+    proc = _sollol_umask_022("-i", str(root / "hosts.ini"), "rpc-list", cache=cache)
+    assert (proc.returncode, proc.stdout) == (0, "10.1.0.1:50052\n"), proc.stderr
+    assert (_mode(cache_dir), _mode(entry)) == (0o700, 0o600)
