@@ -4,17 +4,24 @@ The header is parsed here with `struct` over a read-only memory map, using the `
 constants (value types, tensor types and their block sizes, file types). `gguf.GGUFReader` reads the
 same facts but builds a numpy view per tokenizer string: about 3 s for a 135M model, where this
 parser skips the token arrays and takes a few tens of milliseconds. Tensor data is never read.
+
+Every count and length in the header is bounded before it sizes anything: by what the rest of the
+file can hold (each item takes at least a few bytes) and by limits no real model comes near, the
+same ones llama.cpp's own loader enforces where it has them (keys, tensor names, dimensions). A
+violation is a one-line GGUFError naming the field and the file, in bounded time and memory.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gguf.constants import (
     GGML_QUANT_SIZES,
@@ -30,6 +37,21 @@ MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 8
 MAX_STORED_ARRAY = 4096  # small integer arrays (per-layer head counts) are kept; bigger ones skipped
+MAX_KEPT_STRING = 1 << 20  # longer string values (an embedded tokenizer.json) are skipped, not kept
+# Limits on header counts and lengths (real models: tens of keys, a few thousand tensors, < 200 blocks,
+# vocabularies < 300k). llama.cpp rejects tensor names of GGML_MAX_NAME (64) bytes or more.
+MAX_KEYS = 1 << 16
+MAX_KEY_BYTES = (1 << 16) - 1  # the GGUF spec's limit
+MAX_TENSORS = 1 << 16
+MAX_TENSOR_NAME_BYTES = 63
+MAX_ARRAY_ITEMS = 1 << 22  # string arrays are walked item by item: this bounds the time
+MAX_BLOCKS = 1 << 16  # block_count and the N of blk.N.* tensor names
+MAX_DIM = (1 << 63) - 1  # dimensions and element counts are int64 in ggml
+MAX_U32 = (1 << 32) - 1  # architecture sizes (context, embedding, heads) are uint32 in llama.cpp
+# The fewest bytes one key/value pair (8-byte length, >= 1-byte key, 4-byte type, >= 1-byte value)
+# and one tensor info (8-byte name length, 4-byte n_dims, 4-byte type, 8-byte offset) can take.
+MIN_KV_BYTES = 14
+MIN_TENSOR_INFO_BYTES = 24
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "B",
@@ -44,7 +66,7 @@ _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.FLOAT64: "d",
     GGUFValueType.BOOL: "?",
 }
-_BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
+_BLOCK_TENSOR = re.compile(r"^blk\.([0-9]+)\.")
 # What a malformed header can still raise past the bounds checks; all become GGUFError.
 _PARSE_ERRORS = (ValueError, IndexError, KeyError, OverflowError, RecursionError, struct.error, MemoryError)
 
@@ -135,67 +157,103 @@ class _Cursor:
         self.pos = end
         return value
 
-    def skip(self, n_bytes: int) -> None:
-        if n_bytes < 0 or self.pos + n_bytes > len(self.buf):
-            raise _Corrupt(f"header ends early at offset {self.pos}")
+    @property
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+    def skip(self, n_bytes: int, what: str = "") -> None:
+        if n_bytes < 0 or n_bytes > self.remaining:
+            where = f"{what}: " if what else ""
+            raise _Corrupt(f"{where}{n_bytes} bytes at offset {self.pos} run past the end of the file")
         self.pos += n_bytes
 
-    def string(self) -> str:
-        length = self.unpack("Q")
+    def _text(self, length: int, what: str) -> str:
         start = self.pos
-        self.skip(length)
+        self.skip(length, f"{what} (a string of {length} bytes)")
         try:
             return self.buf[start : self.pos].decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _Corrupt(f"string at offset {start} is not UTF-8") from exc
+            raise _Corrupt(f"{what} at offset {start} is not UTF-8") from exc
+
+    def string(self, what: str, keep_limit: int) -> str | None:
+        """A length-prefixed UTF-8 string; None (skipped, not decoded) when longer than `keep_limit`."""
+        length = self.unpack("Q")
+        if length > keep_limit:
+            self.skip(length, f"{what} (a string of {length} bytes)")
+            return None
+        return self._text(length, what)
+
+    def name(self, what: str, limit: int) -> str:
+        """A key or tensor name of at most `limit` bytes, checked before anything is read."""
+        length = self.unpack("Q")
+        if length > limit:
+            raise _Corrupt(f"{what} is {length} bytes long (the limit is {limit})")
+        return self._text(length, what)
 
 
-def _value_type(raw: int, where: int) -> GGUFValueType:
+def _value_type(raw: int, where: int, key: str) -> GGUFValueType:
     try:
         return GGUFValueType(raw)
     except ValueError as exc:
-        raise _Corrupt(f"unknown value type {raw} at offset {where}") from exc
+        raise _Corrupt(f"metadata key {key}: unknown value type {raw} at offset {where}") from exc
 
 
-def _read_array(cur: _Cursor) -> Any:
-    item_type = _value_type(cur.unpack("I"), cur.pos)
+def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
+    """Skip `count` length-prefixed strings without decoding them (token lists: tens of thousands)."""
+    if count > MAX_ARRAY_ITEMS:
+        raise _Corrupt(f"metadata key {key}: array of {count} items is over the limit of {MAX_ARRAY_ITEMS}")
+    if count * 8 > cur.remaining:
+        raise _Corrupt(f"metadata key {key}: array of {count} items is more than the {cur.remaining} bytes left hold")
+    length = struct.Struct(cur.order + "Q")
+    buf, end, pos = cur.buf, len(cur.buf), cur.pos
+    for i in range(count):
+        if pos + 8 > end:
+            raise _Corrupt(f"metadata key {key}: item {i} of {count} runs past the end of the file")
+        (n,) = length.unpack_from(buf, pos)
+        pos += 8 + n
+        if pos > end:
+            raise _Corrupt(f"metadata key {key}: item {i} of {count} ({n} bytes) runs past the end of the file")
+    cur.pos = pos
+
+
+def _read_array(cur: _Cursor, key: str) -> Any:
+    item_type = _value_type(cur.unpack("I"), cur.pos, key)
     count = cur.unpack("Q")
     fmt = _SCALAR_FORMATS.get(item_type)
     if fmt is not None:
         size = struct.calcsize(fmt)
+        start = cur.pos
+        cur.skip(count * size, f"metadata key {key} (an array of {count} items)")
         if count <= MAX_STORED_ARRAY and item_type != GGUFValueType.BOOL:
-            start = cur.pos
-            cur.skip(count * size)
             return list(struct.unpack_from(f"{cur.order}{count}{fmt}", cur.buf, start))
-        cur.skip(count * size)
         return None
-    if count > len(cur.buf):  # every element takes at least one byte
-        raise _Corrupt(f"array of {count} items at offset {cur.pos} is larger than the file")
-    for _ in range(count):
-        _read_value(cur, item_type, keep=False)
-    return None
+    if item_type == GGUFValueType.STRING:
+        _skip_strings(cur, count, key)
+        return None
+    raise _Corrupt(f"metadata key {key} is an array of arrays (llama.cpp rejects those)")
 
 
-def _read_value(cur: _Cursor, vtype: GGUFValueType, keep: bool = True) -> Any:
+def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> Any:
     if vtype == GGUFValueType.STRING:
-        if keep:
-            return cur.string()
-        cur.skip(cur.unpack("Q"))
-        return None
+        return cur.string(f"metadata key {key}", keep_limit=MAX_KEPT_STRING)
     if vtype == GGUFValueType.ARRAY:
-        return _read_array(cur)
+        return _read_array(cur, key)
     fmt = _SCALAR_FORMATS.get(vtype)
     if fmt is None:
-        raise _Corrupt(f"unhandled value type {vtype.name} at offset {cur.pos}")
+        raise _Corrupt(f"metadata key {key}: unhandled value type {vtype.name} at offset {cur.pos}")
     return cur.unpack(fmt)
 
 
 def _read_metadata(cur: _Cursor, kv_count: int) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
-    for _ in range(kv_count):
-        key = cur.string()
-        vtype = _value_type(cur.unpack("I"), cur.pos - 4)
-        metadata[key] = _read_value(cur, vtype)
+    for i in range(kv_count):
+        key = cur.name(f"key #{i}", MAX_KEY_BYTES)
+        if not key:
+            raise _Corrupt(f"key #{i} is empty")
+        if key in metadata:
+            raise _Corrupt(f"duplicate metadata key {key} (key #{i})")
+        vtype = _value_type(cur.unpack("I"), cur.pos - 4, key)
+        metadata[key] = _read_value(cur, vtype, key)
     return metadata
 
 
@@ -206,17 +264,23 @@ def _tensor_type(raw: int, name: str) -> GGMLQuantizationType:
         raise _Corrupt(f"tensor {name!r} has unknown type {raw}") from exc
 
 
-def _read_tensor(cur: _Cursor) -> TensorEntry:
-    name = cur.string()
+def _read_tensor(cur: _Cursor, index: int) -> TensorEntry:
+    name = cur.name(f"tensor #{index} name", MAX_TENSOR_NAME_BYTES)
     n_dims = cur.unpack("I")
     if n_dims > MAX_DIMS:
-        raise _Corrupt(f"tensor {name!r} has {n_dims} dimensions")
+        raise _Corrupt(f"tensor {name!r} has {n_dims} dimensions (the limit is {MAX_DIMS})")
     shape = tuple(cur.unpack("Q") for _ in range(n_dims))
     ttype = _tensor_type(cur.unpack("I"), name)
     offset = cur.unpack("Q")
     n_elements = 1
     for dim in shape:
+        if dim > MAX_DIM:
+            raise _Corrupt(f"tensor {name!r} has a dimension of {dim} (over int64)")
         n_elements *= dim
+    if n_elements > MAX_DIM:
+        raise _Corrupt(f"tensor {name!r} has {n_elements} elements (over int64)")
+    if offset > MAX_DIM:
+        raise _Corrupt(f"tensor {name!r} has data offset {offset} (over int64)")
     block_size, type_size = GGML_QUANT_SIZES[ttype]
     if n_elements % block_size:
         raise _Corrupt(f"tensor {name!r} has {n_elements} elements, not a multiple of {block_size}")
@@ -236,6 +300,15 @@ def _alignment(metadata: Mapping[str, Any]) -> int:
     return align
 
 
+def _check_count(field: str, count: int, limit: int, min_bytes: int, remaining: int) -> None:
+    if count > limit:
+        raise _Corrupt(f"header {field} {count} is over the limit of {limit}")
+    if count * min_bytes > remaining:
+        raise _Corrupt(
+            f"header {field} {count} is more than the file can hold ({min_bytes}+ bytes each, {remaining} bytes left)"
+        )
+
+
 def _parse_header(buf: mmap.mmap | bytes) -> _Header:
     cur = _Cursor(buf, _byte_order(buf))
     cur.skip(4)
@@ -244,31 +317,41 @@ def _parse_header(buf: mmap.mmap | bytes) -> _Header:
         raise _Corrupt(f"GGUF version {version} is not supported (only {SUPPORTED_VERSIONS})")
     tensor_count = cur.unpack("Q")
     kv_count = cur.unpack("Q")
-    if tensor_count > len(buf) or kv_count > len(buf):
-        raise _Corrupt(f"implausible counts ({tensor_count} tensors, {kv_count} keys)")
+    _check_count("tensor count", tensor_count, MAX_TENSORS, MIN_TENSOR_INFO_BYTES, cur.remaining)
+    _check_count("key count", kv_count, MAX_KEYS, MIN_KV_BYTES, cur.remaining)
     metadata = _read_metadata(cur, kv_count)
-    tensors = [_read_tensor(cur) for _ in range(tensor_count)]
+    _check_count("tensor count", tensor_count, MAX_TENSORS, MIN_TENSOR_INFO_BYTES, cur.remaining)
+    tensors: list[TensorEntry] = []
+    names: set[str] = set()
+    for i in range(tensor_count):
+        tensor = _read_tensor(cur, i)
+        if tensor.name in names:
+            raise _Corrupt(f"duplicate tensor {tensor.name!r} (tensor #{i})")
+        names.add(tensor.name)
+        tensors.append(tensor)
     align = _alignment(metadata)
     data_offset = -(-cur.pos // align) * align
     return _Header(version, metadata, tensors, data_offset)
 
 
 def _check_data_fits(header: _Header, file_size: int) -> None:
-    names: set[str] = set()
     for t in header.tensors:
-        if t.name in names:
-            raise _Corrupt(f"duplicate tensor {t.name!r}")
-        names.add(t.name)
         end = header.data_offset + t.offset + t.n_bytes
         if end > file_size:
             raise _Corrupt(f"tensor {t.name!r} ends at byte {end} but the file has {file_size} bytes")
 
 
-def _int_key(metadata: Mapping[str, Any], key: str, path: Path, required: bool = True) -> int | None:
+def _int_key(
+    metadata: Mapping[str, Any], key: str, path: Path, required: bool = True, high: int = MAX_U32
+) -> int | None:
     value = metadata.get(key)
     if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        if min(value) < 0:
+            raise GGUFError(f"{path}: metadata key {key} has a negative entry ({min(value)})")
         value = max(value)  # per-layer values (e.g. head counts): the largest bounds memory
     if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= high:
+            raise GGUFError(f"{path}: metadata key {key} = {value} is out of range 0..{high}")
         return value
     if value is None and not required:
         return None
@@ -276,15 +359,18 @@ def _int_key(metadata: Mapping[str, Any], key: str, path: Path, required: bool =
     raise GGUFError(f"{path}: metadata key {key} is {detail}")
 
 
-def _layer_accounting(tensors: list[TensorEntry], block_count: int) -> tuple[list[int], int]:
-    layers = [0] * block_count
+def _layer_accounting(tensors: list[TensorEntry], block_count: int, path: Path) -> tuple[list[int], int]:
+    layers = [0] * block_count  # block_count <= MAX_BLOCKS
     other = 0
     for t in tensors:
         match = _BLOCK_TENSOR.match(t.name)
         if match is None:
             other += t.n_bytes
             continue
-        index = int(match.group(1))
+        digits = match.group(1)
+        if len(digits) > len(str(MAX_BLOCKS)) or int(digits) >= MAX_BLOCKS:
+            raise GGUFError(f"{path}: tensor {t.name!r} has layer index {digits}, over the limit of {MAX_BLOCKS - 1}")
+        index = int(digits)
         if index >= len(layers):
             layers.extend([0] * (index + 1 - len(layers)))
         layers[index] += t.n_bytes
@@ -315,12 +401,12 @@ def _build_info(path: Path, header: _Header, file_size: int) -> GGUFInfo:
     arch = md.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise GGUFError(f"{path}: metadata key general.architecture is missing")
-    block_count = _int_key(md, f"{arch}.block_count", path) or 0
+    block_count = _int_key(md, f"{arch}.block_count", path, high=MAX_BLOCKS) or 0
     head_count = _int_key(md, f"{arch}.attention.head_count", path) or 0
     head_count_kv = _int_key(md, f"{arch}.attention.head_count_kv", path, required=False)
     raw_ftype = _int_key(md, "general.file_type", path, required=False)
     file_type = int(LlamaFileType.GUESSED) if raw_ftype is None else raw_ftype
-    layers, other = _layer_accounting(header.tensors, block_count)
+    layers, other = _layer_accounting(header.tensors, block_count, path)
     name = md.get("general.name")
     size_label = md.get("general.size_label")
     return GGUFInfo(
@@ -359,9 +445,21 @@ def _vocab_size(tensors: list[TensorEntry]) -> int:
     return embd.shape[-1] if embd is not None and embd.shape else 0
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading; only a regular file (O_NONBLOCK: a FIFO must not wait for a writer)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise GGUFError(f"cannot read {path}: not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise GGUFError(f"cannot read {path}: not a regular file")
+    return fh
+
+
 def _parse_file(path: Path) -> tuple[_Header, int]:
-    with path.open("rb") as fh:
-        size = path.stat().st_size
+    with _open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
         if size < 8:
             head = fh.read(8)
             if head[:4] != MAGIC:
@@ -380,6 +478,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     path = Path(path)
     try:
         header, size = _parse_file(path)
+        return _build_info(path, header, size)
     except GGUFError:
         raise
     except _Corrupt as exc:
@@ -388,4 +487,3 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except _PARSE_ERRORS as exc:
         raise GGUFError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
-    return _build_info(path, header, size)

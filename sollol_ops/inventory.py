@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import ipaddress
 import json
 import math
 import os
 import re
+import resource
 import shutil
+import signal
+import stat
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sollol_ops import cluster_vars
 from sollol_ops.errors import InventoryError
@@ -28,6 +35,16 @@ from sollol_ops.paths import cache_dir
 
 ENV_INVENTORY = "SOLLOL_INVENTORY"
 _CACHE_VERSION = "1"
+
+# ansible-inventory runs with bounds: hostile input (a YAML alias bomb that slips past the check below,
+# a host range of millions) ends in an InventoryError instead of eating the machine.
+ANSIBLE_INVENTORY_MEMORY = 1 << 30  # RLIMIT_AS; a plain run needs about 60 MiB resident
+ANSIBLE_INVENTORY_OUTPUT = 64 << 20  # RLIMIT_FSIZE on its JSON (stdout goes to a file): what we read at most
+ANSIBLE_INVENTORY_TIMEOUT = 120  # seconds; dynamic inventories may ask a cloud API
+# YAML aliases may expand an inventory by at most this many nodes (a "billion laughs" file expands to
+# 9**9 strings from a few hundred bytes: refused before Ansible sees it).
+MAX_ALIAS_EXPANSION = 100_000
+YAML_SUFFIXES = ("", ".yml", ".yaml", ".json")
 
 
 @dataclass(frozen=True)
@@ -186,6 +203,168 @@ def _cache_key(path: Path, files: list[Path], env: Mapping[str, str]) -> str:
     return h.hexdigest()[:32]
 
 
+# --------------------------------------------------------------------------- YAML alias bombs
+
+
+def _yaml_candidates(path: Path) -> Iterator[Path]:
+    """Every file Ansible may read as YAML for this inventory: the source(s) and group_vars/host_vars."""
+    if path.is_file():
+        yield path
+        base = path.parent
+    else:
+        base = path
+        for dirpath, dirnames, names in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if Path(dirpath) != path or d not in ("group_vars", "host_vars"))
+            yield from (Path(dirpath) / name for name in sorted(names))
+    for vars_dir in (base / "group_vars", base / "host_vars"):
+        for dirpath, dirnames, names in os.walk(vars_dir):
+            dirnames.sort()
+            yield from (Path(dirpath) / name for name in sorted(names))
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: fast, and caps nesting depth
+
+
+def _alias_expansion(events: Iterator[yaml.Event], limit: int) -> int:
+    """How many nodes the aliases of a YAML event stream add once expanded; stops once past `limit`.
+
+    Streams parser events (no objects are built): each anchored node's expanded size is recorded when
+    it ends, and each alias adds that size less the one node it is. ValueError on a recursive alias.
+    """
+    added = 0
+    sizes: dict[str, int] = {}  # anchor -> expanded size of its node (capped: past the limit we stop)
+    open_anchors: set[str] = set()
+    stack: list[list[Any]] = [[0, None]]  # per open collection: [expanded size so far, its anchor]
+    for event in events:
+        if isinstance(event, yaml.DocumentStartEvent):
+            sizes.clear()  # anchors are per document
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in open_anchors:
+                raise ValueError(f"alias *{event.anchor} refers to the node it is in")
+            size = sizes.get(event.anchor, 1)  # an undefined alias is Ansible's to report
+            stack[-1][0] += size
+            added += size - 1
+            if added > limit:
+                return added
+        elif isinstance(event, yaml.ScalarEvent):
+            stack[-1][0] += 1
+            if event.anchor:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if event.anchor:
+                open_anchors.add(event.anchor)
+            stack.append([1, event.anchor])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            size, anchor = stack.pop()
+            size = min(size, limit + 2)
+            if anchor:
+                open_anchors.discard(anchor)
+                sizes[anchor] = size
+            stack[-1][0] += size
+    return added
+
+
+def _read_yaml(path: Path) -> bytes | None:
+    """The bytes of a regular file named like YAML, opened without blocking (a FIFO would wait); else None."""
+    if path.suffix.lower() not in YAML_SUFFIXES:
+        return None
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None  # Ansible reports what it cannot read
+
+
+def check_yaml_aliases(path: Path, limit: int = MAX_ALIAS_EXPANSION) -> None:
+    """Refuse an inventory whose YAML aliases expand it by more than `limit` nodes, or recursively.
+
+    Only parser events are looked at (nothing is built); a file that does not parse is left to
+    Ansible, which names the error. Files without both '&' and '*' cannot alias and are not parsed.
+    """
+    for f in _yaml_candidates(path):
+        data = _read_yaml(f)
+        if data is None or b"&" not in data or b"*" not in data:
+            continue
+        try:
+            added = _alias_expansion(yaml.parse(data, Loader=_YAML_LOADER), limit)
+        except ValueError as exc:
+            raise InventoryError(f"inventory file {f}: {exc}; YAML aliases must not refer to themselves") from exc
+        except (yaml.YAMLError, UnicodeError, RecursionError):
+            continue
+        if added > limit:
+            raise InventoryError(
+                f"inventory file {f}: YAML aliases expand it by more than {limit:,} nodes "
+                "(an alias bomb?); write the values out or use fewer aliases"
+            )
+
+
+# --------------------------------------------------------------------------- running ansible-inventory
+
+
+_OUT_OF_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|failed to map segment")
+
+
+def _child_limits(memory: int, output: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (output, output))
+
+    return apply
+
+
+# --------------------------------------------------------------------------- the cache: private files
+#
+# A cache entry is the whole `ansible-inventory --list` output, every variable included
+# (ansible_become_password, ansible_ssh_pass, ...): it is created 0600 in a 0700 directory, and an
+# entry or directory an older version left readable is tightened when next used.
+
+CACHE_DIR_MODE = 0o700
+CACHE_FILE_MODE = 0o600
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _private_dir(directory: Path) -> None:
+    """Create `directory` 0700 (its parents as usual), or make an existing one so, with its files 0600."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory, CACHE_DIR_MODE)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(f"{directory} is not a directory")
+    if stat.S_IMODE(st.st_mode) != CACHE_DIR_MODE:
+        os.chmod(directory, CACHE_DIR_MODE)
+        for entry in os.scandir(directory):
+            if entry.is_file(follow_symlinks=False):
+                os.chmod(entry.path, CACHE_FILE_MODE, follow_symlinks=False)
+
+
+def _read_private(path: Path) -> str:
+    _private_dir(path.parent)
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != CACHE_FILE_MODE:
+            os.fchmod(fd, CACHE_FILE_MODE)
+        return fh.read().decode("utf-8")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically through a temporary file that is 0600 from its creation."""
+    _private_dir(path.parent)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, CACHE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _first_error(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in lines:
@@ -198,6 +377,54 @@ def _first_error(stderr: str) -> str:
     return lines[-1] if lines else "ansible-inventory failed"
 
 
+def _run_ansible_inventory(path: Path, run_env: Mapping[str, str]) -> bytes:
+    """`ansible-inventory --list` under a memory limit, an output limit and a timeout; its stdout."""
+    exe = _ansible_inventory_exe()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(
+                [exe, "-i", str(path), "--list"],
+                stdout=out,
+                stderr=err,
+                env=dict(run_env),
+                timeout=ANSIBLE_INVENTORY_TIMEOUT,
+                check=False,
+                preexec_fn=_child_limits(ANSIBLE_INVENTORY_MEMORY, ANSIBLE_INVENTORY_OUTPUT),
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InventoryError(
+                f"ansible-inventory timed out after {ANSIBLE_INVENTORY_TIMEOUT} s reading {path}"
+            ) from exc
+        err.seek(0)
+        stderr = err.read(ANSIBLE_INVENTORY_OUTPUT).decode("utf-8", "replace")
+        out.seek(0)
+        stdout = out.read(ANSIBLE_INVENTORY_OUTPUT)
+    # RLIMIT_FSIZE stops the file at the cap: Python ignores SIGXFSZ and its write fails, so a full file
+    # (or the signal, for a child that does not ignore it) means the output was cut.
+    if proc.returncode == -signal.SIGXFSZ or len(stdout) >= ANSIBLE_INVENTORY_OUTPUT:
+        raise InventoryError(
+            f"ansible-inventory printed more than {_size(ANSIBLE_INVENTORY_OUTPUT)} for {path}; "
+            "is a host range or a variable far larger than meant?"
+        )
+    if proc.returncode != 0 and _OUT_OF_MEMORY.search(stderr):
+        raise InventoryError(
+            f"ansible-inventory ran out of its {_size(ANSIBLE_INVENTORY_MEMORY)} of memory reading {path}; "
+            "is a host range or a variable far larger than meant?"
+        )
+    if proc.returncode < 0:
+        raise InventoryError(
+            f"ansible-inventory was killed by {signal.Signals(-proc.returncode).name} reading {path} "
+            f"(it may use {_size(ANSIBLE_INVENTORY_MEMORY)} of memory)"
+        )
+    if proc.returncode != 0:
+        raise InventoryError(f"cannot parse inventory {path}: {_first_error(stderr)}")
+    return stdout
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes >> 20} MiB" if n_bytes >= 1 << 20 and not n_bytes % (1 << 20) else f"{n_bytes:,} bytes"
+
+
 def ansible_inventory_list(path: Path, env: Mapping[str, str] | None = None, use_cache: bool = True) -> dict[str, Any]:
     env = dict(os.environ if env is None else env)
     files = _inventory_files(path) if use_cache else None
@@ -205,7 +432,7 @@ def ansible_inventory_list(path: Path, env: Mapping[str, str] | None = None, use
     if files is not None:
         cache_file = cache_dir() / "inventory" / f"{_cache_key(path, files, env)}.json"
         try:
-            return json.loads(cache_file.read_text())
+            return json.loads(_read_private(cache_file))
         except (OSError, ValueError):
             pass
     run_env = {
@@ -216,29 +443,15 @@ def ansible_inventory_list(path: Path, env: Mapping[str, str] | None = None, use
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
     }
+    check_yaml_aliases(path)
+    stdout = _run_ansible_inventory(path, run_env)
     try:
-        proc = subprocess.run(
-            [_ansible_inventory_exe(), "-i", str(path), "--list"],
-            capture_output=True,
-            text=True,
-            env=run_env,
-            timeout=120,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise InventoryError(f"ansible-inventory timed out reading {path}") from exc
-    if proc.returncode != 0:
-        raise InventoryError(f"cannot parse inventory {path}: {_first_error(proc.stderr)}")
-    try:
-        data = json.loads(proc.stdout)
+        data = json.loads(stdout)
     except ValueError as exc:
         raise InventoryError(f"ansible-inventory printed no JSON for {path}") from exc
     if cache_file is not None:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            tmp.replace(cache_file)
+            _write_private(cache_file, json.dumps(data).encode())
         except OSError:
             pass
     return data
@@ -305,16 +518,51 @@ def _float(host: str, var: str, value: Any) -> float:
     return number
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
+MAX_LABEL = 63
+MAX_HOST_NAME = 253
+
+
+def _host_name_problem(address: str) -> str | None:
+    """Why `address` is neither an IPv4 literal nor a DNS host name (RFC 1123 sizes), or None."""
+    if not address.isascii():
+        return "is not ASCII; write an internationalised name in its xn-- (punycode) form"
+    name = address.removesuffix(".")
+    if re.fullmatch(r"[0-9.]+", name):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return "is not a valid IPv4 address"
+        return None
+    if len(name) > MAX_HOST_NAME:
+        return f"is {len(name)} characters (the limit is {MAX_HOST_NAME})"
+    for label in name.split("."):
+        if not label:
+            return "has an empty label (two dots in a row, or a leading dot)"
+        if len(label) > MAX_LABEL:
+            return f"has a label of {len(label)} characters (the limit is {MAX_LABEL})"
+        if not _LABEL.fullmatch(label):
+            return f"has a label {label!r} that is not letters, digits, '-' and '_' (no leading or trailing '-')"
+    return None
+
+
 def _address(host: str, hv: Mapping[str, Any]) -> str:
-    address = hv.get("sollol_rpc_address") or hv.get("ansible_host") or host
+    var = next((v for v in ("sollol_rpc_address", "ansible_host") if hv.get(v)), "the inventory hostname")
+    address = hv.get(var, host)
     if _templated(address) or not isinstance(address, str) or not address.strip() or ":" in address:
         raise InventoryError(f"host {host}: sollol_rpc_address/ansible_host {address!r} is not a usable address")
-    if address.strip() == "0.0.0.0":
+    address = address.strip()
+    if address == "0.0.0.0":
         # A wildcard is nothing the coordinator can dial (it would reach itself), nor a safe bind address.
         raise InventoryError(
             f"host {host}: sollol_rpc_address/ansible_host is 0.0.0.0; set the address the coordinator reaches it on"
         )
-    return address.strip()
+    problem = _host_name_problem(address)
+    if problem is not None:
+        raise InventoryError(
+            f"host {host}: {var} {address!r} {problem}; set sollol_rpc_address to a host name or IPv4 address"
+        )
+    return address
 
 
 def _host_backends(host: str, hv: Mapping[str, Any]) -> list[Backend]:

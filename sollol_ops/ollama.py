@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -136,13 +137,27 @@ def candidate_roots(
     return _dedupe([_expand(p, env) for p in wanted])
 
 
+def _may_exist(root: Path) -> bool:
+    """A directory, or a path we cannot look at: only what the OS says is absent (or a file) is left out.
+
+    A root behind a directory we may not search is kept, so that reading it fails naming the reason
+    instead of the store silently reading as empty.
+    """
+    try:
+        return stat.S_ISDIR(os.stat(root).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+
+
 def store_roots(
     explicit: str | Path | None, env: Mapping[str, str], defaults: Sequence[str | Path] = DEFAULT_ROOTS
 ) -> list[Path]:
     """The candidate roots that exist. An explicit root that is not a directory is a UsageError."""
-    if explicit and not _expand(explicit, env).is_dir():
+    if explicit and not _may_exist(_expand(explicit, env)):
         raise UsageError(f"--ollama-models {explicit}: no such directory")
-    return [p for p in candidate_roots(explicit, env, defaults) if p.is_dir()]
+    return [p for p in candidate_roots(explicit, env, defaults) if _may_exist(p)]
 
 
 # --- manifests and blobs -----------------------------------------------------------------------
@@ -186,10 +201,46 @@ def _pull_hint(ref: str) -> str:
     return f"run `ollama pull {ref}`"
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest as a JSON object, or a StoreError naming the file."""
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def _not_regular(path: Path, what: str, mode: int) -> StoreError:
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a file")
+    return StoreError(f"{what} {path} is not a regular file ({kind}); remove it or run `ollama pull` again")
+
+
+def _open_regular(path: Path, what: str) -> int:
+    """A read-only fd on `path`, which must be a regular file (after symlinks).
+
+    Checked before opening (opening a device can have effects), opened with O_NONBLOCK (a FIFO would
+    otherwise wait for a writer forever), and checked again on the fd (the path may have changed).
+    """
     try:
-        with path.open("rb") as fh:
+        if not stat.S_ISREG(mode := os.stat(path).st_mode):
+            raise _not_regular(path, what, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(mode := os.fstat(fd).st_mode):
+            raise _not_regular(path, what, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest as a JSON object, or a StoreError naming the file. Reads at most 1 MiB + 1 byte."""
+    fd = _open_regular(path, "manifest")
+    try:
+        with os.fdopen(fd, "rb") as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise StoreError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
@@ -297,11 +348,17 @@ def _read_blob_header(blob: Path, ref: str) -> GGUFInfo:
         raise GGUFError(f"{exc}; {_pull_hint(ref)}") from exc
 
 
-def _is_file(path: Path) -> bool:
+def _manifest_exists(path: Path) -> bool:
+    """Whether a manifest is at `path` (absent: False); anything there but a regular file is a StoreError."""
     try:
-        return path.is_file()
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, "manifest", mode)
+    return True
 
 
 def _not_found(ref: ModelRef, searched: Sequence[Path], roots: Sequence[Path]) -> ModelNotFound:
@@ -348,7 +405,7 @@ def resolve_model(
     roots = store_roots(roots_explicit, env, defaults)
     for root in roots:
         manifest = root / ref.manifest_relpath()
-        if _is_file(manifest):
+        if _manifest_exists(manifest):
             return _resolve_manifest(root, manifest, str(ref), verify, check_gguf)
     raise _not_found(ref, candidate_roots(roots_explicit, env, defaults), roots)
 
@@ -356,9 +413,22 @@ def resolve_model(
 # --- listing -----------------------------------------------------------------------------------
 
 
+def _unreadable(exc: OSError) -> None:
+    raise StoreError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+
+
 def _manifest_files(root: Path) -> Iterator[Path]:
+    """Every file under root/manifests; a store without manifests/ is empty, an unreadable one a StoreError."""
     base = root / "manifests"
-    for dirpath, dirnames, filenames in os.walk(base):
+    try:
+        mode = os.stat(base).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read {base}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(mode):
+        raise StoreError(f"cannot read {base}: Not a directory")
+    for dirpath, dirnames, filenames in os.walk(base, onerror=_unreadable):
         dirnames.sort()
         for filename in sorted(filenames):
             yield Path(dirpath, filename)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
+import struct
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from fixtures_gguf import extract_smollm2, write_tiny_gguf
+from bounded import run_bounded, run_cli_bounded
+from fixtures_gguf import TINY_REF, extract_smollm2, manifest_path, tiny_store, write_tiny_gguf
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from helpers import assert_clean_failure
 
 from sollol_ops.errors import GGUFError
 from sollol_ops.gguf_info import TensorEntry, file_type_label, read_gguf
+from sollol_ops.ollama import blob_path
 
 TINY_LAYER = 8 * 4 + 8 * 8 * 4  # attn_norm + attn_q, f32
 TINY_OTHER = 4 * 8 * 4 + 8 * 4  # token_embd + output_norm
@@ -205,3 +214,157 @@ def test_random_corruption_only_raises_gguf_error(tmp_path: Path) -> None:
             read_gguf(path)
         except GGUFError as exc:
             assert "\n" not in str(exc)
+
+
+# --- hostile headers: every count and length is bounded (issue 9) ------------------------------
+#
+# Each case is a real file read by the real CLI (`resolve`) in a new process with 1 GiB of address
+# space: a header value that sized an allocation used to end in MemoryError (exit 70) or run for long.
+
+U32, I32, STR, ARR, U64 = 4, 5, 8, 9, 10
+
+
+def _gstr(text: str | bytes, length: int | None = None) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw) if length is None else length) + raw
+
+
+def _kv(key: str, vtype: int, payload: bytes, key_length: int | None = None) -> bytes:
+    return _gstr(key, key_length) + struct.pack("<I", vtype) + payload
+
+
+def _u32(key: str, value: int) -> bytes:
+    return _kv(key, U32, struct.pack("<I", value))
+
+
+def _tensor(name: str, dims: tuple[int, ...], offset: int, name_length: int | None = None) -> bytes:
+    body = _gstr(name, name_length) + struct.pack("<I", len(dims))
+    return body + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", 0, offset)  # 0: F32
+
+
+BASE_KVS = [
+    _kv("general.architecture", STR, _gstr("llama")),
+    _u32("llama.block_count", 1),
+    _u32("llama.context_length", 64),
+    _u32("llama.embedding_length", 8),
+    _u32("llama.attention.head_count", 1),
+]
+BASE_TENSORS = [_tensor("token_embd.weight", (8, 4), 0), _tensor("blk.0.attn_norm.weight", (8,), 128)]
+
+
+def raw_gguf(
+    path: Path,
+    kvs: list[bytes] | None = None,
+    tensors: list[bytes] | None = None,
+    *,
+    n_tensors: int | None = None,
+    n_kv: int | None = None,
+    size: int | None = None,
+) -> Path:
+    """A GGUF v3 written byte by byte (f32 tensors, zero data); `size` extends it sparsely with zeros."""
+    kvs = BASE_KVS if kvs is None else kvs
+    tensors = BASE_TENSORS if tensors is None else tensors
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors) if n_tensors is None else n_tensors,
+                                 len(kvs) if n_kv is None else n_kv)  # fmt: skip
+    body = head + b"".join(kvs) + b"".join(tensors)
+    body += b"\x00" * (-len(body) % 32) + b"\x00" * 160
+    path.write_bytes(body)
+    if size is not None:
+        os.truncate(path, size)
+    return path
+
+
+def test_raw_gguf_builder_makes_a_valid_file(tmp_path: Path) -> None:
+    info = read_gguf(raw_gguf(tmp_path / "ok.gguf"))
+    assert (info.architecture, info.block_count, info.layer_bytes, info.tensor_count) == ("llama", 1, [32], 2)
+
+
+def _store_holding(base: Path, gguf: Path) -> Path:
+    """A tiny store whose model layer is `gguf` (moved in as is: a sparse file stays sparse)."""
+    root = tiny_store(base)
+    manifest = manifest_path(root, TINY_REF)
+    data = json.loads(manifest.read_text())
+    digest = "sha256:" + hashlib.sha256(gguf.name.encode()).hexdigest()
+    for layer in data["layers"]:
+        if layer["mediaType"].endswith(".model"):
+            layer.update(digest=digest, size=gguf.stat().st_size)
+    gguf.rename(blob_path(root, digest))
+    manifest.write_text(json.dumps(data))
+    return root
+
+
+MIB = 1 << 20
+ZEROS = 128 * MIB  # sparse zero tail: a header that wanders into it reads endless valid-looking items
+
+
+def _blk_name(writer: GGUFWriter) -> None:
+    import numpy as np
+
+    writer.add_tensor("blk.9999999999.attn_norm.weight", np.ones(8, dtype=np.float32))
+
+
+def _negative_blocks(writer: GGUFWriter) -> None:
+    writer.add_int32("llama.block_count", -1)
+
+
+TOKENS_1G = _kv("tokenizer.ggml.tokens", ARR, struct.pack("<IQ", STR, 1 << 24))  # 16 Mi empty strings in the tail
+TINY_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "block count 2^31-1": ({"extra_u32": {"llama.block_count": 2**31 - 1}}, ["llama.block_count", "2147483647"]),
+    "block count 2^32-1": ({"extra_u32": {"llama.block_count": 2**32 - 1}}, ["llama.block_count"]),
+    "negative block count": ({"omit": ["llama.block_count"], "edit": _negative_blocks}, ["llama.block_count", "-1"]),
+    "layer index from a tensor name": ({"edit": _blk_name}, ["blk.9999999999.attn_norm.weight", "layer index"]),
+}
+RAW_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "tensor count 2^64-1": ({"n_tensors": 2**64 - 1}, ["tensor count", str(2**64 - 1)]),
+    "tensor count over the zero tail": ({"n_tensors": 1 << 21, "size": ZEROS}, ["tensor count", str(1 << 21)]),
+    "key count over the zero tail": ({"tensors": [], "n_kv": 1 << 22, "size": ZEROS}, ["key count", str(1 << 22)]),
+    "key length": (
+        {"kvs": [_kv("general.architecture", STR, _gstr("llama"), key_length=100 * MIB)], "size": ZEROS},
+        ["key #0", "104857600 bytes"],
+    ),
+    "empty key": ({"kvs": [_u32("", 1), *BASE_KVS]}, ["key #0", "empty"]),
+    "duplicate key": ({"kvs": [*BASE_KVS, _u32("llama.block_count", 2)]}, ["duplicate", "llama.block_count"]),
+    "string array count": (
+        {"kvs": [*BASE_KVS, TOKENS_1G], "tensors": [], "size": ZEROS},
+        ["tokenizer.ggml.tokens", "16777216 items"],
+    ),
+    "array of arrays": (
+        {"kvs": [*BASE_KVS, _kv("x.nested", ARR, struct.pack("<IQ", ARR, 1) + struct.pack("<IQ", U32, 0))]},
+        ["x.nested", "array of arrays"],
+    ),
+    "tensor name length": (
+        {"tensors": [_tensor("token_embd.weight", (8, 4), 0, name_length=100 * MIB)], "size": ZEROS},
+        ["tensor #0", "104857600 bytes"],
+    ),
+    "tensor dimension over int64": (
+        {"tensors": [_tensor("token_embd.weight", (2**63, 1), 0)]},
+        ["token_embd.weight", str(2**63)],
+    ),
+}
+
+
+def _hostile_file(tmp_path: Path, case: str) -> Path:
+    if case in TINY_CASES:
+        return write_tiny_gguf(tmp_path / "hostile.gguf", **TINY_CASES[case][0])
+    return raw_gguf(tmp_path / "hostile.gguf", **RAW_CASES[case][0])
+
+
+@pytest.mark.parametrize("case", [*TINY_CASES, *RAW_CASES])
+def test_hostile_header_is_a_bounded_gguf_error(tmp_path: Path, case: str) -> None:
+    needles = {**TINY_CASES, **RAW_CASES}[case][1]
+    root = _store_holding(tmp_path / "s", _hostile_file(tmp_path, case))
+    env = {"HOME": str(tmp_path / "home"), "OLLAMA_MODELS": ""}
+    proc = run_cli_bounded("resolve", TINY_REF, "--json", "--ollama-models", str(root), env=env)
+    err = assert_clean_failure(proc, *needles)
+    assert proc.returncode == GGUFError.exit_code, err
+    assert str(root / "blobs") in err  # names the file
+    assert "MemoryError" not in err and "internal error" not in err
+
+
+def test_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    """read_gguf on a FIFO used to wait forever in open() for a writer."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    code = "import sys; from sollol_ops.gguf_info import read_gguf; read_gguf(sys.argv[1])"
+    proc = run_bounded([sys.executable, "-c", code, str(fifo)])
+    assert "GGUFError" in proc.stderr and f"cannot read {fifo}: not a regular file" in proc.stderr, proc.stderr

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_clean_failure, run_cli
+from bounded import run_cli_bounded
+from helpers import REPO, assert_clean_failure, run_cli
 
 from sollol_ops import inventory as inv
 from sollol_ops.errors import InventoryError
@@ -516,6 +519,8 @@ BAD_OWN: dict[str, tuple[dict[str, str], list[str]]] = {
 
 # The variable errors share one inventory directory (INI + YAML + group_vars + host_vars), one bad
 # group per case, picked with --rpc-group: a single `ansible-inventory` run serves them all.
+LONG_LABEL = "a" * 64  # DNS labels are at most 63 characters: idna encoding used to raise UnicodeError
+LONG_NAME = ".".join(["n" * 63] * 4)  # 255 characters: over the 253 of a DNS name
 CORPUS = {
     "corpus/hosts.ini": """
         [rpc_servers]
@@ -540,7 +545,19 @@ CORPUS = {
         bd
         [wildcard_address]
         wa ansible_host=192.168.1.50 sollol_rpc_address=0.0.0.0
-    """,
+        [host_long_label]
+        ll sollol_rpc_address=LONG_LABEL.example
+        [host_empty_label]
+        el ansible_host=node..lan
+        [host_bad_ipv4]
+        b4 sollol_rpc_address=300.1.1.1
+        [host_non_ascii]
+        na sollol_rpc_address=bücher.example
+        [host_bad_name]
+        LONG_LABEL.lan
+        [host_long_name]
+        ln ansible_host=LONG_NAME
+    """.replace("LONG_LABEL", LONG_LABEL).replace("LONG_NAME", LONG_NAME),
     "corpus/hosts.yml": """
         instance_port_range:
           hosts:
@@ -589,6 +606,18 @@ BAD_SHARED: dict[str, tuple[str, list[str]]] = {
     ),
     "instance-unknown-key": ("instance_unknown_key", ["host iuk", "sollol_rpc_instances[0] has unknown keys ['gpu']"]),
     "wildcard-address": ("wildcard_address", ["host wa", "is 0.0.0.0", "address the coordinator reaches it on"]),
+    "address-long-label": (
+        "host_long_label",
+        ["host ll", "sollol_rpc_address", LONG_LABEL, "64 characters (the limit is 63)"],
+    ),
+    "address-empty-label": ("host_empty_label", ["host el", "ansible_host 'node..lan'", "empty label"]),
+    "address-bad-ipv4": ("host_bad_ipv4", ["host b4", "sollol_rpc_address '300.1.1.1'", "IPv4"]),
+    "address-non-ascii": ("host_non_ascii", ["host na", "sollol_rpc_address", "xn--"]),
+    "address-bad-inventory-hostname": (
+        "host_bad_name",
+        [f"host {LONG_LABEL}.lan", "the inventory hostname", "64 characters (the limit is 63)"],
+    ),
+    "address-too-long": ("host_long_name", ["host ln", "ansible_host", "255 characters (the limit is 253)"]),
     "bad-device": (
         "bad_device",
         ["host bd", "sollol_rpc_instances[0].device must be a device name like CUDA0", "CUDA0; rm -rf /"],
@@ -651,3 +680,144 @@ def test_sollol_inventory_pointing_nowhere(tmp_path: Path) -> None:
     proc = sollol("rpc-list", cache=tmp_path / "c", cwd=tmp_path, SOLLOL_INVENTORY=str(tmp_path / "gone.ini"))
     err = assert_clean_failure(proc, "gone.ini", "$SOLLOL_INVENTORY", "not found")
     assert proc.returncode == INVENTORY_EXIT, err
+
+
+def test_status_with_an_over_long_label_is_an_inventory_error(tmp_path: Path) -> None:
+    """`status` probes the backends: a 64-character label used to end in UnicodeError from idna (exit 70)."""
+    hosts = write_tree(tmp_path / "inv", {"hosts.ini": f"[rpc_servers]\nw1 sollol_rpc_address={LONG_LABEL}.lan\n"})
+    proc = sollol("-i", str(hosts / "hosts.ini"), "status", cache=tmp_path / "c", XDG_STATE_HOME=str(tmp_path / "s"))
+    err = assert_clean_failure(proc, "host w1", "sollol_rpc_address", "the limit is 63")
+    assert proc.returncode == INVENTORY_EXIT, err
+
+
+# --------------------------------------------------------------------------- hostile YAML: bounded time and memory
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """ "Billion laughs": each level lists the previous one `width` times (9**9 strings once expanded)."""
+    lines = ["lol0: &lol0 [" + ", ".join(['"lol"'] * width) + "]"]
+    lines += [f"lol{i}: &lol{i} [" + ", ".join([f"*lol{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _indent(text: str, spaces: int) -> str:
+    return textwrap.indent(text, " " * spaces)
+
+
+BOMBS: dict[str, tuple[dict[str, str], str, str]] = {
+    # case: (files, the -i path, the file the error must name)
+    "yaml inventory": (
+        {"hosts.yml": "all:\n  vars:\n" + _indent(alias_bomb(), 4) + "rpc_servers:\n  hosts:\n    w1:\n"},
+        "hosts.yml",
+        "hosts.yml",
+    ),
+    "group_vars": (
+        {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "group_vars/all.yml": alias_bomb()},
+        "hosts.ini",
+        "group_vars/all.yml",
+    ),
+    "host_vars file without extension": (
+        {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "host_vars/w1": alias_bomb()},
+        "hosts.ini",
+        "host_vars/w1",
+    ),
+    "source in an inventory directory": (
+        {"inv/00-hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "inv/10-more.yaml": alias_bomb()},
+        "inv",
+        "inv/10-more.yaml",
+    ),
+    "recursive alias": (
+        {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n", "group_vars/all.yml": "loop: &loop [1, *loop]\n"},
+        "hosts.ini",
+        "group_vars/all.yml",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOMBS))
+def test_yaml_alias_bomb_is_refused_in_bounded_time(tmp_path: Path, case: str) -> None:
+    """A billion-laughs inventory used to keep ansible-inventory busy (and growing) for minutes."""
+    files, entry, named = BOMBS[case]
+    root = write_tree(tmp_path / "inv-root", files)
+    start = time.monotonic()
+    proc = run_cli_bounded("-i", str(root / entry), "rpc-list", env={"XDG_CACHE_HOME": str(tmp_path / "c")})
+    elapsed = time.monotonic() - start
+    err = assert_clean_failure(proc, str(root / named), "alias")
+    assert proc.returncode == INVENTORY_EXIT, err
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+def test_ordinary_yaml_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    files = {
+        "hosts.yml": """
+            rpc_servers:
+              vars:
+                defaults: &defaults {sollol_rpc_port: 50080, llama_cpp_backend: cpu}
+              hosts:
+                w1: {<<: *defaults, ansible_host: 10.1.0.1}
+                w2: {<<: *defaults, ansible_host: 10.1.0.2}
+        """,
+    }
+    root = write_tree(tmp_path / "inv", files)
+    assert load_cluster(root / "hosts.yml").rpc_list() == "10.1.0.1:50080,10.1.0.2:50080"
+
+
+def test_ansible_inventory_output_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its JSON goes to a file under RLIMIT_FSIZE: past the cap ansible-inventory dies (SIGXFSZ), we say why."""
+    hosts = write_tree(tmp_path / "inv", {"hosts.ini": "[rpc_servers]\nw[0:199] ansible_host=10.1.0.1\n"})
+    monkeypatch.setattr(inv, "ANSIBLE_INVENTORY_OUTPUT", 4096)
+    with pytest.raises(InventoryError, match=r"ansible-inventory printed more than 4,096 bytes for .*hosts\.ini"):
+        ansible_inventory_list(hosts / "hosts.ini")
+
+
+def test_ansible_inventory_memory_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It runs under RLIMIT_AS: running out is an InventoryError naming the limit, not a machine swapping."""
+    hosts = write_tree(tmp_path / "inv", {"hosts.ini": "[rpc_servers]\nw1 ansible_host=10.1.0.1\n"})
+    monkeypatch.setattr(inv, "ANSIBLE_INVENTORY_MEMORY", 32 << 20)
+    with pytest.raises(InventoryError, match=r"ansible-inventory ran out of its 32 MiB of memory reading .*hosts\.ini"):
+        ansible_inventory_list(hosts / "hosts.ini")
+
+
+# --------------------------------------------------------------------------- the cache holds secrets: 0600, 0700
+
+
+def _sollol_umask_022(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "sollol_ops.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=120,
+        check=False,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_inventory_cache_is_private_even_with_umask_022(tmp_path: Path) -> None:
+    """The cache copies every variable, ansible_become_password included: it was written 0644 in a 0755 dir."""
+    secret = "s3cret-become-password"
+    root = write_tree(
+        tmp_path / "inv", {"hosts.ini": f"[rpc_servers]\nw1 ansible_host=10.1.0.1 ansible_become_password={secret}\n"}
+    )
+    (root / "hosts.ini").chmod(0o600)
+    cache = tmp_path / "xdg"
+    proc = _sollol_umask_022("-i", str(root / "hosts.ini"), "rpc-list", cache=cache)
+    assert (proc.returncode, proc.stdout) == (0, "10.1.0.1:50052\n"), proc.stderr
+    cache_dir = cache / "sollol-ops" / "inventory"
+    (entry,) = cache_dir.glob("*.json")
+    assert secret in entry.read_text()  # it is there: so only we may read it
+    assert (_mode(cache_dir), _mode(entry)) == (0o700, 0o600)
+    assert not [p for p in cache_dir.iterdir() if p.suffix != ".json"], "a temporary file was left behind"
+
+    # A cache written by an older version (0755 dir, 0644 file) is fixed by the next read of it.
+    cache_dir.chmod(0o755)
+    entry.chmod(0o644)
+    proc = _sollol_umask_022("-i", str(root / "hosts.ini"), "rpc-list", cache=cache)
+    assert (proc.returncode, proc.stdout) == (0, "10.1.0.1:50052\n"), proc.stderr
+    assert (_mode(cache_dir), _mode(entry)) == (0o700, 0o600)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bounded import run_bounded, run_cli_bounded
 from fixtures_gguf import (
     TINY_REF,
     manifest_path,
@@ -27,6 +32,7 @@ from sollol_ops.ollama import (
     candidate_roots,
     list_models,
     parse_model_ref,
+    read_manifest,
     resolve_model,
     store_roots,
     suggest,
@@ -406,3 +412,131 @@ def test_cli_real_smollm2_store(smollm2_store: Path, tmp_path: Path) -> None:
     (entry,) = [m for m in json.loads(proc.stdout) if m["ref"] == "smollm2:135m"]
     assert (entry["architecture"], entry["block_count"], entry["file_type_name"]) == ("llama", 30, "Q4_1")
     assert snapshot(smollm2_store / "manifests") == before
+
+
+# --- hostile stores: non-regular files, unreadable directories (issue 9) -----------------------
+
+
+def _fifo_manifest(root: Path) -> None:
+    path = manifest_path(root, TINY_REF)
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _device_manifest(root: Path) -> None:
+    path = manifest_path(root, TINY_REF)
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def _fifo_beside(root: Path) -> None:
+    os.mkfifo(manifest_path(root, TINY_REF).with_name("fifo"))
+
+
+NON_REGULAR = {"fifo manifest": _fifo_manifest, "manifest -> /dev/zero": _device_manifest, "fifo tag": _fifo_beside}
+UP_INVENTORY = "[rpc_servers]\nw1 ansible_host=127.0.0.1\n"
+NON_REGULAR_RUNS = [
+    (case, command)
+    for case in sorted(NON_REGULAR)
+    for command in ("resolve", "models", "up")
+    if case != "fifo tag" or command == "models"  # a FIFO beside tiny:1b is not read by resolve tiny:1b
+]
+
+
+@pytest.mark.parametrize(("case", "command"), NON_REGULAR_RUNS)
+def test_cli_non_regular_manifest_is_refused_not_read(tmp_path: Path, case: str, command: str) -> None:
+    """A FIFO among the manifests used to hang resolve/models/up (open() waits for a writer)."""
+    root = tiny_store(tmp_path)
+    NON_REGULAR[case](root)
+    (tmp_path / "inventory.ini").write_text(UP_INVENTORY)
+    args = {
+        "resolve": ["resolve", TINY_REF],
+        "models": ["models"],
+        "up": ["-i", str(tmp_path / "inventory.ini"), "up", TINY_REF, "--dry-run"],
+    }[command]
+    env = {**_env(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    before = snapshot_kinds(root)
+    proc = run_cli_bounded(*args, "--ollama-models", str(root), env=env)
+    err = assert_clean_failure(proc, "is not a regular file", "manifests")
+    assert proc.returncode == StoreError.exit_code, err
+    assert snapshot_kinds(root) == before
+
+
+def snapshot_kinds(root: Path) -> dict[str, tuple[int, int]]:
+    """(mode, size) of everything under root, without opening anything (FIFOs stay closed)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st = Path(dirpath, name).lstat()
+            out[os.path.relpath(Path(dirpath, name), root)] = (st.st_mode, st.st_size)
+    return out
+
+
+def test_read_manifest_bounds_what_it_reads(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with big.open("wb") as fh:
+        fh.truncate(1 << 40)  # sparse: a 1 TiB "manifest" must not be read whole
+    with pytest.raises(StoreError, match="is over 1048576 bytes"):
+        read_manifest(big)
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix under which permission bits count, also for root: setpriv drops CAP_DAC_*."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    drop = [setpriv or "setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if setpriv is None or subprocess.run([*drop, "true"], check=False).returncode != 0:
+        pytest.skip("needs setpriv (util-linux) able to drop root's DAC capabilities")
+    return drop
+
+
+def _manifests_a_file(root: Path) -> Path:
+    shutil.rmtree(root / "manifests")
+    (root / "manifests").write_text("not a directory\n")
+    return root / "manifests"
+
+
+def _manifests_a_loop(root: Path) -> Path:
+    shutil.rmtree(root / "manifests")
+    (root / "manifests").symlink_to("manifests")
+    return root / "manifests"
+
+
+def _chmod_000(path: Path) -> Path:
+    path.chmod(0)
+    return path
+
+
+UNREADABLE: dict[str, tuple[Callable[[Path], Path], str, bool]] = {
+    # case: (breaker returning the path to name, the OS error, needs permission bits to count)
+    "manifests is a file": (_manifests_a_file, "Not a directory", False),
+    "manifests is a symlink loop": (_manifests_a_loop, "Too many levels of symbolic links", False),
+    "manifests mode 000": (lambda r: _chmod_000(r / "manifests"), "Permission denied", True),
+    "namespace dir mode 000": (
+        lambda r: _chmod_000(r / "manifests/registry.ollama.ai/library"),
+        "Permission denied",
+        True,
+    ),
+    "store root behind a mode 000 dir": (lambda r: _chmod_000(r.parent) / r.name, "Permission denied", True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE))
+def test_cli_models_unreadable_store_fails(tmp_path: Path, case: str) -> None:
+    """An unreadable store used to list as "no models found" with exit 0 (os.walk drops errors)."""
+    breaker, os_error, needs_perms = UNREADABLE[case]
+    prefix = _unprivileged() if needs_perms else []
+    root = tiny_store(tmp_path / "base")
+    named = breaker(root)
+    try:
+        # $OLLAMA_MODELS, not --ollama-models: a root that cannot be looked into is still a root.
+        env = {"HOME": str(tmp_path / "home"), "OLLAMA_MODELS": str(root)}
+        proc = run_bounded([*prefix, sys.executable, "-m", "sollol_ops.cli.main", "models"], env=env)
+        err = assert_clean_failure(proc, f"cannot read {named}", os_error)
+        assert proc.returncode == StoreError.exit_code, err
+        assert "no models found" not in proc.stderr
+    finally:
+        for path in (root.parent, root / "manifests", root / "manifests/registry.ollama.ai/library"):
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
