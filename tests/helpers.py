@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sollol_ops import procs
@@ -14,22 +15,58 @@ from sollol_ops import procs
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+GIB = 1 << 30
+
+
+def address_space_limit(max_bytes: int) -> Callable[[], None]:
+    """A preexec_fn that caps the child's address space (RLIMIT_AS): a runaway allocation fails fast."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
+    return apply
+
+
+def run_bounded(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    memory: int | None = GIB,
+    timeout: float = 20.0,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `sollol-ops ARGS...` exactly as a user would (new process, real exit code)."""
+    """Run argv (the repo's sources first on PYTHONPATH) with at most `memory` bytes of address space;
+    a run past `timeout` raises TimeoutExpired."""
     full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
+    full_env.update(env or {})
+    # The checkout's sources, also for scripts run by path (sys.path[0] is then the script's folder).
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "sollol_ops.cli.main", *args],
+        list(argv),
         capture_output=True,
         text=True,
         env=full_env,
         cwd=str(cwd or REPO),
         timeout=timeout,
         check=False,
+        preexec_fn=address_space_limit(memory) if memory else None,
     )
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run `sollol-ops ARGS...` exactly as a user would (new process, real exit code)."""
+    return run_bounded(
+        [sys.executable, "-m", "sollol_ops.cli.main", *args], env=env, cwd=cwd, memory=None, timeout=timeout
+    )
+
+
+def run_cli_bounded(
+    *args: str, env: Mapping[str, str] | None = None, memory: int = GIB, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """`sollol-ops ARGS...` in a new process with a memory limit and a timeout."""
+    return run_bounded([sys.executable, "-m", "sollol_ops.cli.main", *args], env=env, memory=memory, timeout=timeout)
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess[str], *needles: str) -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bounded import GIB, run_bounded, run_cli_bounded
 from fixtures_gguf import model_blob, snapshot
 from gguf_fuzz_driver import MODELS_EVERY, facts, header_fields, mutation
+from helpers import GIB, run_bounded, run_cli_bounded
 
 from sollol_ops.devstore import lay_out_store
 from sollol_ops.gguf_info import MAX_BLOCKS

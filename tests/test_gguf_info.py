@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bounded import run_bounded, run_cli_bounded
 from fixtures_gguf import TINY_REF, extract_smollm2, manifest_path, tiny_store, write_tiny_gguf
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
-from helpers import assert_clean_failure
+from helpers import assert_clean_failure, run_bounded, run_cli_bounded
 
 from sollol_ops.errors import GGUFError
 from sollol_ops.gguf_info import TensorEntry, file_type_label, read_gguf

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bounded import run_cli_bounded
-from helpers import REPO, assert_clean_failure, run_cli
+from helpers import REPO, assert_clean_failure, run_cli, run_cli_bounded
 
 from sollol_ops import inventory as inv
 from sollol_ops.errors import InventoryError

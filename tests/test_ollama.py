@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from bounded import run_bounded, run_cli_bounded
 from fixtures_gguf import (
     TINY_REF,
     manifest_path,
@@ -22,7 +21,7 @@ from fixtures_gguf import (
     tiny_store,
     write_tiny_gguf,
 )
-from helpers import assert_clean_failure, run_cli
+from helpers import assert_clean_failure, run_bounded, run_cli, run_cli_bounded
 
 from sollol_ops.devstore import write_store
 from sollol_ops.errors import GGUFError, ModelNotFound, StoreError, UsageError
