@@ -36,15 +36,16 @@ def leak_mark(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_measures_and_frees_on_the_scripted_server() -> None:
     with RpcDouble() as double:
-        result = measure_link(double.endpoint, 1 * MIB, rtt_samples=3)
+        result = measure_link(double.endpoint, 1 * MIB, rtt_samples=3, uploads=2)
     assert result.ok, result
     assert result.stage == "done" and result.version == "7.0.0"
-    assert result.payload_bytes == 1 * MIB and double.uploads == [1 * MIB]
+    assert result.payload_bytes == 1 * MIB and double.uploads == [1 * MIB, 1 * MIB]
+    assert len(result.throughput_samples_bps) == 2 and result.throughput_bps == max(result.throughput_samples_bps)
     assert len(result.rtt_samples_ms) == 3 and result.rtt_ms is not None and result.rtt_ms > 0
     assert result.throughput_bps is not None and result.throughput_bps > 0
     assert double.violations == []
-    # the knock, then HELLO, DEVICE_COUNT, 3 x GET_DEVICE_MEMORY, ALLOC, BASE, SET_TENSOR, BASE, FREE, GET_DEVICE_MEMORY
-    assert double.commands == [14, 15, 11, 11, 11, 0, 3, 6, 3, 4, 11]
+    # HELLO, DEVICE_COUNT, 3 x GET_DEVICE_MEMORY, ALLOC, BASE, 2 x (SET_TENSOR, BASE), FREE, GET_DEVICE_MEMORY
+    assert double.commands == [14, 15, 11, 11, 11, 0, 3, 6, 3, 6, 3, 4, 11]
     assert double.left_allocated[:2] == [0, 0], "the buffer must be freed by the client, not left to the server"
 
 
@@ -68,6 +69,8 @@ def test_usage_errors_raise() -> None:
         measure_link("127.0.0.1:1", 10)
     with pytest.raises(UsageError, match="rtt_samples"):
         measure_link("127.0.0.1:1", MIB, rtt_samples=0)
+    with pytest.raises(UsageError, match="uploads"):
+        measure_link("127.0.0.1:1", MIB, uploads=0)
 
 
 LINK_CASES: dict[str, tuple[rpc.Status, str, str]] = {
@@ -156,7 +159,9 @@ def test_busy_real_server_is_not_measured(rpc_server: tuple[str, LocalServer]) -
 @pytest.mark.slow
 def test_throughput_on_a_shaped_link_matches_the_shaping(tmp_path: Path) -> None:
     """A 100 Mbit/s tc-tbf link to an rpc-server in a network namespace: the measured upload rate is
-    within 20% of the shaped rate (TCP/IP and Ethernet headers take ~4.5% of it)."""
+    within 20% of the shaped rate (TCP/IP and Ethernet headers take ~4.5% of it). Best of 3 uploads of
+    32 MiB: on this 2-core machine under heavy load (load average 3-13) single 32-48 MiB uploads
+    measured 69-95 Mbit/s, the best of 3 in a row 84-95 Mbit/s (94-95 in four runs at load 10-13)."""
     if os.geteuid() != 0:
         pytest.fail("network-namespace tests need root (CI runs as root)")
     rate_bps = 100e6
@@ -169,7 +174,7 @@ def test_throughput_on_a_shaped_link_matches_the_shaping(tmp_path: Path) -> None
             endpoint = f"{lab.address(0)}:50052"
             wait_ready([endpoint], timeout=20)
             lab.shape("100mbit")
-            result: LinkResult = measure_link(endpoint, 48 * MIB, deadline_s=60)
+            result: LinkResult = measure_link(endpoint, 32 * MIB, uploads=3, deadline_s=60)
             assert result.ok, result
             assert result.throughput_bps is not None
             assert 0.8 * rate_bps <= result.throughput_bps <= 1.2 * rate_bps, result
