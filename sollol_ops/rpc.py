@@ -4,33 +4,47 @@ Wire format (little-endian, packed): request ``u8 cmd | u64 size | payload``, re
 HELLO (14) must come first: 24 bytes of connection caps in, ``major, minor, patch, pad`` + 24 caps out.
 DEVICE_COUNT (15): nothing in, ``u32`` out. GET_DEVICE_MEMORY (11): ``u32`` device in, ``u64 free, u64 total``.
 
+Every probe ends in bounded time
+--------------------------------
+All waits of one probe (name resolution, both connects, every read and write) share one `Deadline`
+(``deadline_s``, 10 s by default); each reply must also complete within ``reply_timeout``. Replies
+are checked against their exact size before a byte of them is read, and a server announcing more
+than `MAX_DEVICES` devices is reported incompatible. `probe_all` probes up to `MAX_PARALLEL`
+endpoints at once, so for that many endpoints its total time is one probe's deadline.
+
 Why a probe can never kill an rpc-server
 -----------------------------------------
 rpc-server serves one client at a time; further connections wait in the kernel's accept queue. If a
-client sends a request while queued and then goes away, the server, when it finally gets to it, writes
-its reply into a closed socket and dies of SIGPIPE. So the probe never leaves a *request* behind:
+client sends a request while queued and then closes its socket normally (FIN), the server, when it
+finally gets to it, writes its reply into a connection in CLOSE_WAIT: the first write draws a reset,
+the second raises SIGPIPE, and rpc-server (which neither ignores SIGPIPE nor uses MSG_NOSIGNAL) dies.
+So the probe never *closes* on an unanswered request:
 
 1. Knock: connect and half-close (FIN) without sending a byte. A free server accepts at once, reads
    EOF where it expects the HELLO byte, and closes without writing anything: we see EOF and know it is
    free. A server held by another client stays silent: we report ``busy`` and close. When it later
    accepts our knock it again reads EOF and closes quietly: no write, no SIGPIPE.
-2. Only then connect again and send HELLO, DEVICE_COUNT and GET_DEVICE_MEMORY, reading every reply.
-   If another client grabbed the server between 1 and 2 (a coordinator opening its connections), our
-   HELLO sits in the queue; rather than drop it, the socket is handed to a small detached drainer
-   process (``sollol_ops._drain``) that waits to read the reply and then closes cleanly.
+2. Only then connect again and send HELLO, DEVICE_COUNT and GET_DEVICE_MEMORY, reading every reply,
+   and close normally.
+3. Whenever the probe gives up with a request unanswered (another client took the server between 1
+   and 2 and our HELLO sits in its queue; a stalled or hostile server; the deadline), it *aborts* the
+   connection: SO_LINGER 0, so the kernel sends a reset (RST) and no FIN. The server's socket then
+   carries ECONNRESET, and its next write fails with that error, not with EPIPE: no SIGPIPE, and the
+   server goes on to its next client. Nothing outlives the probe; there is no helper process.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 CMD_GET_DEVICE_MEMORY = 11
 CMD_HELLO = 14
@@ -41,8 +55,15 @@ HELLO_REPLY_SIZE = 4 + CONN_CAPS_SIZE
 # The protocol of the pinned llama.cpp build (0c1e57098): the client accepts major == 7, minor <= 0.
 CLIENT_PROTOCOL: tuple[int, int, int] = (7, 0, 0)
 
-# Upper bound on what a sane server sends for the replies we ask for.
-_MAX_REPLY = 1 << 16
+# A HELLO reply of another protocol version may have another size; nothing sane sends more than this.
+_MAX_HELLO_REPLY = 1024
+# More devices than any machine has: a server announcing more is not a sane rpc-server.
+MAX_DEVICES = 256
+# The whole probe of one endpoint, all waits together.
+DEFAULT_DEADLINE_S = 10.0
+# probe_all probes this many endpoints at once (more than any inventory here has).
+MAX_PARALLEL = 256
+_RECV_CHUNK = 1 << 20
 
 
 class Status(StrEnum):
@@ -74,8 +95,71 @@ class ProbeResult:
         return self.status is Status.READY
 
 
+COMMAND_NAMES = {
+    0: "ALLOC_BUFFER",
+    1: "GET_ALIGNMENT",
+    2: "GET_MAX_SIZE",
+    3: "BUFFER_GET_BASE",
+    4: "FREE_BUFFER",
+    5: "BUFFER_CLEAR",
+    6: "SET_TENSOR",
+    7: "SET_TENSOR_HASH",
+    8: "GET_TENSOR",
+    9: "COPY_TENSOR",
+    10: "GRAPH_COMPUTE",
+    11: "GET_DEVICE_MEMORY",
+    12: "INIT_TENSOR",
+    13: "GET_ALLOC_SIZE",
+    14: "HELLO",
+    15: "DEVICE_COUNT",
+    16: "GRAPH_RECOMPUTE",
+    17: "MEMSET_TENSOR",
+}
+
+
+class Deadline:
+    """A wall-clock budget shared by every wait of one operation: each wait gets at most the time left.
+
+    `within(cap)` gives a part of the operation (one connect, one reply) that may take at most `cap`
+    seconds and never outlasts the whole; its `overall` says whether the whole's end is the binding one.
+    """
+
+    def __init__(self, seconds: float, *, end: float | None = None, overall: bool = True) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds if end is None else end
+        self.overall = overall
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        return self.left() <= 0
+
+    def within(self, cap: float) -> Deadline:
+        end = time.monotonic() + cap
+        if end < self.end:
+            return Deadline(cap, end=end, overall=False)
+        return Deadline(self.seconds, end=self.end, overall=self.overall)
+
+
 class _Closed(Exception):
     """The peer closed the connection before a full reply."""
+
+
+class _Malformed(Exception):
+    """A reply of a size the protocol does not allow: not read, the connection is aborted."""
+
+
+class _Stalled(Exception):
+    """No complete reply before the deadline (`received` bytes of it had arrived), or, `sending`, the
+    peer stopped taking our request."""
+
+    def __init__(self, received: int, limit: Deadline, sending: bool = False) -> None:
+        super().__init__(received)
+        self.received = received
+        self.limit = limit
+        self.sending = sending
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -83,36 +167,125 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _settimeout(sock: socket.socket, limit: Deadline, received: int = 0) -> None:
+    left = limit.left()
+    if left <= 0:
+        raise _Stalled(received, limit)
+    sock.settimeout(left)
+
+
+def _recv_exact(sock: socket.socket, n: int, limit: Deadline) -> bytes:
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
+        _settimeout(sock, limit, len(buf))
+        try:
+            chunk = sock.recv(min(n - len(buf), _RECV_CHUNK))
+        except TimeoutError:
+            raise _Stalled(len(buf), limit) from None
         if not chunk:
             raise _Closed()
         buf += chunk
     return bytes(buf)
 
 
-def _request(sock: socket.socket, cmd: int, payload: bytes = b"") -> bytes:
-    sock.sendall(struct.pack("<BQ", cmd, len(payload)) + payload)
-    (size,) = struct.unpack("<Q", _recv_exact(sock, 8))
-    if size > _MAX_REPLY:
-        raise ValueError(f"reply of {size} bytes to command {cmd}")
-    return _recv_exact(sock, size)
+def _send(sock: socket.socket, data: bytes | memoryview, limit: Deadline) -> None:
+    """sendall within the deadline (since Python 3.5 a socket timeout bounds the whole sendall)."""
+    _settimeout(sock, limit)
+    try:
+        sock.sendall(data)
+    except TimeoutError:
+        raise _Stalled(0, limit, sending=True) from None
 
 
-def _connect(host: str, port: int, timeout: float) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+def _read_reply(sock: socket.socket, cmd: int, limit: Deadline, *, size: int | None, max_size: int | None) -> bytes:
+    (n,) = struct.unpack("<Q", _recv_exact(sock, 8, limit))
+    name = COMMAND_NAMES.get(cmd, str(cmd))
+    if size is not None and n != size:
+        raise _Malformed(f"reply of {n} bytes to {name} (expected {size})")
+    if max_size is not None and n > max_size:
+        raise _Malformed(f"reply of {n} bytes to {name} (at most {max_size} expected)")
+    try:
+        return _recv_exact(sock, n, limit)
+    except _Stalled as exc:
+        raise _Stalled(exc.received + 8, limit) from None
 
 
-def _down_reason(exc: OSError, connect_timeout: float) -> str:
+def _request(
+    sock: socket.socket,
+    cmd: int,
+    payload: bytes,
+    limit: Deadline,
+    *,
+    size: int | None = None,
+    max_size: int | None = None,
+) -> bytes:
+    """Send one request and read its whole reply, whose size must be `size` (or at most `max_size`)."""
+    _send(sock, struct.pack("<BQ", cmd, len(payload)) + payload, limit)
+    return _read_reply(sock, cmd, limit, size=size, max_size=max_size)
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with a reset (RST), not a FIN: the way to leave a request unanswered (module docstring)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+Address = tuple[int, int, int, str, Any]
+
+
+def _resolve(host: str, port: int, limit: Deadline) -> list[Address]:
+    """getaddrinfo within the deadline: names are resolved in a daemon thread that is left behind
+    (it ends with the resolver's own time-out) if the deadline passes first."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    box: list[list[Address] | OSError] = []
+
+    def run() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name=f"resolve {host}")
+    thread.start()
+    thread.join(max(0.0, limit.left()))
+    if not box:
+        raise socket.gaierror(socket.EAI_AGAIN, f"no answer from the resolver within {limit.seconds:g}s")
+    if isinstance(box[0], OSError):
+        raise box[0]
+    return box[0]
+
+
+def _connect(addrs: Sequence[Address], limit: Deadline) -> socket.socket:
+    """Connect to the first address that answers within the deadline; raises OSError (TimeoutError)."""
+    error: OSError = TimeoutError("connect")
+    for family, type_, proto, _, sockaddr in addrs:
+        left = limit.left()
+        if left <= 0:
+            break
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.settimeout(left)
+            sock.connect(sockaddr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+def _down_reason(exc: OSError, waited: float) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (nothing listening)"
     if isinstance(exc, TimeoutError | socket.timeout):
         return (
-            f"no answer connecting within {connect_timeout:g}s (host unreachable or port filtered, or its "
+            f"no answer connecting within {waited:g}s (host unreachable or port filtered, or its "
             "accept queue is full: held by a client with others waiting)"
         )
     if isinstance(exc, socket.gaierror):
@@ -120,49 +293,73 @@ def _down_reason(exc: OSError, connect_timeout: float) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def _knock(host: str, port: int, connect_timeout: float, turn_timeout: float) -> tuple[Status, str] | None:
+def _stall_reason(exc: _Stalled, operation: str = "probe") -> str:
+    waited = f"{exc.limit.seconds:g}s"
+    if exc.sending:
+        what = f"stopped taking our request (not sent within {waited})"
+    elif exc.received:
+        what = f"stopped mid-reply ({exc.received} bytes in {waited}: stalled, or sending too slowly)"
+    else:
+        what = f"stopped answering (no reply within {waited})"
+    return f"{operation} deadline of {waited} passed: {what}" if exc.limit.overall else what
+
+
+def _knock(
+    addrs: Sequence[Address], deadline: Deadline, connect_timeout: float, turn_timeout: float
+) -> tuple[Status, str] | None:
     """None when the server gave us a turn at once; else the status to report."""
+    part = deadline.within(connect_timeout)
     try:
-        sock = _connect(host, port, connect_timeout)
+        sock = _connect(addrs, part)
     except OSError as exc:
-        return Status.DOWN, _down_reason(exc, connect_timeout)
+        return Status.DOWN, _down_reason(exc, part.seconds)
     try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(turn_timeout)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTCONN, errno.ECONNRESET):
+                return Status.DOWN, "connection reset (at once)"
+            raise
+        turn = deadline.within(turn_timeout)
+        busy = (
+            Status.BUSY,
+            f"accepts connections but is held by another client (no turn within {turn.seconds:g}s)",
+        )
+        if turn.passed:
+            return busy
+        sock.settimeout(turn.left())
         try:
             data = sock.recv(1)
         except TimeoutError:
-            return (
-                Status.BUSY,
-                f"accepts connections but is held by another client (no turn within {turn_timeout:g}s)",
-            )
+            return busy
         except ConnectionResetError:
             return Status.DOWN, "connection reset"
         if data:
             return Status.INCOMPATIBLE, "not a llama.cpp rpc-server (it spoke first)"
         return None
+    except OSError as exc:
+        return Status.DOWN, exc.strerror or type(exc).__name__
     finally:
-        sock.close()
-
-
-def _hand_to_drainer(sock: socket.socket, patience_s: float) -> None:
-    """Keep a queued HELLO's socket open in a detached process until the server answers it."""
-    fd = sock.fileno()
-    try:
-        subprocess.Popen(
-            [sys.executable, "-m", "sollol_ops._drain", str(fd), str(patience_s)],
-            pass_fds=(fd,),
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except OSError:
-        pass
+        sock.close()  # we sent no request: a plain close leaves the server nothing to answer
 
 
 def version_compatible(version: tuple[int, int, int], client: tuple[int, int, int] = CLIENT_PROTOCOL) -> bool:
     return version[0] == client[0] and version[1] <= client[1]
+
+
+def hello_version(reply: bytes, client_protocol: tuple[int, int, int]) -> tuple[str, str | None]:
+    """(version text, None) for a compatible HELLO reply, else (version text, why not)."""
+    if len(reply) < 3:
+        return "", f"unexpected HELLO reply of {len(reply)} bytes"
+    version = (reply[0], reply[1], reply[2])
+    vtext = ".".join(str(v) for v in version)
+    if len(reply) != HELLO_REPLY_SIZE or not version_compatible(version, client_protocol):
+        want = ".".join(str(v) for v in client_protocol)
+        return vtext, (
+            f"RPC protocol {vtext}, this build speaks {want}: run the same llama.cpp build everywhere "
+            "(ansible-playbook playbooks/upgrade.yml)"
+        )
+    return vtext, None
 
 
 def probe(
@@ -171,70 +368,87 @@ def probe(
     connect_timeout: float = 2.0,
     turn_timeout: float = 1.0,
     reply_timeout: float = 5.0,
+    deadline_s: float = DEFAULT_DEADLINE_S,
     client_protocol: tuple[int, int, int] = CLIENT_PROTOCOL,
-    drain_patience_s: float = 6 * 3600,
 ) -> ProbeResult:
-    """Classify one backend. Never raises for network conditions; never leaves a request unread."""
+    """Classify one backend within `deadline_s` seconds, all waits together (each connect at most
+    `connect_timeout`, the knock's turn `turn_timeout`, each reply `reply_timeout`). Never raises for
+    network conditions; never closes on an unanswered request (it aborts with a reset instead)."""
     t0 = time.monotonic()
-    host, port = split_endpoint(endpoint)
+    deadline = Deadline(deadline_s)
 
     def result(status: Status, detail: str = "", version: str | None = None, devices=()) -> ProbeResult:
         return ProbeResult(endpoint, status, version, list(devices), detail, (time.monotonic() - t0) * 1000)
 
-    knocked = _knock(host, port, connect_timeout, turn_timeout)
+    try:
+        host, port = split_endpoint(endpoint)
+        addrs = _resolve(host, port, deadline)
+    except ValueError:
+        return result(Status.DOWN, f"not host:port: {endpoint!r}")
+    except OSError as exc:
+        return result(Status.DOWN, _down_reason(exc, deadline.seconds))
+
+    knocked = _knock(addrs, deadline, connect_timeout, turn_timeout)
     if knocked is not None:
         return result(*knocked)
 
+    part = deadline.within(connect_timeout)
     try:
-        sock = _connect(host, port, connect_timeout)
+        sock = _connect(addrs, part)
     except OSError as exc:
-        return result(Status.DOWN, _down_reason(exc, connect_timeout))
-    handed_off = False
+        return result(Status.DOWN, _down_reason(exc, part.seconds))
+    clean = False  # every request answered and read: a normal close
     try:
-        sock.settimeout(reply_timeout)
         try:
-            reply = _request(sock, CMD_HELLO, bytes(CONN_CAPS_SIZE))
-        except TimeoutError:
-            handed_off = True
-            _hand_to_drainer(sock, drain_patience_s)
+            reply = _request(
+                sock, CMD_HELLO, bytes(CONN_CAPS_SIZE), deadline.within(reply_timeout), max_size=_MAX_HELLO_REPLY
+            )
+        except _Stalled as exc:
+            if exc.received or exc.sending:
+                raise
             return result(Status.BUSY, "another client took the server while we were probing")
         except (_Closed, ConnectionResetError):
             return result(Status.INCOMPATIBLE, "closed the connection on HELLO (protocol older than 3.x?)")
-        if len(reply) < 3:
-            return result(Status.INCOMPATIBLE, f"unexpected HELLO reply of {len(reply)} bytes")
-        version = tuple(reply[:3])
-        vtext = ".".join(str(v) for v in version)
-        if len(reply) != HELLO_REPLY_SIZE or not version_compatible(version, client_protocol):  # type: ignore[arg-type]
-            want = ".".join(str(v) for v in client_protocol)
-            return result(
-                Status.INCOMPATIBLE,
-                f"RPC protocol {vtext}, this build speaks {want}: run the same llama.cpp build everywhere "
-                "(ansible-playbook playbooks/upgrade.yml)",
-                vtext,
-            )
-        (count,) = struct.unpack("<I", _request(sock, CMD_DEVICE_COUNT))
+        vtext, problem = hello_version(reply, client_protocol)
+        if problem is not None:
+            clean = True
+            return result(Status.INCOMPATIBLE, problem, vtext or None)
+        (count,) = struct.unpack("<I", _request(sock, CMD_DEVICE_COUNT, b"", deadline.within(reply_timeout), size=4))
+        if count > MAX_DEVICES:
+            clean = True
+            insane = f"announces {count} devices (more than {MAX_DEVICES}): not a sane rpc-server"
+            return result(Status.INCOMPATIBLE, insane, vtext)
         devices = []
         for index in range(count):
-            free, total = struct.unpack("<QQ", _request(sock, CMD_GET_DEVICE_MEMORY, struct.pack("<I", index)))
+            free, total = struct.unpack(
+                "<QQ",
+                _request(
+                    sock, CMD_GET_DEVICE_MEMORY, struct.pack("<I", index), deadline.within(reply_timeout), size=16
+                ),
+            )
             devices.append(DeviceMemory(index, free, total))
+        clean = True
         return result(Status.READY, f"{count} device(s)", vtext, devices)
-    except TimeoutError:
-        return result(Status.DOWN, f"stopped answering (no reply within {reply_timeout:g}s)")
+    except _Stalled as exc:
+        return result(Status.DOWN, _stall_reason(exc))
     except (_Closed, ConnectionResetError, BrokenPipeError):
         return result(Status.DOWN, "closed the connection mid-probe")
-    except (ValueError, struct.error) as exc:
+    except _Malformed as exc:
         return result(Status.INCOMPATIBLE, f"malformed reply: {exc}")
     except OSError as exc:
         return result(Status.DOWN, exc.strerror or type(exc).__name__)
     finally:
-        if not handed_off:
+        if clean:
             sock.close()
+        else:
+            _abort(sock)
 
 
-def probe_all(endpoints: Sequence[str] | Iterable[str], **kwargs: float) -> list[ProbeResult]:
-    """Probe every endpoint concurrently; results in input order. Total time ~ the slowest probe."""
+def probe_all(endpoints: Sequence[str] | Iterable[str], **kwargs: Any) -> list[ProbeResult]:
+    """Probe every endpoint concurrently; results in input order. Up to MAX_PARALLEL endpoints are
+    probed at once, so the total time is bounded by one probe's deadline (`deadline_s`)."""
     items = list(endpoints)
     if not items:
         return []
-    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
-        return list(pool.map(lambda e: probe(e, **kwargs), items))  # type: ignore[arg-type]
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
+        return list(pool.map(lambda e: probe(e, **kwargs), items))

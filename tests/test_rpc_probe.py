@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import hostile
 import pytest
 from rpcdouble import RpcDouble
 
@@ -83,22 +87,65 @@ def test_a_naive_probe_would_kill_the_server(rpc_server: tuple[str, LocalServer]
         naive.recv(8)
     naive.close()
     holder.close()
-    deadline = time.monotonic() + 5
+    assert _wait_dead(server, 5.0), "expected SIGPIPE death of rpc-server"
+
+
+def _wait_dead(server: LocalServer, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
     while procs.is_alive(server.pid, server.start_time) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not procs.is_alive(server.pid, server.start_time), "expected SIGPIPE death of rpc-server"
+    return not procs.is_alive(server.pid, server.start_time)
 
 
-def test_queued_hello_is_handed_to_the_drainer(rpc_server: tuple[str, LocalServer], monkeypatch) -> None:
-    """The race: the server is taken between knock and HELLO. The probe must not drop its HELLO."""
+def test_a_queued_hello_aborted_with_a_reset_leaves_the_server_alive(rpc_server: tuple[str, LocalServer]) -> None:
+    """The other half of the naive probe above: the same queued HELLO, abandoned with a reset (RST, what
+    the probe does) instead of a FIN, does not kill the server when it gets to it."""
+    endpoint, server = rpc_server
+    host, port = rpc.split_endpoint(endpoint)
+    holder = _hold(endpoint)
+    queued = socket.create_connection((host, port), timeout=1)
+    queued.sendall(struct.pack("<BQ", 14, 24) + bytes(24))
+    with pytest.raises(TimeoutError):
+        queued.recv(8)
+    rpc._abort(queued)
+    holder.close()
+    assert not _wait_dead(server, 2.0), "rpc-server died after a queued HELLO was aborted with a reset"
+    assert rpc.probe(endpoint).status is rpc.Status.READY
+
+
+def test_an_unanswered_request_aborted_mid_session_leaves_the_server_alive(rpc_server: tuple[str, LocalServer]) -> None:
+    """A probe that gives up while the server it is talking to has not answered yet (a stalled server,
+    the deadline): the server answers into the reset connection later and must live on."""
+    endpoint, server = rpc_server
+    host, port = rpc.split_endpoint(endpoint)
+    sock = socket.create_connection((host, port), timeout=5)
+    sock.sendall(struct.pack("<BQ", 14, 24) + bytes(24))
+    assert len(sock.recv(64)) >= 8
+    os.kill(server.pid, signal.SIGSTOP)  # the server waits in recv() for our next request
+    try:
+        sock.sendall(struct.pack("<BQ", 11, 4) + struct.pack("<I", 0))  # GET_DEVICE_MEMORY, never read
+        rpc._abort(sock)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert not _wait_dead(server, 2.0), "rpc-server died answering a request aborted with a reset"
+    assert rpc.probe(endpoint).status is rpc.Status.READY
+
+
+def test_a_hello_queued_by_the_race_is_withdrawn(rpc_server: tuple[str, LocalServer], monkeypatch) -> None:
+    """The race: the server is taken between knock and HELLO. The probe reports busy within its time
+    limits, leaves no process behind, and the server survives reaching the withdrawn HELLO."""
     endpoint, server = rpc_server
     holder = _hold(endpoint)
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(hostile.LEAK_MARK_VAR, mark)
     monkeypatch.setattr(rpc, "_knock", lambda *a, **k: None)  # pretend the knock found it free
+    t0 = time.monotonic()
     result = rpc.probe(endpoint, reply_timeout=0.5)
+    assert time.monotonic() - t0 < 10
     assert result.status is rpc.Status.BUSY and "took the server" in result.detail
+    assert hostile.marked_processes(mark) == []
     holder.close()
-    time.sleep(1.0)
-    assert procs.is_alive(server.pid, server.start_time), "rpc-server died: the queued HELLO was dropped"
+    assert not _wait_dead(server, 2.0), "rpc-server died: the queued HELLO was dropped with a FIN"
     monkeypatch.undo()
     assert rpc.probe(endpoint).status is rpc.Status.READY
 
