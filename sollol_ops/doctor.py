@@ -58,6 +58,7 @@ class DoctorOptions:
     ollama_models: str | None = None
     n_ctx: int = 4096
     link_bytes: int = 32 << 20
+    link_uploads: int = 3  # best of: a busy machine or link slows single uploads
     min_link_bps: float = MIN_LINK_BPS
     hosts: bool = True  # read units and firewall through Ansible
     ansible_timeout: float = 60.0
@@ -284,7 +285,7 @@ def check_memory(cluster: Cluster, opts: DoctorOptions, idle: list[Backend], rep
 def check_links(idle: list[Backend], opts: DoctorOptions, report: DoctorReport) -> None:
     for b in idle:
         target = f"{b.host} ({b.endpoint})"
-        result = rpc_link.measure_link(b.endpoint, opts.link_bytes)
+        result = rpc_link.measure_link(b.endpoint, opts.link_bytes, uploads=opts.link_uploads)
         if not result.ok:
             report.add("link", target, WARN, f"not measured: {result.detail}", "re-run doctor when the worker is idle")
             continue
