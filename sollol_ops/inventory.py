@@ -523,7 +523,7 @@ MAX_LABEL = 63
 MAX_HOST_NAME = 253
 
 
-def _host_name_problem(address: str) -> str | None:
+def host_name_problem(address: str) -> str | None:
     """Why `address` is neither an IPv4 literal nor a DNS host name (RFC 1123 sizes), or None."""
     if not address.isascii():
         return "is not ASCII; write an internationalised name in its xn-- (punycode) form"
@@ -557,7 +557,7 @@ def _address(host: str, hv: Mapping[str, Any]) -> str:
         raise InventoryError(
             f"host {host}: sollol_rpc_address/ansible_host is 0.0.0.0; set the address the coordinator reaches it on"
         )
-    problem = _host_name_problem(address)
+    problem = host_name_problem(address)
     if problem is not None:
         raise InventoryError(
             f"host {host}: {var} {address!r} {problem}; set sollol_rpc_address to a host name or IPv4 address"
