@@ -16,7 +16,7 @@ from typing import Any
 from sollol_ops import procs
 from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, Reaper, RpcBackends
 from sollol_ops.bench.models import BenchModel
-from sollol_ops.bench.server import Query, Server, server_argv, stream_chat, wait_health
+from sollol_ops.bench.server import Query, Server, server_argv, stream_chat, upstream_argv, wait_health
 from sollol_ops.bench.settings import NO_LATENCY_NOTE, BenchConfig, Settings, grid_settings
 from sollol_ops.bench.stats import Stat, _round, ratio, row_ratios, summarize
 from sollol_ops.errors import BenchError
@@ -216,9 +216,7 @@ class Bench:
             if proc.returncode != 0:
                 raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
             port = self._port()
-            raw = [str(self.toolchain.llama_server), "--model", str(model.blob), "--rpc", ",".join(endpoints)]
-            raw += ["-ngl", "99", "--ctx-size", str(self.cfg.ctx), "--host", "127.0.0.1", "--port", str(port)]
-            server = self.load(raw, port, "raw")
+            server = self.load(upstream_argv(self.toolchain, model, port, endpoints, self.cfg.ctx), port, "raw")
             raw_times.append(server.ready_s)
             self.unload(server)
         return up_times, raw_times

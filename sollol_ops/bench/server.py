@@ -35,10 +35,7 @@ def server_argv(
         argv += ["--threads", str(settings.server_threads or cores), "--host", "127.0.0.1", "--port", str(port)]
         return argv
     if settings.upstream:
-        return [
-            str(toolchain.llama_server), "--model", str(model.blob), "--rpc", ",".join(endpoints),
-            "-ngl", "99", "--ctx-size", str(ctx), "--host", "127.0.0.1", "--port", str(port),
-        ]  # fmt: skip
+        return upstream_argv(toolchain, model, port, endpoints, ctx)
     backends = []
     for i, endpoint in enumerate(endpoints):
         host, port_text = endpoint.rsplit(":", 1)
@@ -50,6 +47,14 @@ def server_argv(
         port=port, n_ctx=ctx, threads=settings.server_threads, extra_args=extra, alias=model.resolved_ref
     )
     return coordinator.build_command(toolchain, model.blob, plan, opts)
+
+
+def upstream_argv(toolchain: Toolchain, model: BenchModel, port: int, endpoints: Sequence[str], ctx: int) -> list[str]:
+    """A raw `llama-server --rpc`: -ngl 99 and llama-server's own split, threads and batch size."""
+    return [
+        str(toolchain.llama_server), "--model", str(model.blob), "--rpc", ",".join(endpoints),
+        "-ngl", "99", "--ctx-size", str(ctx), "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
 
 
 @dataclass
