@@ -84,7 +84,7 @@ demo-stop: venv
 molecule: venv llama model
 	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh user-scope
 
-# Benchmark (sollol_ops/bench.py): sharding vs. one node, coordinator start-up, shaped links, settings grid.
+# Benchmark (sollol_ops/bench/): sharding vs. one node, coordinator start-up, shaped links, settings grid.
 # Two sessions, each measuring its own local-only baseline; together they rewrite their sections of
 # docs/benchmarks.md (other sections are kept) and docs/bench.png.
 BENCH_MODELS ?= smollm2:135m synthetic:4x2048-q8_0 synthetic:8x2048-q8_0

@@ -100,7 +100,8 @@ class Prepared:
 
 
 def plan_command(
-    resolved: ResolvedModel,
+    model: str,
+    blob: Path,
     info: GGUFInfo,
     backends: Sequence[Backend],
     opts: StartOptions,
@@ -111,8 +112,8 @@ def plan_command(
     """Probe the backends, plan placement, build the llama-server command: the one path from a model to
     a sharded llama-server, shared by `up` and the benchmark."""
     probes, skipped = check_backends(backends, skip_unhealthy, reporter or Reporter())
-    plan = plan_placement(info, build_slots(probes), opts.n_ctx, resolved.ref)
-    return Prepared(probes, skipped, plan, llama_server.command(toolchain, resolved.blob, opts, plan))
+    plan = plan_placement(info, build_slots(probes), opts.n_ctx, model)
+    return Prepared(probes, skipped, plan, llama_server.command(toolchain, blob, opts, plan))
 
 
 def _running(root: Path | None) -> CoordinatorState | None:
@@ -182,7 +183,7 @@ def _up(
         outcome.replaced = running.model
     if not req.dry_run and procs.port_in_use(opts.host, opts.port):
         raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
-    prepared = plan_command(resolved, info, cluster.backends, opts, toolchain, req.skip_unhealthy, reporter)
+    prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, req.skip_unhealthy, reporter)
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command
     if req.dry_run:

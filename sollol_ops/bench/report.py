@@ -1,0 +1,185 @@
+"""The bench's results as text and as markdown sections merged into an existing file (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from sollol_ops.bench.settings import NO_LATENCY_NOTE
+
+
+def _med(row: dict[str, Any], name: str) -> float | None:
+    stat = row["metrics"].get(name)
+    return None if stat is None else stat["median"]
+
+
+def fmt_stat(row: dict[str, Any], name: str, digits: int = 2) -> str:
+    stat = row["metrics"].get(name)
+    if stat is None:
+        return "-"
+    if stat["n"] == 1 or stat["min"] == stat["max"]:
+        return f"{stat['median']:.{digits}f}"
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def fmt_ratio(row: dict[str, Any], name: str) -> str:
+    value = row["ratios"].get(name)
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _who(row: dict[str, Any]) -> str:
+    return "local only" if row["setup"] == "baseline" else f"{row['backends']} rpc ({row['link']})"
+
+
+TABLE_HEADERS = (
+    "MODEL", "MiB", "SETUP", "SETTINGS", "COLD LOAD s", "WARM LOAD s", "NO -c LOAD s",
+    "PROMPT tok/s", "GEN tok/s", "GEN x", "TTFT s", "TTFT x", "READY s", "LOAD x",
+)  # fmt: skip
+
+
+def compact_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells, leaving out the metric columns no row has a value in."""
+    cells = table_rows(rows)
+    keep = [i for i in range(len(TABLE_HEADERS)) if i < 4 or any(row[i] != "-" for row in cells)]
+    return [TABLE_HEADERS[i] for i in keep], [[row[i] for i in keep] for row in cells]
+
+
+def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        load_ratio = r["ratios"].get("load_cold_s") or r["ratios"].get("ready_s")
+        out.append(
+            [
+                r["model"],
+                f"{r['size_mib']:,.0f}",
+                _who(r),
+                r["settings"],
+                fmt_stat(r, "load_cold_s"),
+                fmt_stat(r, "load_warm_s"),
+                fmt_stat(r, "load_nocache_s"),
+                fmt_stat(r, "prompt_tps", 1),
+                fmt_stat(r, "gen_tps", 1),
+                fmt_ratio(r, "gen_tps"),
+                fmt_stat(r, "ttft_s", 3),
+                fmt_ratio(r, "ttft_s"),
+                fmt_stat(r, "ready_s"),
+                "-" if load_ratio is None else f"{load_ratio:.2f}x",
+            ]
+        )
+    return out
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    from sollol_ops.ui import table
+
+    m = doc["machine"]
+    headers, cells = compact_table(doc["rows"])
+    lines = [
+        f"machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_mib']:,} MiB RAM, llama.cpp {m['llama_cpp_version']}"
+        f" (RPC {m['rpc_protocol']}); load average {m['loadavg_start'][0]} -> {(m['loadavg_end'] or ['?'])[0]}",
+        f"settings: {doc['settings']['repeats']} repeat(s), {doc['settings']['tokens']} generated / "
+        f"{doc['settings']['prompt_tokens']} prompt tokens, ctx {doc['settings']['ctx']}; median (min-max); "
+        "x = ratio to the local-only baseline of the same model in this run",
+        "",
+        table(headers, cells, right=(1, *range(4, len(headers)))),
+    ]
+    if doc["comparisons"]:
+        lines += ["", "comparisons (ratio = b / a):"]
+        lines += [
+            f"  {c['model']}: {c['what']}: {c['a']} {c['a_median']:.3f}s vs {c['b']} {c['b_median']:.3f}s "
+            f"-> {c['ratio']:.2f}x"
+            for c in doc["comparisons"]
+        ]
+    lines += [f"note: {n}" for n in doc["notes"]]
+    lines.append(f"wall time: {doc['wall_s']:.1f}s")
+    return "\n".join(lines)
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+SECTION_TITLES = {
+    "sharding": "## Sharding vs. a single node",
+    "coordinator": "## Persistent coordinator vs. per-query start",
+    "links": "## Links and the rpc-server cache",
+    "grid": "## Defaults vs. tuned settings",
+}
+
+
+def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, str]:
+    """Markdown sections keyed by their `## ` heading, for the sections this run has rows for."""
+    m, s = doc["machine"], doc["settings"]
+    machine = (
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_mib']:,} MiB RAM, kernel {m['kernel']}, "
+        f"llama.cpp {m['llama_cpp_version']} (RPC protocol {m['rpc_protocol']}); load average "
+        f"{m['loadavg_start'][0]} at the start, {(m['loadavg_end'] or ['?'])[0]} at the end (other work shares "
+        f"these cores, so figures are noisy). Command: `{doc['command']}` ({s['repeats']} repeat(s), "
+        f"{s['tokens']} generated / {s['prompt_tokens']} prompt tokens, ctx {s['ctx']}; run took "
+        f"{doc['wall_s']:.0f} s). Cells: median (min-max); `x`: ratio to the local-only baseline of the same "
+        "model measured in the same run."
+    )
+    sections: dict[str, str] = {}
+    for key, title in SECTION_TITLES.items():
+        rows = [r for r in doc["rows"] if r["section"] == key]
+        if not rows or all(r["setup"] == "baseline" for r in rows):
+            continue  # a run of baselines only (e.g. --links without none) leaves this section alone
+        if key in ("links", "grid"):  # show the baseline and loopback reference rows too
+            refs = [
+                r
+                for r in doc["rows"]
+                if r["section"] == "sharding"
+                and r["model"] in {x["model"] for x in rows}
+                and (r["setup"] == "baseline" or r["backends"] == rows[0]["backends"])
+            ]
+            rows = refs + rows
+        body = [title, "", machine, ""]
+        body.append(_md_table(*compact_table(rows)))
+        comps = [c for c in doc["comparisons"] if key == "coordinator"]
+        if comps:
+            body += ["", "| model | what | a | b | ratio b/a |", "|---|---|---|---|---|"]
+            body += [
+                f"| {c['model']} | {c['what']} | {c['a']}: {c['a_median']:.3f} s | {c['b']}: {c['b_median']:.3f} s "
+                f"| {c['ratio']:.2f}x |"
+                for c in comps
+            ]
+        if key == "links":
+            body += ["", f"Note: {NO_LATENCY_NOTE}. COLD: fresh rpc-servers with an empty `-c` cache (filling it); "
+                     "WARM: llama-server restarted against the same rpc-servers (cache filled); NO -c: rpc-servers "
+                     "without the cache. The cache only holds tensors over 10 MiB."]  # fmt: skip
+        if key == "grid":
+            body += ["", "Upstream defaults: rpc-server without `-t` (half the cores), llama-server with `--rpc` "
+                     "`-ngl 99` and its own split, threads and batch size."]  # fmt: skip
+        if key == "sharding":
+            body += ["", "All setups share this host's cores: `N rpc` runs N rpc-servers (cores split between them) "
+                     "and llama-server side by side, so on one machine the ratios show what RPC and thread "
+                     "placement cost or save, not what extra hardware buys."]  # fmt: skip
+        if key == "sharding" and plot:
+            body += ["", f"![cost vs. model size]({plot})"]
+        body += [f"\n_{n}_" for n in doc["notes"] if key != "links" or n != NO_LATENCY_NOTE]
+        sections[title] = "\n".join(body).rstrip() + "\n"
+    return sections
+
+
+def merge_markdown(existing: str, sections: dict[str, str], title: str = "# Benchmarks") -> str:
+    """Replace the `## ` sections this run wrote, keep every other section (in place), append new ones."""
+    if not existing.strip():
+        existing = f"{title}\n"
+    parts = re.split(r"(?m)^(?=## )", existing)
+    out, seen = [], set()
+    for part in parts:
+        heading = part.splitlines()[0].strip() if part.startswith("## ") else None
+        if heading in sections:
+            out.append(sections[heading].rstrip() + "\n\n")
+            seen.add(heading)
+        else:
+            out.append(part if part.endswith("\n\n") or not part.startswith("## ") else part.rstrip() + "\n\n")
+    for heading, text in sections.items():
+        if heading not in seen:
+            if out and not out[-1].endswith("\n\n"):
+                out[-1] = out[-1].rstrip() + "\n\n"
+            out.append(text.rstrip() + "\n\n")
+    return "".join(out).rstrip() + "\n"

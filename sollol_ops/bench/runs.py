@@ -1,0 +1,310 @@
+"""The Bench: rows of cold/warm loads and streamed queries per setup, the coordinator comparisons, the
+shaped links and the settings grid, interleaved so that other load on the host hits every setup alike."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sollol_ops import procs
+from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, Reaper, RpcBackends
+from sollol_ops.bench.models import BenchModel
+from sollol_ops.bench.server import Query, Server, server_argv, stream_chat, upstream_argv, wait_health
+from sollol_ops.bench.settings import NO_LATENCY_NOTE, BenchConfig, Settings, grid_settings
+from sollol_ops.bench.stats import Stat, _round, ratio, row_ratios, summarize
+from sollol_ops.errors import BenchError
+from sollol_ops.toolchain import Toolchain
+
+_TEXT = (
+    "the quick brown fox jumps over a lazy dog while seven small birds sing about rain and "
+    "sunlight in an old green garden near the river where children play every summer"
+)
+
+
+def make_prompt(n_tokens: int, salt: int) -> str:
+    vocab = _TEXT.split()
+    words = [vocab[(i * 7 + salt) % len(vocab)] for i in range(max(1, n_tokens - 12))]
+    return f"Request {salt}: continue this text. " + " ".join(words)
+
+
+class Bench:
+    def __init__(
+        self, cfg: BenchConfig, toolchain: Toolchain, work: Path, log: Callable[[str], None] = lambda _m: None
+    ) -> None:
+        self.cfg, self.toolchain, self.work, self.say = cfg, toolchain, work, log
+        self.reaper = Reaper()
+        self.logs = work / "logs"
+        self.rows: list[dict[str, Any]] = []
+        self.comparisons: list[dict[str, Any]] = []
+        self.baselines: dict[str, dict[str, Stat]] = {}
+        self.notes: list[str] = []
+        self._runs = 0
+
+    # ---- llama-server
+
+    def _port(self) -> int:
+        return procs.free_ports("127.0.0.1", 1, 18700)[0]
+
+    def load(self, argv: Sequence[str], port: int, tag: str) -> Server:
+        self._runs += 1
+        log = self.logs / f"server-{self._runs:03d}-{tag}.log"
+        t0 = time.perf_counter()
+        pid = self.reaper.spawn(argv, log)
+        try:
+            ready = wait_health(port, pid, log, self.cfg.timeout, t0)
+        except BaseException:
+            self.reaper.stop(pid)
+            raise
+        return Server(pid, port, log, ready)
+
+    def serve(self, model: BenchModel, endpoints: Sequence[str] | None, settings: Settings, tag: str) -> Server:
+        port = self._port()
+        return self.load(server_argv(self.toolchain, model, port, endpoints, settings, self.cfg.ctx), port, tag)
+
+    def unload(self, server: Server) -> None:
+        self.reaper.stop(server.pid)
+
+    def query(self, server: Server, salt: int, cache_prompt: bool = False) -> Query:
+        return stream_chat(
+            server.port, make_prompt(self.cfg.prompt_tokens, salt), self.cfg.tokens, self.cfg.timeout, cache_prompt
+        )
+
+    # ---- rows
+
+    def add_row(
+        self,
+        section: str,
+        model: BenchModel,
+        setup: str,
+        k: int,
+        link: str,
+        settings: str,
+        samples: dict[str, list[float]],
+    ) -> dict[str, Any]:
+        metrics = {name: s for name, vals in samples.items() if (s := summarize(vals)) is not None}
+        if setup == "baseline" and section == "sharding":
+            self.baselines[model.ref] = metrics
+        row = {
+            "section": section,
+            "model": model.ref,
+            "size_mib": model.size_mib,
+            "setup": setup,
+            "backends": k,
+            "link": link,
+            "settings": settings,
+            "metrics": {n: asdict(s) for n, s in metrics.items()},
+            "ratios": row_ratios(metrics, self.baselines.get(model.ref)),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+        self.rows.append(row)
+        self.say(_progress_line(row))
+        return row
+
+    @staticmethod
+    def _take(samples: dict[str, list[float]], q: Query) -> None:
+        for name in ("ttft_s", "prompt_tps", "gen_tps", "prompt_n", "gen_n"):
+            value = getattr(q, name)
+            if value is not None:
+                samples.setdefault(name, []).append(value)
+
+    def measure(
+        self,
+        model: BenchModel,
+        backends: RpcBackends | None,
+        k: int,
+        settings: Settings,
+        nocache: bool = False,
+        queries: bool = True,
+        rounds: Sequence[int] | None = None,
+    ) -> dict[str, list[float]]:
+        """Repeats of: cold load + query, warm load + query (and a load without -c when `nocache`)."""
+        samples: dict[str, list[float]] = {}
+        for r in range(self.cfg.repeats) if rounds is None else rounds:
+            self._runs += 1
+            cache = self.work / f"rpc-cache-{self._runs:03d}"
+            endpoints = None
+            if backends is not None:
+                use_cache = cache if not settings.upstream else None
+                endpoints = backends.start(k, settings.rpc_threads_for(k), use_cache)
+            try:
+                for phase in ("cold", "warm"):
+                    server = self.serve(model, endpoints, settings, phase)
+                    try:
+                        samples.setdefault(f"load_{phase}_s", []).append(server.ready_s)
+                        if queries:
+                            self._take(samples, self.query(server, salt=r * 2 + (phase == "warm")))
+                    finally:
+                        self.unload(server)
+                if nocache and backends is not None:
+                    endpoints = backends.start(k, settings.rpc_threads_for(k), None)
+                    server = self.serve(model, endpoints, settings, "nocache")
+                    samples.setdefault("load_nocache_s", []).append(server.ready_s)
+                    self.unload(server)
+            finally:
+                if backends is not None:
+                    backends.stop()
+                shutil.rmtree(cache, ignore_errors=True)
+        return samples
+
+    def coordinator_rows(self, model: BenchModel, backends: RpcBackends, k: int, link: str) -> None:
+        """Persistent coordinator vs per-query start; `sollol-ops up` vs raw llama-server to ready."""
+        settings = Settings()
+        endpoints = backends.start(k, settings.rpc_threads_for(k), self.work / "rpc-cache-coord")
+        try:
+            prompt_salt = 999
+            server = self.serve(model, endpoints, settings, "persistent")
+            persistent: dict[str, list[float]] = {}
+            try:
+                self.query(server, prompt_salt, cache_prompt=True)  # the query a user repeats
+                for _ in range(self.cfg.repeats):  # its prompt is cached: only TTFT means something here
+                    persistent.setdefault("ttft_s", []).append(self.query(server, prompt_salt, True).ttft_s)
+            finally:
+                self.unload(server)
+            per_query: dict[str, list[float]] = {"ttft_s": []}
+            for _ in range(self.cfg.repeats):
+                port = self._port()
+                t0 = time.perf_counter()
+                server = self.load(
+                    server_argv(self.toolchain, model, port, endpoints, settings, self.cfg.ctx), port, "per-query"
+                )
+                try:
+                    q = self.query(server, prompt_salt, cache_prompt=True)
+                    per_query["ttft_s"].append(time.perf_counter() - t0 - q.total_s + q.ttft_s)
+                    per_query.setdefault("ready_s", []).append(server.ready_s)
+                finally:
+                    self.unload(server)
+            a = self.add_row("coordinator", model, "rpc", k, link, "persistent coordinator", persistent)
+            b = self.add_row("coordinator", model, "rpc", k, link, "coordinator per query", per_query)
+            self._compare(model, "TTFT of a repeated query", a, b, "ttft_s")
+            up, raw = self._up_vs_raw(model, endpoints)
+            a = self.add_row("coordinator", model, "rpc", k, link, "raw llama-server --rpc", {"ready_s": raw})
+            b = self.add_row("coordinator", model, "rpc", k, link, "sollol-ops up", {"ready_s": up})
+            self._compare(model, "start to ready", a, b, "ready_s")
+        finally:
+            backends.stop()
+
+    def _up_vs_raw(self, model: BenchModel, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        inv = self.work / "up-inventory.ini"
+        hosts = [e.rsplit(":", 1) for e in endpoints]
+        lines = ["[rpc_servers]"] + [
+            f"bench-{i} ansible_host={h} sollol_rpc_port={p}" for i, (h, p) in enumerate(hosts)
+        ]
+        inv.write_text("\n".join([*lines, "", "[coordinator]", "localhost ansible_connection=local", ""]))
+        env = dict(os.environ)
+        env.update(XDG_STATE_HOME=str(self.work / "up-state"), XDG_CACHE_HOME=str(self.work / "up-cache"))
+        env.pop("SOLLOL_INVENTORY", None)
+        store = str(model.blob.parent.parent)
+        cli = [sys.executable, "-m", "sollol_ops.cli.main", "-i", str(inv)]
+        up_times, raw_times = [], []
+        for _ in range(self.cfg.repeats):
+            port = self._port()
+            argv = [*cli, "up", model.resolved_ref, "--port", str(port), "-c", str(self.cfg.ctx)]
+            argv += ["--ollama-models", store, "--timeout", str(self.cfg.timeout)]
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=self.cfg.timeout)
+                up_times.append(time.perf_counter() - t0)
+            finally:
+                subprocess.run([*cli, "down"], capture_output=True, env=env, timeout=60, check=False)
+            if proc.returncode != 0:
+                raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
+            port = self._port()
+            server = self.load(upstream_argv(self.toolchain, model, port, endpoints, self.cfg.ctx), port, "raw")
+            raw_times.append(server.ready_s)
+            self.unload(server)
+        return up_times, raw_times
+
+    def _compare(self, model: BenchModel, what: str, a: dict[str, Any], b: dict[str, Any], metric: str) -> None:
+        am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
+        if am and bm:
+            self.comparisons.append(
+                {
+                    "model": model.ref,
+                    "what": what,
+                    "a": a["settings"],
+                    "b": b["settings"],
+                    "metric": metric,
+                    "a_median": round(am["median"], 4),
+                    "b_median": round(bm["median"], 4),
+                    "ratio": _round(ratio(bm["median"], am["median"])),
+                }
+            )
+
+    # ---- the whole session
+
+    def run(self, models: Sequence[BenchModel]) -> None:
+        cfg = self.cfg
+        kmax = max(cfg.backends)
+        loop: RpcBackends
+        if cfg.use_inventory:
+            loop = InventoryBackends(cfg.inventory_backends)
+            self.notes.append("inventory backends: cold = first load of the run (their caches are not cleared)")
+        else:
+            loop = LoopbackBackends(self.toolchain, self.reaper, self.logs, 30.0)
+        loop_link = "inventory" if cfg.use_inventory else "loopback"
+        shaped = [x for x in cfg.links if x != "none"]
+        lab: NetnsBackends | None = None
+        if shaped and not cfg.use_inventory:
+            lab = NetnsBackends(self.toolchain, self.reaper, self.logs, 60.0, kmax)
+            self.notes.append(NO_LATENCY_NOTE)
+        elif shaped:
+            self.notes.append("--use-inventory: --links ignored (no shaping of real hosts)")
+        try:
+            if lab is not None:
+                lab.up()
+            for model in models:
+                self.say(f"== {model.ref} ({model.size_mib:,.0f} MiB)")
+                # Rounds interleave the setups, so a burst of other load on the host hits them alike.
+                setups: list[tuple[RpcBackends | None, int]] = [(None, 0)]
+                if "none" in cfg.links or cfg.use_inventory:
+                    setups += [(loop, k) for k in cfg.backends]
+                per_setup: list[dict[str, list[float]]] = [{} for _ in setups]
+                for r in range(cfg.repeats):
+                    for (backends, k), acc in zip(setups, per_setup, strict=True):
+                        for name, vals in self.measure(model, backends, k, Settings(), rounds=[r]).items():
+                            acc.setdefault(name, []).extend(vals)
+                for (backends, k), samples in zip(setups, per_setup, strict=True):
+                    if backends is None:
+                        self.add_row("sharding", model, "baseline", 0, "local", "plain llama-server", samples)
+                    else:
+                        self.add_row("sharding", model, "rpc", k, loop_link, "sollol defaults", samples)
+                if lab is not None:
+                    for link in shaped:
+                        lab.shape(None if link == "bridge" else link)
+                        samples = self.measure(model, lab, kmax, Settings(), nocache=True)
+                        self.add_row("links", model, "rpc", kmax, link, "sollol defaults", samples)
+                    lab.shape(None)
+                if "none" in cfg.links or cfg.use_inventory:
+                    self.coordinator_rows(model, loop, kmax, loop_link)
+            if cfg.grid and models:
+                model = models[0]
+                self.say(f"== grid on {model.ref}, {kmax} backend(s)")
+                for s in grid_settings():
+                    if cfg.use_inventory and s.rpc_threads != 0:
+                        continue  # the inventory's rpc-servers run with their own threads
+                    self.add_row("grid", model, "rpc", kmax, loop_link, s.name, self.measure(model, loop, kmax, s))
+        finally:
+            loop.stop()
+            self.reaper.stop_all()
+            if lab is not None:
+                lab.down()
+
+
+def _progress_line(row: dict[str, Any]) -> str:
+    m = row["metrics"]
+
+    def g(name: str, fmt: str = "{:.2f}") -> str:
+        return fmt.format(m[name]["median"]) if name in m else "-"
+
+    who = "baseline" if row["setup"] == "baseline" else f"rpc x{row['backends']} {row['link']}"
+    return (
+        f"  {row['section']:<11} {who:<18} {row['settings']:<26} cold {g('load_cold_s')}s warm {g('load_warm_s')}s "
+        f"gen {g('gen_tps', '{:.1f}')} tok/s ttft {g('ttft_s', '{:.3f}')}s ready {g('ready_s')}s"
+    )
