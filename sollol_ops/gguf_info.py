@@ -13,25 +13,49 @@ violation is a one-line GGUFError naming the field and the file, in bounded time
 
 from __future__ import annotations
 
+import importlib.util
 import mmap
 import os
 import re
 import stat
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO
 
-from gguf.constants import (
-    GGML_QUANT_SIZES,
-    GGUF_DEFAULT_ALIGNMENT,
-    GGMLQuantizationType,
-    GGUFValueType,
-    LlamaFileType,
-)
-
 from sollol_ops.errors import GGUFError
+
+
+def _load_gguf_constants() -> ModuleType:
+    """The gguf package's `constants` module without running the package's __init__, which imports numpy
+    and its reader/writer (0.3-0.4 s at every command start); constants.py needs only the standard
+    library. Falls back to the normal import when the package is laid out differently."""
+    name = "gguf.constants"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("gguf")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / "constants.py" if locations else None
+    if path is None or not path.is_file():
+        import gguf.constants
+
+        return gguf.constants
+    module_spec = importlib.util.spec_from_file_location("_sollol_gguf_constants", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+_constants = _load_gguf_constants()
+GGML_QUANT_SIZES = _constants.GGML_QUANT_SIZES
+GGUF_DEFAULT_ALIGNMENT = _constants.GGUF_DEFAULT_ALIGNMENT
+GGMLQuantizationType = _constants.GGMLQuantizationType
+GGUFValueType = _constants.GGUFValueType
+LlamaFileType = _constants.LlamaFileType
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
