@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import coordinator, local_cluster, procs, rpc
+from sollol_ops import cluster_vars, coordinator, local_cluster, procs, rpc
 from sollol_ops.coordinator import StartOptions
 from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
@@ -81,7 +81,7 @@ from sollol_ops.toolchain import Toolchain, find_toolchain
 SCHEMA = "sollol-ops-bench/1"
 MIB = 1 << 20
 NETNS_SUBNET = "10.213"
-RPC_PORT_NETNS = 50052
+RPC_PORT_NETNS = cluster_vars.DEFAULT_PORT
 NO_LATENCY_NOTE = (
     "no latency emulation: this kernel has no netem qdisc, so shaped links limit the rate (tc tbf) "
     "and add no delay (bridge round trip ~0.05 ms)"
