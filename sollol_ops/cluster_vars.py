@@ -27,10 +27,9 @@ RPC_SERVER_NAMES: tuple[str, ...] = ("ggml-rpc-server", "rpc-server")
 LLAMA_REF = "0c1e57098"
 
 # Play-level variables naming the groups; `sollol-ops provision` passes them as extra vars.
-GROUP_VARS: dict[str, str] = {
-    "sollol_rpc_group": RPC_GROUP,
-    "sollol_coordinator_group": COORDINATOR_GROUP,
-}
+RPC_GROUP_VAR = "sollol_rpc_group"
+COORDINATOR_GROUP_VAR = "sollol_coordinator_group"
+GROUP_VARS: dict[str, str] = {RPC_GROUP_VAR: RPC_GROUP, COORDINATOR_GROUP_VAR: COORDINATOR_GROUP}
 
 # Every variable of roles/sollol_cluster with its default (that file must equal this mapping).
 DEFAULTS: dict[str, object] = {
