@@ -177,6 +177,7 @@ MUTATIONS = [
         'coordinator_group: str = "coordinator",',
         "literal 'coordinator': use cluster_vars.COORDINATOR_GROUP",
     ),
+    ("collection/galaxy.yml", "version: 0.1.0", "version: 0.2.0", "collection/galaxy.yml: version '0.2.0'"),
     (
         "sollol_ops/cluster_vars.py",
         'LLAMA_REF = "0c1e57098"',
