@@ -21,7 +21,7 @@ MODELS ?= $(CACHE)/models/ollama
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv llama model demo demo-stop test lint unit bench molecule
+.PHONY: help venv llama model demo demo-stop test lint unit bench molecule wheel collection
 
 help:
 	@echo "make demo    build what is needed and serve SmolLM2 sharded over local rpc-servers"
@@ -30,6 +30,8 @@ help:
 	@echo "make model   lay out the SmolLM2 test model as an Ollama store (-> $(MODELS))"
 	@echo "make lint    ruff, yamllint, ansible-lint"
 	@echo "make bench   run the benchmark and rewrite docs/benchmarks.md"
+	@echo "make wheel   the sollol-ops wheel, playbooks and roles included (-> dist/)"
+	@echo "make collection  the roles and playbooks as the sollol.ops Ansible collection (-> dist/)"
 
 venv: $(VENV)/.installed
 
@@ -79,6 +81,16 @@ demo: venv llama model
 demo-stop: venv
 	-$(BIN)/sollol-ops down
 	-$(BIN)/sollol-ops local stop
+
+# The wheel (with the playbooks and roles) from a snapshot of this checkout, by the builder the coordinator role
+# uses (once per source state, cached in $(CACHE)/wheelhouse/wheels); and the sollol.ops collection.
+wheel: venv
+	@mkdir -p dist
+	@built="$$(bash roles/coordinator/files/build_wheel.sh $(CURDIR) $(CACHE)/wheelhouse/wheels $(BIN)/python | tail -n1)"; \
+	  cp "$${built#* }" dist/ && echo "dist/$$(basename "$${built#* }")"
+
+collection: venv
+	$(BIN)/python scripts/build_collection.py --output dist
 
 # Molecule scenarios on podman systemd containers (root; needs `make llama` for the artifact they install).
 molecule: venv llama model

@@ -1,19 +1,42 @@
-"""The per-host inventory variables shared by the CLI and the roles (roles/sollol_cluster/defaults).
+"""The one definition of every fact the CLI and the Ansible side share.
 
-A test asserts these defaults equal the roles' defaults. Documented in docs/inventory.md.
+The Ansible side (roles' defaults and argument_specs, the playbooks' fallbacks) cannot import Python, so it
+carries the same values as literals; tests/contract.py checks every one of them against this module, and
+also the Makefile's LLAMA_REF and the Molecule scenarios' llama_cpp_version. Change a fact here first, then
+run `pytest tests/test_contract.py`: it names every place that still says otherwise. Documented in
+docs/inventory.md. This module imports nothing from sollol_ops (the contract check loads it on its own).
 """
 
 from __future__ import annotations
 
-# Inventory groups.
+# Inventory groups: the workers and the machine that serves. The CLI's --rpc-group/--coordinator-group
+# defaults; the playbooks take them as the variables in GROUP_VARS (default: these names).
 RPC_GROUP = "rpc_servers"
 COORDINATOR_GROUP = "coordinator"
 
+# Port of a host's single rpc-server (sollol_rpc_port).
+DEFAULT_PORT = 50052
+
+# Where roles/llama_cpp installs on cluster hosts (llama_cpp_prefix): PREFIX/<build id>, PREFIX/current.
+LLAMA_PREFIX = "/opt/sollol-ops/llama.cpp"
+
+# The RPC server binary: its current upstream name first, then the name of older releases (same program).
+RPC_SERVER_NAMES: tuple[str, ...] = ("ggml-rpc-server", "rpc-server")
+
+# The pinned llama.cpp commit (llama_cpp_version): every host of a cluster runs this same build.
+LLAMA_REF = "0c1e57098"
+
+# Play-level variables naming the groups; `sollol-ops provision` passes them as extra vars.
+RPC_GROUP_VAR = "sollol_rpc_group"
+COORDINATOR_GROUP_VAR = "sollol_coordinator_group"
+GROUP_VARS: dict[str, str] = {RPC_GROUP_VAR: RPC_GROUP, COORDINATOR_GROUP_VAR: COORDINATOR_GROUP}
+
+# Every variable of roles/sollol_cluster with its default (that file must equal this mapping).
 DEFAULTS: dict[str, object] = {
     # Address the cluster uses to reach the host's rpc-servers (also what they bind to).
     "sollol_rpc_address": "{{ ansible_host | default(inventory_hostname) }}",
     # Port of the host's single rpc-server.
-    "sollol_rpc_port": 50052,
+    "sollol_rpc_port": DEFAULT_PORT,
     # Several rpc-servers on one host (one per device): [{port: 50052, device: CUDA0}, ...].
     "sollol_rpc_instances": [],
     # Memory the host offers to the model, in MiB (CPU hosts: RPC reports total RAM as free).
@@ -22,6 +45,13 @@ DEFAULTS: dict[str, object] = {
     "sollol_rpc_weight": 0,
     # Compute backend of the host (same variable as roles/llama_cpp).
     "llama_cpp_backend": "cpu",
+    # The inventory groups the playbooks and roles work on.
+    **GROUP_VARS,
 }
 
-DEFAULT_PORT = int(DEFAULTS["sollol_rpc_port"])  # type: ignore[call-overload]
+# Other role variables whose default is one of the facts above.
+ROLE_DEFAULTS: dict[str, object] = {
+    "llama_cpp_prefix": LLAMA_PREFIX,
+    "llama_cpp_version": LLAMA_REF,
+    "rpc_server_binary": RPC_SERVER_NAMES[0],
+}

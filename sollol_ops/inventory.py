@@ -598,8 +598,8 @@ def _host_backends(host: str, hv: Mapping[str, Any]) -> list[Backend]:
 def cluster_from_inventory_data(
     data: Mapping[str, Any],
     inventory: Path,
-    rpc_group: str = "rpc_servers",
-    coordinator_group: str = "coordinator",
+    rpc_group: str = cluster_vars.RPC_GROUP,
+    coordinator_group: str = cluster_vars.COORDINATOR_GROUP,
 ) -> Cluster:
     groups = _groups(data)
     if rpc_group not in groups:
@@ -632,8 +632,8 @@ def cluster_from_inventory_data(
 
 def load_cluster(
     inventory: Path,
-    rpc_group: str = "rpc_servers",
-    coordinator_group: str = "coordinator",
+    rpc_group: str = cluster_vars.RPC_GROUP,
+    coordinator_group: str = cluster_vars.COORDINATOR_GROUP,
     env: Mapping[str, str] | None = None,
 ) -> Cluster:
     data = ansible_inventory_list(inventory, env)

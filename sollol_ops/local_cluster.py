@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sollol_ops import procs, rpc, statefile
+from sollol_ops import cluster_vars, procs, rpc, statefile
 from sollol_ops.errors import BackendError, StateError, UsageError
 from sollol_ops.paths import cache_dir, state_dir
 from sollol_ops.toolchain import Toolchain, find_toolchain
@@ -104,10 +104,10 @@ def exposure_warning(host: str) -> str | None:
 def write_inventory(path: Path, host: str, ports: list[int], threads: int) -> None:
     lines = [
         "# Written by `sollol-ops local start`: local rpc-servers for the demo and tests.",
-        "[rpc_servers]",
+        f"[{cluster_vars.RPC_GROUP}]",
     ]
     lines += [f"local-{p} ansible_host={host} sollol_rpc_port={p}" for p in ports]
-    lines += ["", "[coordinator]", "localhost ansible_connection=local", ""]
+    lines += ["", f"[{cluster_vars.COORDINATOR_GROUP}]", "localhost ansible_connection=local", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
@@ -116,7 +116,7 @@ def start(
     count: int,
     *,
     host: str = "127.0.0.1",
-    base_port: int = 50052,
+    base_port: int = cluster_vars.DEFAULT_PORT,
     threads: int | None = None,
     cache: bool = True,
     root: Path | None = None,

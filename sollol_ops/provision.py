@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -13,7 +15,10 @@ from typing import Any
 
 from sollol_ops.errors import ProvisionError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The playbooks and roles, as package data: in a checkout, links to its playbooks/ and roles/ (the one copy in
+# git); in an installed wheel, the copies the wheel carries.
+ANSIBLE_DIR = Path(__file__).resolve().parent / "ansible"
+PLAYBOOK_ACTIONS = ("syntax-check", "list-hosts", "list-tasks")
 
 # ansible-runner's stats keys -> our column names.
 _STATS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable", "skipped": "skipped"}
@@ -56,17 +61,92 @@ class TaskEvent:
     message: str = ""
 
 
-def default_playbook() -> Path:
-    """playbooks/site.yml of this checkout."""
-    path = REPO_ROOT / "playbooks" / "site.yml"
+def default_playbook(name: str = "site") -> Path:
+    """playbooks/NAME.yml that came with this sollol-ops (the checkout's, or the installed package's copy)."""
+    path = (ANSIBLE_DIR / "playbooks" / f"{name}.yml").resolve()
     if not path.is_file():
-        raise ProvisionError(f"no playbook at {path}: run from a sollol-ops checkout or pass --playbook PATH")
+        raise ProvisionError(
+            f"no playbook at {path}: this sollol-ops lacks its Ansible files (reinstall it from a wheel, "
+            "or in a checkout restore the links under sollol_ops/ansible/), or pass --playbook PATH"
+        )
     return path
 
 
 def _roles_path(playbook: Path) -> str:
-    candidates = [playbook.parent / "roles", playbook.parent.parent / "roles", REPO_ROOT / "roles"]
-    return os.pathsep.join(str(p) for p in candidates if p.is_dir())
+    candidates = [playbook.parent / "roles", playbook.parent.parent / "roles", ANSIBLE_DIR / "roles"]
+    seen: list[str] = []
+    for path in candidates:
+        if path.is_dir() and str(path.resolve()) not in seen:
+            seen.append(str(path.resolve()))
+    return os.pathsep.join(seen)
+
+
+def _ansible_env(playbook: Path) -> tuple[Path, dict[str, str]]:
+    """ansible-playbook, and the environment to run it in: its directory first on PATH, the roles, ansible.cfg."""
+    # The ansible-playbook next to this interpreter (the venv sollol-ops runs from), else the one on PATH.
+    binary = Path(sys.executable).parent / "ansible-playbook"
+    if not binary.is_file():
+        found = shutil.which("ansible-playbook")
+        if found is None:
+            raise ProvisionError("ansible-playbook not found next to sollol-ops or on PATH: install ansible-core")
+        binary = Path(found)
+    envvars = {
+        "ANSIBLE_FORCE_COLOR": "false",
+        "ANSIBLE_NOCOLOR": "true",
+        "PATH": os.pathsep.join([str(binary.parent), os.environ.get("PATH", os.defpath)]),
+    }
+    roles = _roles_path(playbook)
+    if roles:
+        envvars["ANSIBLE_ROLES_PATH"] = roles
+    cfg = playbook.parent.parent / "ansible.cfg"
+    if "ANSIBLE_CONFIG" not in os.environ and cfg.is_file():
+        envvars["ANSIBLE_CONFIG"] = str(cfg)
+    return binary, envvars
+
+
+def _check_paths(playbook: Path, inventory: Path) -> tuple[Path, Path]:
+    playbook = playbook.resolve()
+    inventory = inventory.resolve()
+    if not playbook.is_file():
+        raise ProvisionError(f"playbook {playbook} does not exist")
+    if not inventory.exists():
+        raise ProvisionError(f"inventory {inventory} does not exist")
+    return playbook, inventory
+
+
+def inspect_playbook(
+    playbook: Path,
+    inventory: Path,
+    action: str,
+    *,
+    limit: str | None = None,
+    tags: str | None = None,
+    extravars: Mapping[str, Any] | None = None,
+) -> str:
+    """`ansible-playbook --ACTION` (syntax-check, list-hosts, list-tasks): its output; changes nothing on any host."""
+    if action not in PLAYBOOK_ACTIONS:
+        raise ValueError(action)
+    playbook, inventory = _check_paths(playbook, inventory)
+    binary, envvars = _ansible_env(playbook)
+    argv = [str(binary), "-i", str(inventory), f"--{action}", str(playbook)]
+    if limit:
+        argv += ["--limit", limit]
+    if tags:
+        argv += ["--tags", tags]
+    if extravars:
+        argv += ["-e", json.dumps(dict(extravars))]
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, **envvars}, timeout=600, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ProvisionError(f"ansible-playbook --{action} {playbook.name} timed out") from exc
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR") or "[ERROR]" in ln]
+        reason = _one_line((errors or lines or ["no output"])[0])
+        raise ProvisionError(f"ansible-playbook --{action} {playbook.name} failed (exit {proc.returncode}): {reason}")
+    return proc.stdout
 
 
 def _event_to_task_event(event: Mapping[str, Any]) -> TaskEvent | None:
@@ -109,12 +189,7 @@ def run_playbook(
     """Run `playbook` on `inventory`; raise ProvisionError only when it cannot start."""
     import ansible_runner
 
-    playbook = playbook.resolve()
-    inventory = inventory.resolve()
-    if not playbook.is_file():
-        raise ProvisionError(f"playbook {playbook} does not exist")
-    if not inventory.exists():
-        raise ProvisionError(f"inventory {inventory} does not exist")
+    playbook, inventory = _check_paths(playbook, inventory)
 
     cmdline: list[str] = []
     if check:
@@ -129,26 +204,7 @@ def run_playbook(
                 on_event(ev)
         return True
 
-    # The ansible-playbook next to this interpreter (the venv sollol-ops runs from), else the one on PATH.
-    bindir = Path(sys.executable).parent
-    binary = bindir / "ansible-playbook"
-    if not binary.is_file():
-        found = shutil.which("ansible-playbook")
-        if found is None:
-            raise ProvisionError("ansible-playbook not found next to sollol-ops or on PATH: install ansible-core")
-        binary = Path(found)
-    envvars = {
-        "ANSIBLE_FORCE_COLOR": "false",
-        "ANSIBLE_NOCOLOR": "true",
-        "PATH": os.pathsep.join([str(binary.parent), os.environ.get("PATH", os.defpath)]),
-    }
-    roles = _roles_path(playbook)
-    if roles:
-        envvars["ANSIBLE_ROLES_PATH"] = roles
-    cfg = playbook.parent.parent / "ansible.cfg"
-    if "ANSIBLE_CONFIG" not in os.environ and cfg.is_file():
-        envvars["ANSIBLE_CONFIG"] = str(cfg)
-
+    _, envvars = _ansible_env(playbook)
     # ansible-runner looks the command up on this process's PATH.
     os.environ["PATH"] = envvars["PATH"]
     with tempfile.TemporaryDirectory(prefix="sollol-provision-") as tmp:

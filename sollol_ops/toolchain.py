@@ -9,10 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sollol_ops.cluster_vars import LLAMA_PREFIX, RPC_SERVER_NAMES
 from sollol_ops.errors import ToolchainError
 
-# The RPC server was renamed upstream; accept both, newest first.
-RPC_SERVER_NAMES: tuple[str, ...] = ("ggml-rpc-server", "rpc-server")
 ENV_BIN_DIR = "SOLLOL_LLAMA_BIN"
 
 
@@ -20,7 +19,7 @@ def default_prefixes(env: Mapping[str, str] | None = None) -> list[Path]:
     """Where roles/llama_cpp installs: `make llama` (per user) and the cluster default (/opt)."""
     env = os.environ if env is None else env
     data_home = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", str(Path.home()))) / ".local/share")
-    return [Path(data_home) / "sollol-ops/llama.cpp", Path("/opt/sollol-ops/llama.cpp")]
+    return [Path(data_home) / "sollol-ops/llama.cpp", Path(LLAMA_PREFIX)]
 
 
 def _candidate_dirs(env: Mapping[str, str]) -> list[tuple[str, Path]]:

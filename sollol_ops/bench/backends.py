@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sollol_ops import llama_server, local_cluster, procs
+from sollol_ops import cluster_vars, llama_server, local_cluster, procs
 from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.inventory import Backend
 from sollol_ops.local_cluster import RpcServerSpec
@@ -15,7 +15,7 @@ from sollol_ops.netlab import NetLab
 from sollol_ops.toolchain import Toolchain
 
 NETNS_SUBNET = "10.213"
-RPC_PORT_NETNS = 50052
+RPC_PORT_NETNS = cluster_vars.DEFAULT_PORT
 
 
 class Reaper:

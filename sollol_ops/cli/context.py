@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sollol_ops.cluster_vars import COORDINATOR_GROUP, RPC_GROUP
+
 if TYPE_CHECKING:
     from sollol_ops.inventory import Cluster
 
@@ -14,8 +16,8 @@ if TYPE_CHECKING:
 class Context:
     inventory_option: str | None
     verbose: int = 0
-    rpc_group: str = "rpc_servers"
-    coordinator_group: str = "coordinator"
+    rpc_group: str = RPC_GROUP
+    coordinator_group: str = COORDINATOR_GROUP
     _cluster: Cluster | None = field(default=None, repr=False)
 
     def inventory_path(self) -> Path:

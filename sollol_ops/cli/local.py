@@ -8,6 +8,7 @@ import click
 
 from sollol_ops import local_cluster, procs, statefile
 from sollol_ops.cli.context import Context
+from sollol_ops.cluster_vars import DEFAULT_PORT
 from sollol_ops.ui import echo_json, echo_table
 
 
@@ -19,7 +20,7 @@ def local() -> None:
 @local.command()
 @click.argument("count", type=click.IntRange(1, 64), default=2)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--base-port", type=click.IntRange(1024, 65535), default=50052, show_default=True)
+@click.option("--base-port", type=click.IntRange(1024, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 1024), help="Threads per rpc-server (default: cores / COUNT).")
 @click.option("--no-cache", is_flag=True, help="Start rpc-servers without their tensor cache (-c).")
 @click.option("--dir", "root", type=click.Path(path_type=Path), help="State directory (default: XDG state).")

@@ -10,6 +10,7 @@ import click
 
 from sollol_ops import __version__
 from sollol_ops.cli.context import Context
+from sollol_ops.cluster_vars import COORDINATOR_GROUP, RPC_GROUP
 from sollol_ops.errors import SollolError
 
 # Commands are imported lazily so that fast read commands (rpc-list) do not pay for the heavy ones.
@@ -61,8 +62,18 @@ class LazyGroup(click.Group):
     help="Ansible inventory (default: $SOLLOL_INVENTORY, the nearest ansible.cfg's inventory, ./inventory.ini).",
 )
 @click.option("-v", "--verbose", count=True, help="More output; -vv shows tracebacks of internal errors.")
-@click.option("--rpc-group", default="rpc_servers", show_default=True, help="Inventory group of RPC workers.")
-@click.option("--coordinator-group", default="coordinator", show_default=True, help="Inventory group of coordinators.")
+@click.option(
+    "--rpc-group",
+    default=RPC_GROUP,
+    show_default=True,
+    help="Inventory group of RPC workers (also for the playbooks of `provision`).",
+)
+@click.option(
+    "--coordinator-group",
+    default=COORDINATOR_GROUP,
+    show_default=True,
+    help="Inventory group of coordinators (also for the playbooks of `provision`).",
+)
 @click.pass_context
 def cli(ctx: click.Context, inventory: str | None, verbose: int, rpc_group: str, coordinator_group: str) -> None:
     """Serve one LLM sharded across llama.cpp RPC workers provisioned by Ansible.

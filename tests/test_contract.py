@@ -1,0 +1,204 @@
+"""One definition of each shared fact (sollol_ops/cluster_vars.py), and a check that finds every copy that drifts.
+
+test_contract_holds runs the check on this checkout; the mutation tests run it on a copy in tmp_path with one fact
+changed in one place and assert the check names that place, so the check is shown to fail when it should.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from contract import check
+from helpers import REPO
+
+from sollol_ops import cluster_vars, toolchain
+from sollol_ops.cli.context import Context
+from sollol_ops.cli.main import cli
+
+_TREES = ["roles", "playbooks", "molecule", "sollol_ops", "collection"]
+_FILES = ["site.yml", "Makefile", "inventory.example.ini"]
+
+
+def _copy(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for tree in _TREES:
+        if (REPO / tree).is_dir():
+            shutil.copytree(REPO / tree, dest / tree, symlinks=True, ignore=ignore)
+    for name in _FILES:
+        shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_contract_holds() -> None:
+    assert check(REPO) == []
+
+
+def test_python_side_names_cluster_vars() -> None:
+    assert toolchain.RPC_SERVER_NAMES is cluster_vars.RPC_SERVER_NAMES
+    assert str(toolchain.default_prefixes({"HOME": "/h"})[-1]) == cluster_vars.LLAMA_PREFIX
+    params = {p.name: p.default for p in cli.params}
+    assert params["rpc_group"] == Context(None).rpc_group == cluster_vars.RPC_GROUP
+    assert params["coordinator_group"] == Context(None).coordinator_group == cluster_vars.COORDINATOR_GROUP
+
+
+def test_unmutated_copy_holds(tmp_path: Path) -> None:
+    assert check(_copy(tmp_path)) == []
+
+
+# (file, text, replacement, what the check must report): one fact changed in one place.
+MUTATIONS = [
+    ("Makefile", "LLAMA_REF := 0c1e57098", "LLAMA_REF := 0c1e57099", "Makefile: LLAMA_REF is '0c1e57099'"),
+    (
+        "molecule/user-scope/molecule.yml",
+        "llama_cpp_version: 0c1e57098",
+        "llama_cpp_version: 0c1e57099",
+        "molecule/user-scope/molecule.yml: all: llama_cpp_version",
+    ),
+    (
+        "roles/llama_cpp/defaults/main.yml",
+        "llama_cpp_version: 0c1e57098",
+        "llama_cpp_version: 0c1e57099",
+        "roles/llama_cpp/defaults/main.yml: llama_cpp_version",
+    ),
+    (
+        "roles/llama_cpp/meta/argument_specs.yml",
+        "default: 0c1e57098",
+        "default: 0c1e57099",
+        "roles/llama_cpp/meta/argument_specs.yml: option llama_cpp_version",
+    ),
+    (
+        "roles/sollol_cluster/defaults/main.yml",
+        "sollol_rpc_port: 50052",
+        "sollol_rpc_port: 50053",
+        "roles/sollol_cluster/defaults/main.yml: sollol_rpc_port is 50053",
+    ),
+    (
+        "roles/rpc_server/meta/argument_specs.yml",
+        "default: 50052",
+        "default: 50053",
+        "roles/rpc_server/meta/argument_specs.yml: option sollol_rpc_port",
+    ),
+    (
+        "roles/sollol_cluster/meta/argument_specs.yml",
+        "default: coordinator",
+        "default: coordinators",
+        "roles/sollol_cluster/meta/argument_specs.yml: option sollol_coordinator_group",
+    ),
+    (
+        "roles/llama_cpp/meta/argument_specs.yml",
+        "default: [ggml-rpc-server, llama-server, llama-bench]",
+        "default: [ggml-rpc-server, llama-server]",
+        "option llama_cpp_targets default",
+    ),
+    (
+        "playbooks/site.yml",
+        "default('rpc_servers')",
+        "default('workers')",
+        "playbooks/site.yml: sollol_rpc_group | default('workers')",
+    ),
+    (
+        "playbooks/reset.yml",
+        "\"{{ sollol_coordinator_group | default('coordinator') }}\"",
+        "coordinator",
+        "playbooks/reset.yml: play 'Remove the coordinator service and venv' has hosts 'coordinator'",
+    ),
+    (
+        "playbooks/site.yml",
+        "groups[sollol_rpc_group]",
+        "groups['rpc_servers']",
+        "playbooks/site.yml: groups['rpc_servers'] hard-codes a group",
+    ),
+    (
+        "playbooks/reset.yml",
+        "default('/opt/sollol-ops/llama.cpp')",
+        "default('/opt/llama.cpp')",
+        "playbooks/reset.yml: llama_cpp_prefix | default('/opt/llama.cpp')",
+    ),
+    (
+        "roles/llama_cpp/defaults/main.yml",
+        "llama_cpp_prefix: /opt/sollol-ops/llama.cpp",
+        "llama_cpp_prefix: /opt/llama.cpp",
+        "roles/llama_cpp/defaults/main.yml: llama_cpp_prefix",
+    ),
+    (
+        "roles/rpc_server/defaults/main.yml",
+        "rpc_server_binary: ggml-rpc-server",
+        "rpc_server_binary: rpc-server",
+        "roles/rpc_server/defaults/main.yml: rpc_server_binary",
+    ),
+    (
+        "roles/llama_cpp/vars/main.yml",
+        "llama_cpp__rpc_names: [ggml-rpc-server, rpc-server]",
+        "llama_cpp__rpc_names: [ggml-rpc-server]",
+        "roles/llama_cpp/vars/main.yml: llama_cpp__rpc_names",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "    coordinator:\n      hosts:",
+        "    coordinators:\n      hosts:",
+        "roles/coordinator/templates/inventory.yml.j2: writes groups",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_rpc_memory_mib | default(0)",
+        "sollol_rpc_memory_mib | default(1024)",
+        "an unset sollol_rpc_memory_mib is written as 1024",
+    ),
+    ("inventory.example.ini", "[rpc_servers]", "[workers]", "inventory.example.ini: no [rpc_servers] section"),
+    (
+        "inventory.example.ini",
+        "llama_cpp_version=0c1e57098",
+        "llama_cpp_version=0c1e57099",
+        "inventory.example.ini: llama_cpp_version=0c1e57099",
+    ),
+    (
+        "molecule/default/molecule.yml",
+        "groups: [coordinator]",
+        "groups: [coord]",
+        "molecule: no scenario has a platform in group coordinator",
+    ),
+    (
+        "sollol_ops/toolchain.py",
+        "Path(LLAMA_PREFIX)]",
+        'Path("/opt/sollol-ops/llama.cpp")]',
+        "sollol_ops/toolchain.py:22: literal '/opt/sollol-ops/llama.cpp'",
+    ),
+    (
+        "sollol_ops/cli/main.py",
+        "default=RPC_GROUP,",
+        'default="rpc_servers",',
+        "sollol_ops/cli/main.py:",
+    ),
+    (
+        "sollol_ops/inventory.py",
+        "coordinator_group: str = cluster_vars.COORDINATOR_GROUP,",
+        'coordinator_group: str = "coordinator",',
+        "literal 'coordinator': use cluster_vars.COORDINATOR_GROUP",
+    ),
+    ("collection/galaxy.yml", "version: 0.1.0", "version: 0.2.0", "collection/galaxy.yml: version '0.2.0'"),
+    (
+        "sollol_ops/cluster_vars.py",
+        'LLAMA_REF = "0c1e57098"',
+        'LLAMA_REF = "0c1e57099"',
+        "Makefile: LLAMA_REF is '0c1e57098', cluster_vars says '0c1e57099'",
+    ),
+    (
+        "sollol_ops/cluster_vars.py",
+        '"sollol_rpc_memory_mib": 0,',
+        '"sollol_rpc_memory_mib": 512,',
+        "roles/sollol_cluster/defaults/main.yml: sollol_rpc_memory_mib is 0, cluster_vars says 512",
+    ),
+]
+
+
+@pytest.mark.parametrize(("file", "old", "new", "reported"), MUTATIONS, ids=[f"{m[0]}:{m[2]}" for m in MUTATIONS])
+def test_check_reports_drift(tmp_path: Path, file: str, old: str, new: str, reported: str) -> None:
+    root = _copy(tmp_path)
+    path = root / file
+    text = path.read_text()
+    assert old in text, f"mutation target {old!r} is gone from {file}: update the test"
+    path.write_text(text.replace(old, new, 1))
+    problems = check(root)
+    assert any(reported in p for p in problems), problems
