@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "toolchain": "sollol_ops.cli.toolchain:toolchain",
     "ask": "sollol_ops.cli.ask:ask",
     "doctor": "sollol_ops.cli.doctor:doctor",
+    "gateway": "sollol_ops.cli.gateway:gateway",
 }
 
 INTERNAL_ERROR_EXIT = 70
