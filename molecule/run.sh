@@ -82,7 +82,7 @@ export ANSIBLE_COLLECTIONS_PATH="$COLLECTIONS"
 export SOLLOL_MOLECULE_SOURCE="$CACHE/molecule/source"
 rm -rf "$SOLLOL_MOLECULE_SOURCE"
 mkdir -p "$SOLLOL_MOLECULE_SOURCE"
-tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md sollol_ops | tar -C "$SOLLOL_MOLECULE_SOURCE" -xf -
+tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md sollol_ops roles playbooks | tar -C "$SOLLOL_MOLECULE_SOURCE" -xf -
 
 # 5. Everything podman from here on runs in one private mount namespace that sees only cgroup2.
 #    /run/netns (podman's network namespace mounts) is shared with the host, so a later run, in another namespace,

@@ -55,3 +55,23 @@ ROLE_DEFAULTS: dict[str, object] = {
     "llama_cpp_version": LLAMA_REF,
     "rpc_server_binary": RPC_SERVER_NAMES[0],
 }
+# The gateway's pool (`sollol-ops gateway`, docs/gateway.md): Ollama (or OpenAI-compatible) nodes that
+# each serve whole models. Read by the CLI only (no role deploys them), so they are not role defaults.
+POOL_GROUP = "ollama_nodes"
+POOL_DEFAULTS: dict[str, object] = {
+    # Port of the node's Ollama (or llama-server / vLLM) API.
+    "sollol_ollama_port": 11434,
+    # Which API the node speaks: `ollama`, or `openai` (llama-server, vLLM: /v1 only; the gateway translates).
+    "sollol_ollama_api": "ollama",
+    # Memory the node offers to one model in MiB (0 = no limit declared: a model it lists is taken to fit).
+    "sollol_ollama_memory_mib": 0,
+}
+POOL_APIS = ("ollama", "openai")
+# Gateway-wide variables (set them in [all:vars] or group_vars/all): every host that has one must agree.
+GATEWAY_DEFAULTS: dict[str, object] = {
+    # shard | pool | hybrid; unset: hybrid when both rpc_servers and ollama_nodes have hosts, else the one that has.
+    "sollol_gateway_mode": None,
+    # Per-model routes that override the size rule: {"llama3.1:70b": "shard", "qwen2.5:7b": "pool"}.
+    "sollol_gateway_pins": {},
+}
+GATEWAY_MODES = ("shard", "pool", "hybrid")

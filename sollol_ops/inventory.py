@@ -638,3 +638,85 @@ def load_cluster(
 ) -> Cluster:
     data = ansible_inventory_list(inventory, env)
     return cluster_from_inventory_data(data, inventory, rpc_group, coordinator_group)
+
+
+# --------------------------------------------------------------------------- the gateway's pool
+
+
+@dataclass(frozen=True)
+class PoolNode:
+    """One member of the gateway's pool (group `ollama_nodes`): an Ollama or OpenAI-compatible server."""
+
+    host: str
+    address: str
+    port: int
+    api: str = "ollama"  # "ollama" or "openai"
+    memory_mib: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+
+@dataclass
+class GatewaySettings:
+    pool: list[PoolNode]
+    rpc_hosts: list[str]
+    mode: str | None
+    pins: dict[str, str]
+
+
+def _pool_node(host: str, hv: Mapping[str, Any]) -> PoolNode:
+    address = hv.get("ansible_host") or host
+    var = "ansible_host" if hv.get("ansible_host") else "the inventory hostname"
+    if not isinstance(address, str) or _templated(address) or (problem := _host_name_problem(address.strip())):
+        why = "is not a host name or IPv4 address" if not isinstance(address, str) or _templated(address) else problem
+        raise InventoryError(f"host {host}: {var} {address!r} {why}")
+    d = cluster_vars.POOL_DEFAULTS
+    port = _int(host, "sollol_ollama_port", hv.get("sollol_ollama_port", d["sollol_ollama_port"]), low=1, high=65535)
+    api = hv.get("sollol_ollama_api", d["sollol_ollama_api"])
+    if api not in cluster_vars.POOL_APIS:
+        raise InventoryError(
+            f"host {host}: sollol_ollama_api must be one of {', '.join(cluster_vars.POOL_APIS)}, got {api!r}"
+        )
+    mem = _int(host, "sollol_ollama_memory_mib", hv.get("sollol_ollama_memory_mib", 0), low=0, high=1 << 40)
+    return PoolNode(host, address.strip(), port, str(api), mem or None)
+
+
+def _gateway_var(data: Mapping[str, Any], name: str) -> Any:
+    """A gateway-wide variable: the value every host that has it agrees on (None when none has it)."""
+    hostvars: Mapping[str, Any] = data.get("_meta", {}).get("hostvars", {})
+    found: dict[str, Any] = {}
+    for host, hv in hostvars.items():
+        if isinstance(hv, Mapping) and name in hv:
+            found[host] = hv[name]
+    values = list(found.values())
+    if any(v != values[0] for v in values[1:]):
+        a, b = next((h1, h2) for h1 in found for h2 in found if found[h1] != found[h2])
+        raise InventoryError(f"{name} differs between hosts {a} and {b}; set it once, in [all:vars] or group_vars/all")
+    return values[0] if values else None
+
+
+def gateway_settings_from_inventory_data(
+    data: Mapping[str, Any], inventory: Path, pool_group: str = cluster_vars.POOL_GROUP, rpc_group: str = "rpc_servers"
+) -> GatewaySettings:
+    """The pool (group `ollama_nodes`, absent = empty) and the gateway's mode and pins."""
+    hostvars: Mapping[str, Any] = data.get("_meta", {}).get("hostvars", {})
+    pool: list[PoolNode] = []
+    seen: dict[str, str] = {}
+    for host in group_hosts(data, pool_group):
+        node = _pool_node(host, hostvars.get(host, {}))
+        key = f"{node.address}:{node.port}"
+        if key in seen:
+            raise InventoryError(f"duplicate pool node {key} (hosts {seen[key]} and {host}) in {inventory}")
+        seen[key] = host
+        pool.append(node)
+    mode = _gateway_var(data, "sollol_gateway_mode")
+    if mode is not None and mode not in cluster_vars.GATEWAY_MODES:
+        raise InventoryError(
+            f"sollol_gateway_mode must be one of {', '.join(cluster_vars.GATEWAY_MODES)}, got {mode!r}"
+        )
+    pins = _gateway_var(data, "sollol_gateway_pins") or {}
+    if not isinstance(pins, Mapping) or not all(isinstance(k, str) and v in ("pool", "shard") for k, v in pins.items()):
+        raise InventoryError(f"sollol_gateway_pins must map model names to 'pool' or 'shard', got {pins!r}")
+    return GatewaySettings(pool, group_hosts(data, rpc_group), mode, dict(pins))

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "ask": "sollol_ops.cli.ask:ask",
     "doctor": "sollol_ops.cli.doctor:doctor",
     "inventory": "sollol_ops.cli.inventory:inventory",
+    "gateway": "sollol_ops.cli.gateway:gateway",
 }
 
 INTERNAL_ERROR_EXIT = 70

@@ -1,0 +1,59 @@
+"""The gateway's Prometheus metrics (`GET /metrics`), in a registry of its own per application."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sollol_gateway_requests",
+            "Requests answered, by API endpoint, route (pool, shard, gateway), model, node and HTTP status.",
+            ["endpoint", "route", "model", "node", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "sollol_gateway_time_to_first_token_seconds",
+            "From the request to the first byte of the upstream's answer (the first token of a stream).",
+            ["route", "model", "node"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "sollol_gateway_request_duration_seconds",
+            "From the request to the last byte of the answer.",
+            ["route", "model", "node"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sollol_gateway_requests_in_flight", "Requests being answered now.", ["route", "node"], registry=r
+        )
+        self.queued = Gauge(
+            "sollol_gateway_requests_queued",
+            "Requests sent upstream that have no first byte yet (waiting for a slot or in prompt processing).",
+            ["route", "node"],
+            registry=r,
+        )
+        self.node_healthy = Gauge(
+            "sollol_gateway_node_healthy",
+            "1 when the pool node passed its last health check.",
+            ["node", "api"],
+            registry=r,
+        )
+        self.node_breaker = Gauge(
+            "sollol_gateway_node_breaker_open", "1 while the node's circuit breaker is open.", ["node"], registry=r
+        )
+        self.node_outstanding = Gauge(
+            "sollol_gateway_node_outstanding", "Requests outstanding on the node.", ["node"], registry=r
+        )
+        self.coordinator_up = Gauge(
+            "sollol_gateway_coordinator_up", "1 when a coordinator recorded by `sollol-ops up` is running.", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
