@@ -669,7 +669,7 @@ class GatewaySettings:
 def _pool_node(host: str, hv: Mapping[str, Any]) -> PoolNode:
     address = hv.get("ansible_host") or host
     var = "ansible_host" if hv.get("ansible_host") else "the inventory hostname"
-    if not isinstance(address, str) or _templated(address) or (problem := _host_name_problem(address.strip())):
+    if not isinstance(address, str) or _templated(address) or (problem := host_name_problem(address.strip())):
         why = "is not a host name or IPv4 address" if not isinstance(address, str) or _templated(address) else problem
         raise InventoryError(f"host {host}: {var} {address!r} {why}")
     d = cluster_vars.POOL_DEFAULTS
