@@ -31,7 +31,7 @@ NOT_APPLICABLE = {
     "synthesis_model": "models are chosen per request",
     "mode": "replaced by the two mode flags",
 }
-OLLAMA_PORT = 11434
+OLLAMA_PORT = int(cluster_vars.POOL_DEFAULTS["sollol_ollama_port"])  # type: ignore[call-overload]
 MAX_FILE = 1 << 20
 
 
@@ -93,7 +93,7 @@ def parse(data: Any, env: Mapping[str, str]) -> Imported:
         where = f"rpc_backends[{i}]"
         if isinstance(entry, str):
             host, _, port_text = entry.rpartition(":")
-            entry = {"host": host or port_text, "port": port_text if host else 50052}
+            entry = {"host": host or port_text, "port": port_text if host else cluster_vars.DEFAULT_PORT}
         if not isinstance(entry, dict):
             raise InventoryError(f"{where} must be {{host, port}}")
         host = _address(entry.get("host"), where)
@@ -147,7 +147,7 @@ def render(imported: Imported, source: Path) -> str:
         else:
             instances = json.dumps([{"port": p} for p in ports])
             lines.append(f"{_name('rpc', host)} ansible_host={host} sollol_rpc_instances='{instances}'")
-    lines += ["", "[ollama_nodes]"]
+    lines += ["", f"[{cluster_vars.POOL_GROUP}]"]
     lines += [f"{_name('ollama', h)} ansible_host={h} sollol_ollama_port={p}" for h, p in imported.ollama.items()]
     lines += [
         "",

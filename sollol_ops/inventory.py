@@ -698,7 +698,10 @@ def _gateway_var(data: Mapping[str, Any], name: str) -> Any:
 
 
 def gateway_settings_from_inventory_data(
-    data: Mapping[str, Any], inventory: Path, pool_group: str = cluster_vars.POOL_GROUP, rpc_group: str = "rpc_servers"
+    data: Mapping[str, Any],
+    inventory: Path,
+    pool_group: str = cluster_vars.POOL_GROUP,
+    rpc_group: str = cluster_vars.RPC_GROUP,
 ) -> GatewaySettings:
     """The pool (group `ollama_nodes`, absent = empty) and the gateway's mode and pins."""
     hostvars: Mapping[str, Any] = data.get("_meta", {}).get("hostvars", {})
