@@ -236,6 +236,30 @@ def run_foreground(
         )
 
 
+plan_rows = coordinator.plan_rows
+
+
+def down(root: Path | None = None, timeout: float = 15.0) -> coordinator.Stopped | None:
+    """Stop the recorded coordinator (only a process proven ours is signalled); None: nothing recorded."""
+    return coordinator.stop(root, timeout)
+
+
+def ask(prompt: str, max_tokens: int = 64, stall_timeout: float = 120.0, root: Path | None = None) -> str:
+    """One chat completion against the running coordinator (streamed, with a stall time-out)."""
+    state = coordinator.load_state(root)
+    if state is None or not coordinator.is_alive(state):
+        raise CoordinatorError("no coordinator running; start one with `sollol-ops up MODEL`")
+    return coordinator.chat(state, prompt, max_tokens=max_tokens, stall_timeout=stall_timeout)
+
+
+def log_path(root: Path | None = None) -> Path:
+    """The coordinator's llama-server log (the last run's, kept after `down`)."""
+    path = coordinator.log_path(root)
+    if not path.is_file():
+        raise CoordinatorError(f"no coordinator log at {path}; start one with `sollol-ops up MODEL`")
+    return path
+
+
 # --------------------------------------------------------------------------- status
 
 

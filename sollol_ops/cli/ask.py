@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import coordinator
-from sollol_ops.errors import CoordinatorError
+from sollol_ops import lifecycle
 
 
 @click.command()
@@ -20,7 +19,4 @@ from sollol_ops.errors import CoordinatorError
 )
 def ask(prompt: str, max_tokens: int, stall_timeout: float) -> None:
     """Send PROMPT to the coordinator (POST /v1/chat/completions, streamed) and print the answer."""
-    state = coordinator.load_state()
-    if state is None or not coordinator.is_alive(state):
-        raise CoordinatorError("no coordinator running; start one with `sollol-ops up MODEL`")
-    click.echo(coordinator.chat(state, prompt, max_tokens=max_tokens, stall_timeout=stall_timeout).strip())
+    click.echo(lifecycle.ask(prompt, max_tokens=max_tokens, stall_timeout=stall_timeout).strip())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import coordinator
+from sollol_ops import lifecycle
 
 
 @click.command()
@@ -14,7 +14,7 @@ from sollol_ops import coordinator
 def down(timeout: float) -> None:
     """Stop the coordinator (SIGTERM, then SIGKILL after --timeout) and remove its state. Only a process
     proven to be the recorded llama-server (pid, start time and program) is ever signalled."""
-    stopped = coordinator.stop(timeout=timeout)
+    stopped = lifecycle.down(timeout=timeout)
     if stopped is None:
         click.echo("no coordinator running")
     elif stopped.was_running:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
-from sollol_ops import coordinator
-from sollol_ops.errors import CoordinatorError
+from sollol_ops import lifecycle
 
 
 @click.command()
@@ -16,9 +14,7 @@ from sollol_ops.errors import CoordinatorError
 @click.option("-n", "--lines", type=click.IntRange(0, 1_000_000), default=50, show_default=True)
 def logs(follow: bool, lines: int) -> None:
     """Print the coordinator's log (the last run's, also after it stopped)."""
-    path = Path(coordinator.log_path())
-    if not path.is_file():
-        raise CoordinatorError(f"no coordinator log at {path}; start one with `sollol-ops up MODEL`")
+    path = lifecycle.log_path()
     with open(path, errors="replace") as fh:
         tail = fh.readlines()[-lines:] if lines else []
         click.echo("".join(tail), nl=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import coordinator, lifecycle
+from sollol_ops import lifecycle
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
 from sollol_ops.llama_server import StartOptions
@@ -64,7 +64,7 @@ def up(
                 "kind": outcome.kind,
                 "model": outcome.model,
                 "endpoint": outcome.state.openai_base if outcome.state else None,
-                "plan": coordinator.plan_rows(outcome.plan) if outcome.plan else None,
+                "plan": lifecycle.plan_rows(outcome.plan) if outcome.plan else None,
                 "skipped": [
                     {"endpoint": b.endpoint, "status": r.status, "detail": r.detail} for b, r in outcome.skipped
                 ],
