@@ -35,12 +35,13 @@ So the probe never *closes* on an unanswered request:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -362,6 +363,123 @@ def hello_version(reply: bytes, client_protocol: tuple[int, int, int]) -> tuple[
     return vtext, None
 
 
+class SessionFailed(Exception):
+    """A session ended early: the status and detail to report, the stage it reached, the version if known."""
+
+    def __init__(self, status: Status, detail: str, stage: str, version: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.stage, self.version = status, detail, stage, version
+
+
+@dataclass
+class Session:
+    """A connection that got the server's turn and a compatible HELLO. `request` sends one command and
+    reads its reply within the per-reply time-out and the overall deadline. Set `clean` once every
+    request was answered and read: the session then closes normally, else it aborts with a reset (a
+    real rpc-server survives a reset, not a close with a request unanswered)."""
+
+    sock: socket.socket
+    version: str
+    deadline: Deadline
+    reply_timeout: float
+    stage: str = "hello"
+    clean: bool = False
+
+    def request(self, cmd: int, payload: bytes = b"", size: int | None = None) -> bytes:
+        return _request(self.sock, cmd, payload, self.deadline.within(self.reply_timeout), size=size)
+
+
+@contextlib.contextmanager
+def session(
+    endpoint: str,
+    deadline: Deadline,
+    *,
+    connect_timeout: float,
+    turn_timeout: float,
+    reply_timeout: float,
+    client_protocol: tuple[int, int, int] = CLIENT_PROTOCOL,
+    activity: tuple[str, str] = ("probe", "probing"),
+) -> Iterator[Session]:
+    """Resolve, knock (never queue a request on a held server), connect, HELLO; yield the session.
+    Every way it can end early, in here or in the caller's block, becomes SessionFailed: a network
+    condition is a status, never an exception of the socket layer."""
+    stage = "resolve"
+    try:
+        host, port = split_endpoint(endpoint)
+        addrs = _resolve(host, port, deadline)
+    except ValueError:
+        raise SessionFailed(Status.DOWN, f"not host:port: {endpoint!r}", stage) from None
+    except OSError as exc:
+        raise SessionFailed(Status.DOWN, _down_reason(exc, deadline.seconds), stage) from None
+    stage = "knock"
+    knocked = _knock(addrs, deadline, connect_timeout, turn_timeout)
+    if knocked is not None:
+        raise SessionFailed(*knocked, stage)
+    stage = "connect"
+    part = deadline.within(connect_timeout)
+    try:
+        sock = _connect(addrs, part)
+    except OSError as exc:
+        raise SessionFailed(Status.DOWN, _down_reason(exc, part.seconds), stage) from None
+    current: Session | None = None
+    clean = False
+    try:
+        stage = "hello"
+        try:
+            reply = _request(
+                sock, CMD_HELLO, bytes(CONN_CAPS_SIZE), deadline.within(reply_timeout), max_size=_MAX_HELLO_REPLY
+            )
+        except _Stalled as exc:
+            if exc.received or exc.sending:
+                raise
+            raise SessionFailed(
+                Status.BUSY, f"another client took the server while we were {activity[1]}", stage
+            ) from None
+        except (_Closed, ConnectionResetError):
+            raise SessionFailed(
+                Status.INCOMPATIBLE, "closed the connection on HELLO (protocol older than 3.x?)", stage
+            ) from None
+        vtext, problem = hello_version(reply, client_protocol)
+        if problem is not None:
+            clean = True
+            raise SessionFailed(Status.INCOMPATIBLE, problem, stage, vtext or None)
+        current = Session(sock, vtext, deadline, reply_timeout)
+        yield current
+        clean = current.clean
+    except _Stalled as exc:
+        raise SessionFailed(
+            Status.DOWN, _stall_reason(exc, activity[0]), _stage(current, stage), _version(current)
+        ) from None
+    except (_Closed, ConnectionResetError, BrokenPipeError):
+        raise SessionFailed(
+            Status.DOWN, f"closed the connection mid-{activity[0]}", _stage(current, stage), _version(current)
+        ) from None
+    except _Malformed as exc:
+        raise SessionFailed(
+            Status.INCOMPATIBLE, f"malformed reply: {exc}", _stage(current, stage), _version(current)
+        ) from None
+    except SessionFailed:
+        clean = clean or (current is not None and current.clean)
+        raise
+    except OSError as exc:
+        raise SessionFailed(
+            Status.DOWN, exc.strerror or type(exc).__name__, _stage(current, stage), _version(current)
+        ) from None
+    finally:
+        if clean:
+            sock.close()
+        else:
+            _abort(sock)
+
+
+def _stage(current: Session | None, stage: str) -> str:
+    return current.stage if current is not None else stage
+
+
+def _version(current: Session | None) -> str | None:
+    return current.version if current is not None else None
+
+
 def probe(
     endpoint: str,
     *,
@@ -375,73 +493,32 @@ def probe(
     `connect_timeout`, the knock's turn `turn_timeout`, each reply `reply_timeout`). Never raises for
     network conditions; never closes on an unanswered request (it aborts with a reset instead)."""
     t0 = time.monotonic()
-    deadline = Deadline(deadline_s)
 
     def result(status: Status, detail: str = "", version: str | None = None, devices=()) -> ProbeResult:
         return ProbeResult(endpoint, status, version, list(devices), detail, (time.monotonic() - t0) * 1000)
 
     try:
-        host, port = split_endpoint(endpoint)
-        addrs = _resolve(host, port, deadline)
-    except ValueError:
-        return result(Status.DOWN, f"not host:port: {endpoint!r}")
-    except OSError as exc:
-        return result(Status.DOWN, _down_reason(exc, deadline.seconds))
-
-    knocked = _knock(addrs, deadline, connect_timeout, turn_timeout)
-    if knocked is not None:
-        return result(*knocked)
-
-    part = deadline.within(connect_timeout)
-    try:
-        sock = _connect(addrs, part)
-    except OSError as exc:
-        return result(Status.DOWN, _down_reason(exc, part.seconds))
-    clean = False  # every request answered and read: a normal close
-    try:
-        try:
-            reply = _request(
-                sock, CMD_HELLO, bytes(CONN_CAPS_SIZE), deadline.within(reply_timeout), max_size=_MAX_HELLO_REPLY
-            )
-        except _Stalled as exc:
-            if exc.received or exc.sending:
-                raise
-            return result(Status.BUSY, "another client took the server while we were probing")
-        except (_Closed, ConnectionResetError):
-            return result(Status.INCOMPATIBLE, "closed the connection on HELLO (protocol older than 3.x?)")
-        vtext, problem = hello_version(reply, client_protocol)
-        if problem is not None:
-            clean = True
-            return result(Status.INCOMPATIBLE, problem, vtext or None)
-        (count,) = struct.unpack("<I", _request(sock, CMD_DEVICE_COUNT, b"", deadline.within(reply_timeout), size=4))
-        if count > MAX_DEVICES:
-            clean = True
-            insane = f"announces {count} devices (more than {MAX_DEVICES}): not a sane rpc-server"
-            return result(Status.INCOMPATIBLE, insane, vtext)
-        devices = []
-        for index in range(count):
-            free, total = struct.unpack(
-                "<QQ",
-                _request(
-                    sock, CMD_GET_DEVICE_MEMORY, struct.pack("<I", index), deadline.within(reply_timeout), size=16
-                ),
-            )
-            devices.append(DeviceMemory(index, free, total))
-        clean = True
-        return result(Status.READY, f"{count} device(s)", vtext, devices)
-    except _Stalled as exc:
-        return result(Status.DOWN, _stall_reason(exc))
-    except (_Closed, ConnectionResetError, BrokenPipeError):
-        return result(Status.DOWN, "closed the connection mid-probe")
-    except _Malformed as exc:
-        return result(Status.INCOMPATIBLE, f"malformed reply: {exc}")
-    except OSError as exc:
-        return result(Status.DOWN, exc.strerror or type(exc).__name__)
-    finally:
-        if clean:
-            sock.close()
-        else:
-            _abort(sock)
+        with session(
+            endpoint,
+            Deadline(deadline_s),
+            connect_timeout=connect_timeout,
+            turn_timeout=turn_timeout,
+            reply_timeout=reply_timeout,
+            client_protocol=client_protocol,
+        ) as s:
+            (count,) = struct.unpack("<I", s.request(CMD_DEVICE_COUNT, size=4))
+            if count > MAX_DEVICES:
+                s.clean = True
+                insane = f"announces {count} devices (more than {MAX_DEVICES}): not a sane rpc-server"
+                return result(Status.INCOMPATIBLE, insane, s.version)
+            devices = []
+            for index in range(count):
+                free, total = struct.unpack("<QQ", s.request(CMD_GET_DEVICE_MEMORY, struct.pack("<I", index), size=16))
+                devices.append(DeviceMemory(index, free, total))
+            s.clean = True
+            return result(Status.READY, f"{count} device(s)", s.version, devices)
+    except SessionFailed as failed:
+        return result(failed.status, failed.detail, failed.version)
 
 
 def probe_all(endpoints: Sequence[str] | Iterable[str], **kwargs: Any) -> list[ProbeResult]:

@@ -37,29 +37,17 @@ from dataclasses import dataclass
 
 from sollol_ops.errors import UsageError
 from sollol_ops.rpc import (
-    _MAX_HELLO_REPLY,
     CLIENT_PROTOCOL,
     CMD_DEVICE_COUNT,
     CMD_GET_DEVICE_MEMORY,
-    CMD_HELLO,
-    CONN_CAPS_SIZE,
     MAX_DEVICES,
     Deadline,
+    Session,
+    SessionFailed,
     Status,
-    _abort,
-    _Closed,
-    _connect,
-    _down_reason,
-    _knock,
-    _Malformed,
     _read_reply,
-    _request,
-    _resolve,
     _send,
-    _stall_reason,
-    _Stalled,
-    hello_version,
-    split_endpoint,
+    session,
 )
 
 CMD_ALLOC_BUFFER = 0
@@ -139,137 +127,105 @@ def measure_link(
     size = size_bytes - size_bytes % 4
     t0 = time.monotonic()
     deadline = Deadline(deadline_s)
-    stage = "resolve"
-    version: str | None = None
     samples: list[float] = []
+    current: Session | None = None
 
-    def result(status: Status, detail: str = "", **measured: object) -> LinkResult:
+    def result(
+        status: Status, detail: str = "", stage: str | None = None, version: str | None = None, **measured: object
+    ) -> LinkResult:
         rtt = statistics.median(samples) if samples else None
         return LinkResult(
             endpoint,
             status,
-            stage,
+            stage or (current.stage if current else "resolve"),
             detail,
-            version,
+            version or (current.version if current else None),
             rtt,
             tuple(samples),
             elapsed_s=time.monotonic() - t0,
             **measured,  # type: ignore[arg-type]
         )
 
-    try:
-        host, port = split_endpoint(endpoint)
-        addrs = _resolve(host, port, deadline)
-    except ValueError:
-        return result(Status.DOWN, f"not host:port: {endpoint!r}")
-    except OSError as exc:
-        return result(Status.DOWN, _down_reason(exc, deadline.seconds))
-
-    stage = "knock"
-    knocked = _knock(addrs, deadline, connect_timeout, turn_timeout)
-    if knocked is not None:
-        return result(*knocked)
-
-    stage = "connect"
-    part = deadline.within(connect_timeout)
-    try:
-        sock = _connect(addrs, part)
-    except OSError as exc:
-        return result(Status.DOWN, _down_reason(exc, part.seconds))
-
-    def small(cmd: int, payload: bytes, size: int) -> bytes:
-        return _request(sock, cmd, payload, deadline.within(reply_timeout), size=size)
-
-    clean = False  # every request answered and read: a normal close
     sent = 0
     try:
-        stage = "hello"
-        try:
-            reply = _request(
-                sock, CMD_HELLO, bytes(CONN_CAPS_SIZE), deadline.within(reply_timeout), max_size=_MAX_HELLO_REPLY
+        with session(
+            endpoint,
+            deadline,
+            connect_timeout=connect_timeout,
+            turn_timeout=turn_timeout,
+            reply_timeout=reply_timeout,
+            client_protocol=client_protocol,
+            activity=("measurement", "measuring"),
+        ) as s:
+            current = s
+
+            def small(cmd: int, payload: bytes, size: int) -> bytes:
+                return s.request(cmd, payload, size=size)
+
+            s.stage = "devices"
+            (count,) = struct.unpack("<I", small(CMD_DEVICE_COUNT, b"", 4))
+            if count > MAX_DEVICES:
+                s.clean = True
+                return result(Status.INCOMPATIBLE, f"announces {count} devices (more than {MAX_DEVICES})")
+            if device >= count:
+                s.clean = True
+                return result(Status.INCOMPATIBLE, f"has {count} device(s), no device {device}")
+
+            s.stage = "rtt"
+            dev = struct.pack("<I", device)
+            for _ in range(rtt_samples):
+                t = time.perf_counter()
+                small(CMD_GET_DEVICE_MEMORY, dev, 16)
+                samples.append((time.perf_counter() - t) * 1000)
+            rtt_s = statistics.median(samples) / 1000
+
+            s.stage = "alloc"
+            remote_ptr, remote_size = struct.unpack(
+                "<QQ", small(CMD_ALLOC_BUFFER, struct.pack("<IQ", device, size), 16)
             )
-        except _Stalled as exc:
-            if exc.received or exc.sending:
-                raise
-            return result(Status.BUSY, "another client took the server while we were measuring")
-        except (_Closed, ConnectionResetError):
-            return result(Status.INCOMPATIBLE, "closed the connection on HELLO (protocol older than 3.x?)")
-        version, problem = hello_version(reply, client_protocol)
-        version = version or None
-        if problem is not None:
-            clean = True
-            return result(Status.INCOMPATIBLE, problem)
+            if remote_ptr == 0:
+                s.clean = True
+                return result(
+                    Status.READY, f"the server could not allocate {size / (1 << 20):.1f} MiB on device {device}"
+                )
+            if remote_size < size:
+                return result(Status.INCOMPATIBLE, f"allocated {remote_size} bytes where {size} were asked for")
+            (base,) = struct.unpack("<Q", small(CMD_BUFFER_GET_BASE, struct.pack("<Q", remote_ptr), 8))
 
-        stage = "devices"
-        (count,) = struct.unpack("<I", small(CMD_DEVICE_COUNT, b"", 4))
-        if count > MAX_DEVICES:
-            clean = True
-            return result(Status.INCOMPATIBLE, f"announces {count} devices (more than {MAX_DEVICES})")
-        if device >= count:
-            clean = True
-            return result(Status.INCOMPATIBLE, f"has {count} device(s), no device {device}")
+            s.stage = "upload"
+            head = tensor_header(remote_ptr, base, size) + struct.pack("<BQ", 0, 0)
+            payload = memoryview(bytes(size))
+            times: list[float] = []
+            for _ in range(uploads):
+                sent = 0
+                t_up = time.perf_counter()
+                _send(s.sock, struct.pack("<BQ", CMD_SET_TENSOR, len(head) + size) + head, deadline)
+                while sent < size:
+                    chunk = payload[sent : sent + _UPLOAD_CHUNK]
+                    _send(s.sock, chunk, deadline)
+                    sent += len(chunk)
+                # the reply to the next request comes only after the server stored every byte of the upload
+                _send(s.sock, struct.pack("<BQ", CMD_BUFFER_GET_BASE, 8) + struct.pack("<Q", remote_ptr), deadline)
+                _read_reply(s.sock, CMD_BUFFER_GET_BASE, deadline, size=8, max_size=None)
+                times.append(max(time.perf_counter() - t_up - rtt_s, 1e-6))
+            upload_s = min(times)
 
-        stage = "rtt"
-        dev = struct.pack("<I", device)
-        for _ in range(rtt_samples):
-            t = time.perf_counter()
+            s.stage = "free"
+            _send(s.sock, struct.pack("<BQ", CMD_FREE_BUFFER, 8) + struct.pack("<Q", remote_ptr), deadline)
             small(CMD_GET_DEVICE_MEMORY, dev, 16)
-            samples.append((time.perf_counter() - t) * 1000)
-        rtt_s = statistics.median(samples) / 1000
-
-        stage = "alloc"
-        remote_ptr, remote_size = struct.unpack("<QQ", small(CMD_ALLOC_BUFFER, struct.pack("<IQ", device, size), 16))
-        if remote_ptr == 0:
-            clean = True
-            return result(Status.READY, f"the server could not allocate {size / (1 << 20):.1f} MiB on device {device}")
-        if remote_size < size:
-            return result(Status.INCOMPATIBLE, f"allocated {remote_size} bytes where {size} were asked for")
-        (base,) = struct.unpack("<Q", small(CMD_BUFFER_GET_BASE, struct.pack("<Q", remote_ptr), 8))
-
-        stage = "upload"
-        head = tensor_header(remote_ptr, base, size) + struct.pack("<BQ", 0, 0)
-        payload = memoryview(bytes(size))
-        times: list[float] = []
-        for _ in range(uploads):
-            sent = 0
-            t_up = time.perf_counter()
-            _send(sock, struct.pack("<BQ", CMD_SET_TENSOR, len(head) + size) + head, deadline)
-            while sent < size:
-                chunk = payload[sent : sent + _UPLOAD_CHUNK]
-                _send(sock, chunk, deadline)
-                sent += len(chunk)
-            # the reply to the next request comes only after the server stored every byte of the upload
-            _send(sock, struct.pack("<BQ", CMD_BUFFER_GET_BASE, 8) + struct.pack("<Q", remote_ptr), deadline)
-            _read_reply(sock, CMD_BUFFER_GET_BASE, deadline, size=8, max_size=None)
-            times.append(max(time.perf_counter() - t_up - rtt_s, 1e-6))
-        upload_s = min(times)
-
-        stage = "free"
-        _send(sock, struct.pack("<BQ", CMD_FREE_BUFFER, 8) + struct.pack("<Q", remote_ptr), deadline)
-        small(CMD_GET_DEVICE_MEMORY, dev, 16)
-        clean = True
-        stage = "done"
-        return result(
-            Status.READY,
-            f"{size * 8 / upload_s / 1e6:,.1f} Mbit/s (best of {uploads}), round trip {rtt_s * 1000:.3f} ms",
-            throughput_bps=size * 8 / upload_s,
-            throughput_samples_bps=tuple(size * 8 / t for t in times),
-            payload_bytes=size,
-            upload_s=upload_s,
-        )
-    except _Stalled as exc:
-        detail = _stall_reason(exc, "measurement")
-        if stage == "upload":
+            s.clean = True
+            s.stage = "done"
+            return result(
+                Status.READY,
+                f"{size * 8 / upload_s / 1e6:,.1f} Mbit/s (best of {uploads}), round trip {rtt_s * 1000:.3f} ms",
+                throughput_bps=size * 8 / upload_s,
+                throughput_samples_bps=tuple(size * 8 / t for t in times),
+                payload_bytes=size,
+                upload_s=upload_s,
+            )
+    except SessionFailed as failed:
+        stage = failed.stage
+        detail = failed.detail
+        if stage == "upload" and failed.status is Status.DOWN:
             detail = f"{detail}; {sent / (1 << 20):.1f} of {size / (1 << 20):.1f} MiB handed to the network"
-        return result(Status.DOWN, detail)
-    except (_Closed, ConnectionResetError, BrokenPipeError):
-        return result(Status.DOWN, "the server closed the connection mid-measurement")
-    except _Malformed as exc:
-        return result(Status.INCOMPATIBLE, f"malformed reply: {exc}")
-    except OSError as exc:
-        return result(Status.DOWN, exc.strerror or type(exc).__name__)
-    finally:
-        if clean:
-            sock.close()
-        else:
-            _abort(sock)
+        return result(failed.status, detail, stage, failed.version)
