@@ -230,6 +230,19 @@ def test_a_killed_llama_server_is_an_api_error_and_the_next_request_reloads(gw: 
     r = chat(gw, MODEL)
     assert r.status_code == 200 and r.json()["message"]["content"], r.text
     assert od(gw)["pid"] != pid
+    # the same through the OpenAI API, streamed: an error event in OpenAI's shape
+    assert chat(gw, MODEL).status_code == 200
+    pid = od(gw)["pid"]
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    ask = [{"role": "user", "content": "Write a long story."}]
+    stream = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=400, stream=True)
+    with pytest.raises(openai.APIError) as err:
+        for i, _chunk in enumerate(stream):
+            if i == 2:
+                os.kill(pid, signal.SIGKILL)
+    assert "broke off" in str(err.value)
+    wait_until(lambda: od(gw)["deaths"] == deaths + 2, 10, "the gateway to notice the second death")
+    assert client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4).choices[0].message.content
     unload(gw, MODEL)
 
 
@@ -250,3 +263,16 @@ def test_a_coordinator_started_by_hand_is_adopted(gw: GatewayProc, local: Local,
     down = local.cli("down")
     assert down.returncode == 0, down.stderr
     wait_until(lambda: od(gw)["phase"] == "idle", 10, "the gateway to see it stopped")
+
+
+def test_a_lost_rpc_server_is_noticed_and_the_reload_refusal_names_it(gw: GatewayProc, local: Local) -> None:
+    """Last: it kills one of the module's rpc-servers."""
+    assert chat(gw, MODEL).status_code == 200
+    deaths = od(gw)["deaths"]
+    os.kill(local.pids[1], signal.SIGKILL)
+    wait_until(lambda: od(gw)["deaths"] == deaths + 1, 15, "the gateway to notice the lost backend")
+    wait_until(lambda: od(gw)["phase"] == "idle", 30, "the coordinator that lost a backend to be stopped")
+    assert "lost backend" in od(gw)["last_error"] and local.endpoints[1] in od(gw)["last_error"]
+    r = chat(gw, MODEL)
+    assert r.status_code == 503 and local.endpoints[1] in r.json()["error"], r.text
+    assert "--skip-unhealthy" in r.json()["error"]  # the same refusal as `sollol-ops up`

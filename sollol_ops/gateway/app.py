@@ -419,13 +419,24 @@ class Gateway:
         """The upstream's answer as it is (same API on both sides), bytes relayed as they arrive."""
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in resp.aiter_raw():
-                call.first_byte()
-                yield chunk
+            try:
+                async for chunk in resp.aiter_raw():
+                    call.first_byte()
+                    yield chunk
+            except httpx.HTTPError as exc:  # the upstream died mid-answer: say so in the API's shape
+                call.error = f"{call.node} broke off the answer: {type(exc).__name__}"
+                if not stream:
+                    raise
+                if ctype.startswith("text/event-stream"):
+                    yield b"data: " + body_for("openai", 502, call.error) + b"\n\n"
+                elif ctype.startswith(NDJSON):
+                    yield json.dumps({"error": call.error}).encode() + b"\n"
 
         async def close(disconnected: bool) -> None:
             await resp.aclose()
             call.finish(499 if disconnected else resp.status_code, " (client left)" if disconnected else "")
+
+        ctype = resp.headers.get("content-type", "application/json")
 
         headers = call.headers({"Content-Type": resp.headers.get("content-type", "application/json")})
         if stream:

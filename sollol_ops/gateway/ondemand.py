@@ -294,7 +294,9 @@ class OnDemand:
             for t in [t for t in self.queue if t.name == name]:
                 self.queue.remove(t)
                 if not t.fut.done():
-                    t.fut.set_exception(ApiError(status, f"cannot load {name}: {message}", route="shard"))
+                    t.fut.set_exception(
+                        ApiError(status, f"cannot load {name}: {message}", route="shard", node="coordinator")
+                    )
             self._busy = None
             self._kick()
             return
