@@ -22,10 +22,12 @@ import pytest
 from gatewayparts import MODEL, GatewayProc, wait_until
 from helpers import Local, free_port, run_cli
 
+from sollol_ops import local_cluster, procs
 from sollol_ops.devstore import CHATML_TEMPLATE, SMOLLM2_PARAMS, write_store
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.ondemand import parse_keep_alive
 from sollol_ops.ollama import resolve_model
+from sollol_ops.toolchain import find_toolchain
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
 
@@ -54,8 +56,28 @@ def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[s
 @pytest.fixture(scope="module")
 def local(env: dict[str, Any]) -> Iterator[Local]:
     cluster = Local(env["env"], 2, free_port(53700))
+    cluster.revived = []  # type: ignore[attr-defined]
     yield cluster
     cluster.stop()
+    for server in cluster.revived:  # type: ignore[attr-defined]
+        procs.stop_process(server.pid, server.start_time, timeout=5, argv0=server.argv0)
+
+
+def revive(local: Local, env: dict[str, Any]) -> None:
+    """What systemd's Restart=on-failure does for a real worker: an rpc-server whose client vanished while
+    it wrote its reply dies of SIGPIPE (docs/cli.md), so restart any that died, on the same port."""
+    root = Path(env["env"]["XDG_STATE_HOME"]) / "sollol-ops" / "local"
+    state = local_cluster.load(root)
+    assert state is not None
+    for i, server in enumerate(state.servers):
+        pid = local.pids[i]
+        if not gone(pid):
+            continue
+        spec = local_cluster.RpcServerSpec(state.host, server.port, state.threads, root / f"rpc-{server.port}.log")
+        new = local_cluster.start_rpc_server(find_toolchain(), spec)
+        local.revived.append(new)  # type: ignore[attr-defined]
+        local.pids[i] = new.pid
+    local_cluster.wait_ready(state.endpoints, 30)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +232,9 @@ def test_two_sharded_models_asked_in_turn_swap_once(gw: GatewayProc) -> None:
     unload(gw, OTHER)
 
 
-def test_a_killed_llama_server_is_an_api_error_and_the_next_request_reloads(gw: GatewayProc) -> None:
+def test_a_killed_llama_server_is_an_api_error_and_the_next_request_reloads(
+    gw: GatewayProc, local: Local, env: dict[str, Any]
+) -> None:
     assert chat(gw, MODEL).status_code == 200
     s = od(gw)
     pid, deaths = s["pid"], s["deaths"]
@@ -227,6 +251,7 @@ def test_a_killed_llama_server_is_an_api_error_and_the_next_request_reloads(gw: 
                 os.kill(pid, signal.SIGKILL)
     assert "error" in lines[-1] and not lines[-1].get("done"), lines[-3:]
     wait_until(lambda: od(gw)["deaths"] == deaths + 1, 10, "the gateway to notice the dead coordinator")
+    revive(local, env)
     r = chat(gw, MODEL)
     assert r.status_code == 200 and r.json()["message"]["content"], r.text
     assert od(gw)["pid"] != pid
@@ -242,6 +267,16 @@ def test_a_killed_llama_server_is_an_api_error_and_the_next_request_reloads(gw: 
                 os.kill(pid, signal.SIGKILL)
     assert "broke off" in str(err.value)
     wait_until(lambda: od(gw)["deaths"] == deaths + 2, 10, "the gateway to notice the second death")
+    revive(local, env)
+    assert client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4).choices[0].message.content
+    # not streamed: a 502 in OpenAI's shape
+    pid = od(gw)["pid"]
+    threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model=MODEL, messages=ask, max_tokens=2000, temperature=1.0)
+    assert err.value.status_code == 502 and "coordinator@" in str(err.value)  # before or after its headers
+    wait_until(lambda: od(gw)["deaths"] == deaths + 3, 10, "the gateway to notice the third death")
+    revive(local, env)
     assert client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4).choices[0].message.content
     unload(gw, MODEL)
 

@@ -608,7 +608,26 @@ class Gateway:
         resp = await self.open_upstream(call, targets, lambda target: (request.url.path, raw))
         if resp.status_code >= 400:
             return await self.upstream_error(call, "openai", resp)
-        return self.passthrough(call, resp, stream)
+        if stream:
+            return self.passthrough(call, resp, stream)
+
+        async def whole() -> bytes | ApiError:  # not streamed: an upstream that dies mid-answer is a 502
+            try:
+                return await resp.aread()
+            except httpx.HTTPError as exc:
+                return ApiError(502, f"{call.node} broke off the answer: {type(exc).__name__}")
+
+        disconnected, data = await _watching(request.receive, whole())
+        await resp.aclose()
+        call.first_byte()
+        if disconnected:
+            call.finish(499, " (client left)")
+            return Response(status_code=499)
+        if isinstance(data, ApiError):
+            return self.error(call, "openai", data)
+        ctype = resp.headers.get("content-type", "application/json")
+        call.finish(resp.status_code)
+        return Response(data, status_code=resp.status_code, media_type=ctype, headers=call.headers())
 
     # ---------------------------------------------------------------- listings
 
