@@ -173,7 +173,8 @@ class OnDemand:
         """Wait until `model` is served (loading or swapping to it as needed); ApiError on a refusal."""
         name = normalize(model)
         waiting = len(self.queue)
-        if waiting >= self.settings.queue_size:
+        served_now = self.phase == "serving" and self.current == name
+        if waiting >= self.settings.queue_size and not served_now:
             raise ApiError(
                 503,
                 f"{waiting} requests already wait for a sharded model (--queue-size {self.settings.queue_size}); "
