@@ -85,8 +85,8 @@ def g_pool(gw_env: dict[str, Any], members: list[Member]) -> Iterator[GatewayPro
 
 @pytest.fixture(scope="module")
 def g_shard(gw_env: dict[str, Any], cluster: Local) -> Iterator[GatewayProc]:
-    # no --mode: an inventory with rpc_servers and no ollama_nodes means shard
-    proc = GatewayProc(gw_env["env"], Path(cluster.inventory), gw_env["root"], "shard")
+    # no --mode: an inventory with rpc_servers and no ollama_nodes means shard; only the coordinator `up` started
+    proc = GatewayProc(gw_env["env"], Path(cluster.inventory), gw_env["root"], "shard", "--no-load-on-demand")
     yield proc
     proc.stop()
 

@@ -9,8 +9,11 @@ from sollol_ops import procs
 from sollol_ops.cli.context import Context
 from sollol_ops.errors import InventoryError
 from sollol_ops.gateway import server
+from sollol_ops.gateway.errors import ApiError
+from sollol_ops.gateway.ondemand import OnDemandSettings, parse_keep_alive
 from sollol_ops.gateway.pool import PoolSettings
 from sollol_ops.inventory import GatewaySettings, ansible_inventory_list, gateway_settings_from_inventory_data
+from sollol_ops.llama_server import StartOptions, check_extra_args
 
 
 def _settings(ctx: Context) -> GatewaySettings:
@@ -50,6 +53,50 @@ def _settings(ctx: Context) -> GatewaySettings:
 @click.option("--health-max-backoff", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True)
 @click.option("--breaker-failures", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--breaker-cooldown", type=click.FloatRange(0, 3600), default=30.0, show_default=True)
+@click.option(
+    "--load-on-demand/--no-load-on-demand",
+    default=True,
+    show_default=True,
+    help="Start the coordinator for a sharded model a request asks for (else only serve one `up` started).",
+)
+@click.option(
+    "--keep-alive",
+    default="5m",
+    show_default=True,
+    help="How long a coordinator the gateway started stays loaded when idle (Ollama's keep_alive; -1: forever).",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(0, 100000),
+    default=32,
+    show_default=True,
+    help="Requests that may wait for a sharded model to load.",
+)
+@click.option(
+    "--coordinator-port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of a coordinator the gateway starts (loopback).",
+)
+@click.option(
+    "-c", "--ctx-size", type=click.IntRange(64, 1 << 22), default=4096, show_default=True, help="Its context size."
+)
+@click.option(
+    "-np", "--parallel", type=click.IntRange(1, 256), default=1, show_default=True, help="Its parallel slots."
+)
+@click.option("-t", "--threads", type=click.IntRange(1, 1024), help="Its threads (default: all cores).")
+@click.option(
+    "--load-timeout", type=click.FloatRange(1, 86400), default=600, show_default=True, help="Seconds a load may take."
+)
+@click.option(
+    "--skip-unhealthy",
+    is_flag=True,
+    help="Load across the healthy backends when some are down (as `up --skip-unhealthy`).",
+)
+@click.option(
+    "--server-arg", "server_args", multiple=True, metavar="ARG", help="Extra llama-server argument (repeatable)."
+)
 @click.pass_obj
 def gateway(
     ctx: Context,
@@ -63,6 +110,16 @@ def gateway(
     health_max_backoff: float,
     breaker_failures: int,
     breaker_cooldown: float,
+    load_on_demand: bool,
+    keep_alive: str,
+    queue_size: int,
+    coordinator_port: int,
+    ctx_size: int,
+    parallel: int,
+    threads: int | None,
+    load_timeout: float,
+    skip_unhealthy: bool,
+    server_args: tuple[str, ...],
 ) -> None:
     """Serve the Ollama and OpenAI APIs on one port, routing each model to the pool or the coordinator."""
     settings = _settings(ctx)
@@ -72,8 +129,24 @@ def gateway(
         breaker_failures=breaker_failures,
         breaker_cooldown=breaker_cooldown,
     )
-    opts = server.ServeOptions(host, port, mode, api_key, ollama_models, max_body_mib << 20, pool)
-    gw = server.build(opts, settings)
+    on_demand = None
+    if load_on_demand:
+        try:
+            default_ka = parse_keep_alive(keep_alive, None)
+        except ApiError as exc:
+            raise click.BadParameter(exc.message, param_hint="--keep-alive") from None
+        check_extra_args(list(server_args))
+        start = StartOptions(
+            host="127.0.0.1",
+            port=coordinator_port,
+            n_ctx=ctx_size,
+            parallel=parallel,
+            threads=threads,
+            extra_args=list(server_args),
+        )
+        on_demand = OnDemandSettings(start, default_ka, queue_size, load_timeout, skip_unhealthy)
+    opts = server.ServeOptions(host, port, mode, api_key, ollama_models, max_body_mib << 20, pool, on_demand)
+    gw = server.build(opts, settings, ctx.cluster)
     sock = server.bind(host, port)
     server.setup_logging()
     if not procs.is_loopback(host) and not api_key:

@@ -26,6 +26,7 @@ from sollol_ops.gateway import translate
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import ApiError, body_for, upstream_message
 from sollol_ops.gateway.metrics import Metrics
+from sollol_ops.gateway.ondemand import Lease, OnDemand, parse_keep_alive
 from sollol_ops.gateway.pool import Node, Pool, normalize
 
 log = logging.getLogger("sollol_ops.gateway")
@@ -62,6 +63,7 @@ class Router:
         self.pool = pool
         self.catalog = catalog
         self.pins = {normalize(k): v for k, v in config.pins.items()}
+        self.on_demand = False  # the shard route loads store models itself (Gateway.shard)
 
     @property
     def uses_pool(self) -> bool:
@@ -95,6 +97,8 @@ class Router:
                     unavailable.append(f"pool node {n.name} ({why})")
                 elif not n.fits(name, size):
                     unavailable.append(f"pool node {n.name} (does not fit its sollol_ollama_memory_mib)")
+        if shard_ok and self.on_demand and name in store:
+            return [Target("shard", "coordinator", "", "openai")]  # the gateway loads it (OnDemand)
         if shard_ok:
             state = self.catalog.running()
             if state is not None and normalize(state.model) == name:
@@ -138,6 +142,7 @@ class Call:
         self.error = ""
         self.done = False
         self.queued = False
+        self.lease: Lease | None = None
 
     def bind(self, target: Target) -> None:
         self.target = target
@@ -174,6 +179,8 @@ class Call:
             return
         self.done = True
         self.unbind()
+        if self.lease is not None:
+            self.lease.release(failed=status >= 500 or bool(self.error))
         total = time.perf_counter() - self.t0
         m = self.gw.metrics
         m.requests.labels(self.endpoint, self.route, self.model, self.node, str(status)).inc()
@@ -260,11 +267,13 @@ async def _watching(receive: Receive, work: Awaitable[Any]) -> tuple[bool, Any]:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, pool: Pool, catalog: Catalog) -> None:
+    def __init__(self, config: GatewayConfig, pool: Pool, catalog: Catalog, shard: OnDemand | None = None) -> None:
         self.config = config
         self.pool = pool
         self.catalog = catalog
         self.router = Router(config, pool, catalog)
+        self.shard = shard if self.router.uses_shard else None
+        self.router.on_demand = self.shard is not None
         self.metrics = Metrics()
         self.client: httpx.AsyncClient | None = None
 
@@ -279,8 +288,13 @@ class Gateway:
         timeout = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None)
         self.client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"Accept-Encoding": "identity"})
         self.pool.start(self.client)
+        if self.shard is not None:
+            self.shard._on_change = self.refresh_gauges
+            self.shard.start()
 
     async def shutdown(self) -> None:
+        if self.shard is not None:
+            await self.shard.close()
         await self.pool.stop()
         if self.client is not None:
             await self.client.aclose()
@@ -294,8 +308,38 @@ class Gateway:
             body_for(api, exc.status, exc.message),
             status_code=exc.status,
             media_type="application/json",
-            headers=call.headers(),
+            headers=call.headers(exc.headers),
         )
+
+    async def shard_targets(
+        self, request: Request, call: Call, targets: list[Target], keep_alive: Any = None
+    ) -> list[Target] | None:
+        """A store model on the shard route: wait until the gateway serves it (loading or swapping to it);
+        the lease is the call's until it finishes. None when the client left while waiting."""
+        if self.shard is None or targets[0].route != "shard" or targets[0].url:
+            return targets
+        ka = parse_keep_alive(keep_alive, self.shard.settings.keep_alive)
+        call.route, call.node = "shard", "coordinator"
+
+        async def wait() -> Lease | ApiError:
+            try:
+                return await self.shard.acquire(call.model, ka)  # type: ignore[union-attr]
+            except ApiError as exc:
+                return exc
+
+        disconnected, got = await _watching(request.receive, wait())
+        if isinstance(got, Lease):
+            call.lease = got
+        if disconnected:
+            return None
+        if isinstance(got, ApiError):
+            raise got
+        assert isinstance(got, Lease)
+        return [self.router.coordinator_target(got.state)]
+
+    def left_while_waiting(self, call: Call) -> Response:
+        call.finish(499, " (client left while the model loaded)")
+        return Response(status_code=499)
 
     def check_key(self, request: Request) -> None:
         key = self.config.api_key
@@ -375,13 +419,24 @@ class Gateway:
         """The upstream's answer as it is (same API on both sides), bytes relayed as they arrive."""
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in resp.aiter_raw():
-                call.first_byte()
-                yield chunk
+            try:
+                async for chunk in resp.aiter_raw():
+                    call.first_byte()
+                    yield chunk
+            except httpx.HTTPError as exc:  # the upstream died mid-answer: say so in the API's shape
+                call.error = f"{call.node} broke off the answer: {type(exc).__name__}"
+                if not stream:
+                    raise
+                if ctype.startswith("text/event-stream"):
+                    yield b"data: " + body_for("openai", 502, call.error) + b"\n\n"
+                elif ctype.startswith(NDJSON):
+                    yield json.dumps({"error": call.error}).encode() + b"\n"
 
         async def close(disconnected: bool) -> None:
             await resp.aclose()
             call.finish(499 if disconnected else resp.status_code, " (client left)" if disconnected else "")
+
+        ctype = resp.headers.get("content-type", "application/json")
 
         headers = call.headers({"Content-Type": resp.headers.get("content-type", "application/json")})
         if stream:
@@ -403,7 +458,14 @@ class Gateway:
         targets = self.router.targets(t.model)
         call.model = normalize(t.model)
         raw = json.dumps(body).encode()
-        if kind == "generate" and not body.get("prompt") and not body.get("images") and targets[0].api == "openai":
+        bare = kind == "generate" and not body.get("prompt") and not body.get("images")
+        if bare and self.shard is not None and targets[0].route == "shard" and not targets[0].url:
+            return await self.load_or_unload(request, call, body, targets, t.model, t.stream)
+        got = await self.shard_targets(request, call, targets, body.get("keep_alive"))
+        if got is None:
+            return self.left_while_waiting(call)
+        targets = got
+        if bare and targets[0].api == "openai":
             # Ollama's load (empty prompt) and unload (keep_alive 0) requests: an OpenAI upstream keeps its
             # model loaded for its whole life, so both are answered at once.
             call.route, call.node = targets[0].route, targets[0].node_name
@@ -460,6 +522,30 @@ class Gateway:
         call.finish(200)
         return JSONResponse(conv.final(aggregate=True), headers=call.headers(notes))
 
+    async def load_or_unload(
+        self, request: Request, call: Call, body: dict[str, Any], targets: list[Target], model: str, stream: bool
+    ) -> Response:
+        """Ollama's load (`/api/generate` without a prompt) and unload (the same with keep_alive 0) of a
+        sharded model: loaded and answered when ready; unloaded once its requests in flight finish."""
+        assert self.shard is not None
+        ka = parse_keep_alive(body.get("keep_alive"), self.shard.settings.keep_alive)
+        if ka == 0:
+            call.route, call.node = "shard", "coordinator"
+            await self.shard.unload(call.model)
+            reason = "unload"
+        else:
+            got = await self.shard_targets(request, call, targets, body.get("keep_alive"))
+            if got is None:
+                return self.left_while_waiting(call)
+            call.route, call.node = got[0].route, got[0].node_name
+            reason = "load"
+        answer = {"model": model, "created_at": translate.now_rfc3339(), "response": "", "done": True}
+        answer["done_reason"] = reason
+        call.finish(200)
+        if stream:
+            return Response(json.dumps(answer) + "\n", media_type=NDJSON, headers=call.headers(STREAM_HEADERS))
+        return JSONResponse(answer, headers=call.headers())
+
     async def _drain(self, call: Call, resp: httpx.Response, conv: translate.OllamaStream) -> ApiError | None:
         buf = bytearray()
         try:
@@ -515,10 +601,33 @@ class Gateway:
         targets = self.router.targets(model)
         call.model = normalize(model)
         raw = json.dumps(body).encode()
+        got = await self.shard_targets(request, call, targets)
+        if got is None:
+            return self.left_while_waiting(call)
+        targets = got
         resp = await self.open_upstream(call, targets, lambda target: (request.url.path, raw))
         if resp.status_code >= 400:
             return await self.upstream_error(call, "openai", resp)
-        return self.passthrough(call, resp, stream)
+        if stream:
+            return self.passthrough(call, resp, stream)
+
+        async def whole() -> bytes | ApiError:  # not streamed: an upstream that dies mid-answer is a 502
+            try:
+                return await resp.aread()
+            except httpx.HTTPError as exc:
+                return ApiError(502, f"{call.node} broke off the answer: {type(exc).__name__}")
+
+        disconnected, data = await _watching(request.receive, whole())
+        await resp.aclose()
+        call.first_byte()
+        if disconnected:
+            call.finish(499, " (client left)")
+            return Response(status_code=499)
+        if isinstance(data, ApiError):
+            return self.error(call, "openai", data)
+        ctype = resp.headers.get("content-type", "application/json")
+        call.finish(resp.status_code)
+        return Response(data, status_code=resp.status_code, media_type=ctype, headers=call.headers())
 
     # ---------------------------------------------------------------- listings
 
@@ -556,8 +665,29 @@ class Gateway:
             for node in self.pool.nodes:
                 if node.usable():
                     models += [{**entry, "node": node.name} for entry in node.loaded.values()]
-        if self.router.uses_shard and (state := self.catalog.running()) is not None:
+        od = self.shard.describe() if self.shard is not None else None
+        if od is not None and od["phase"] in ("loading", "stopping") and od["model"]:
+            sm = self.catalog.models().get(od["model"])
+            models.append(
+                {
+                    "name": od["model"],
+                    "model": od["model"],
+                    "size": sm.size if sm else 0,
+                    "size_vram": 0,
+                    "digest": sm.resolved.digest.removeprefix("sha256:") if sm else "",
+                    "details": sm.details() if sm else {},
+                    "expires_at": translate.now_rfc3339(),
+                    "node": "coordinator",
+                    "status": od["phase"],
+                    "progress": od["progress"],
+                }
+            )
+        elif self.router.uses_shard and (state := self.catalog.running()) is not None:
             name = normalize(state.model)
+            expires = "9999-12-31T23:59:59Z"
+            if od is not None and od["expires_in_s"] is not None:
+                until = time.time() + od["expires_in_s"]
+                expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
             sm = self.catalog.models().get(name)
             models.append(
                 {
@@ -567,9 +697,10 @@ class Gateway:
                     "size_vram": 0,
                     "digest": state.digest.removeprefix("sha256:"),
                     "details": sm.details() if sm else {},
-                    "expires_at": "9999-12-31T23:59:59Z",
+                    "expires_at": expires,
                     "context_length": state.n_ctx,
                     "node": f"coordinator@{state.listen}",
+                    "status": "serving" if od is None else od["phase"],
                 }
             )
         call.finish(200)
@@ -624,6 +755,7 @@ class Gateway:
             "pins": self.router.pins,
             "pool": [n.describe() for n in self.pool.nodes],
             "coordinator": None if state is None else {"model": state.model, "endpoint": state.endpoint},
+            "on_demand": None if self.shard is None else self.shard.describe(),
         }
 
     def refresh_gauges(self) -> None:
@@ -633,6 +765,14 @@ class Gateway:
             m.node_breaker.labels(n.name).set(1 if n.breaker_open else 0)
             m.node_outstanding.labels(n.name).set(n.outstanding)
         m.coordinator_up.set(1 if self.router.uses_shard and self.catalog.running() else 0)
+        if self.shard is not None:
+            od = self.shard
+            m.shard_loads.set(od.loads)
+            m.shard_swaps.set(od.swaps)
+            m.shard_unloads.set(od.unloads)
+            m.shard_failures.set(od.deaths)
+            m.shard_waiting.set(len(od.queue))
+            m.shard_loading.set(1 if od.phase == "loading" else 0)
 
 
 # --------------------------------------------------------------------------- the application

@@ -11,8 +11,17 @@ from sollol_ops.errors import SollolError
 class ApiError(Exception):
     """An answer the client gets instead of a model's output: HTTP status + one-line message."""
 
-    def __init__(self, status: int, message: str, *, route: str = "gateway", node: str = "gateway") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        route: str = "gateway",
+        node: str = "gateway",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
+        self.headers = headers or {}
         self.status = status
         self.message = " ".join(message.split())
         self.route = route

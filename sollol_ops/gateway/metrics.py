@@ -54,6 +54,26 @@ class Metrics:
         self.coordinator_up = Gauge(
             "sollol_gateway_coordinator_up", "1 when a coordinator recorded by `sollol-ops up` is running.", registry=r
         )
+        self.shard_loads = Gauge(
+            "sollol_gateway_shard_loads", "Coordinators the gateway started on demand (since it started).", registry=r
+        )
+        self.shard_swaps = Gauge(
+            "sollol_gateway_shard_swaps",
+            "Coordinators stopped to serve another sharded model (since the gateway started).",
+            registry=r,
+        )
+        self.shard_unloads = Gauge(
+            "sollol_gateway_shard_unloads", "Coordinators stopped after their keep_alive (or keep_alive 0).", registry=r
+        )
+        self.shard_failures = Gauge(
+            "sollol_gateway_shard_failures",
+            "Coordinators found dead while serving (llama-server exited or lost a backend).",
+            registry=r,
+        )
+        self.shard_waiting = Gauge(
+            "sollol_gateway_shard_waiting", "Requests waiting for a sharded model to load or swap in.", registry=r
+        )
+        self.shard_loading = Gauge("sollol_gateway_shard_loading", "1 while a sharded model loads.", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sollol_ops.gateway.app import Gateway, GatewayConfig, create_app
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import GatewayError
+from sollol_ops.gateway.ondemand import OnDemand, OnDemandSettings
 from sollol_ops.gateway.pool import Pool, PoolSettings
-from sollol_ops.inventory import GatewaySettings
+from sollol_ops.inventory import Cluster, GatewaySettings
 
 DEFAULT_PORT = 11435  # next to Ollama's 11434, so both can run on one machine
 ENV_API_KEY = "SOLLOL_GATEWAY_API_KEY"
@@ -26,6 +28,7 @@ class ServeOptions:
     ollama_models: str | None = None
     max_body: int = 32 << 20
     pool: PoolSettings | None = None
+    on_demand: OnDemandSettings | None = None  # None: the shard route only uses a coordinator `up` started
 
 
 def choose_mode(option: str | None, settings: GatewaySettings) -> str:
@@ -40,12 +43,15 @@ def choose_mode(option: str | None, settings: GatewaySettings) -> str:
     return "pool" if settings.pool else "shard"
 
 
-def build(opts: ServeOptions, settings: GatewaySettings) -> Gateway:
+def build(opts: ServeOptions, settings: GatewaySettings, cluster: Callable[[], Cluster] | None = None) -> Gateway:
     mode = choose_mode(opts.mode, settings)
     if mode == "pool" and not settings.pool:
         raise GatewayError("--mode pool needs hosts in the inventory group ollama_nodes (docs/inventory.md)")
     config = GatewayConfig(mode=mode, pins=settings.pins, api_key=opts.api_key or None, max_body=opts.max_body)
-    return Gateway(config, Pool(settings.pool, opts.pool), Catalog(opts.ollama_models))
+    shard = None
+    if opts.on_demand is not None and cluster is not None and mode in ("shard", "hybrid"):
+        shard = OnDemand(opts.on_demand, cluster, opts.ollama_models)
+    return Gateway(config, Pool(settings.pool, opts.pool), Catalog(opts.ollama_models), shard)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,402 @@
+"""Sharded models on demand: the gateway starts the coordinator for the model a request asks for (through
+lifecycle.up, the code of `sollol-ops up`), queues requests while it loads, stops it after keep_alive,
+swaps between sharded models one at a time (requests grouped by model), and notices one that dies.
+
+Everything here runs on the gateway's event loop; the blocking parts (lifecycle.up, coordinator.stop,
+the liveness checks) run in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sollol_ops import coordinator, lifecycle
+from sollol_ops.coordinator import CoordinatorState
+from sollol_ops.errors import ModelNotFound, SollolError
+from sollol_ops.gateway.errors import ApiError
+from sollol_ops.gateway.pool import normalize
+from sollol_ops.inventory import Cluster
+from sollol_ops.llama_server import StartOptions
+
+log = logging.getLogger("sollol_ops.gateway")
+
+FOREVER = None  # a keep_alive of "keep it loaded"
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_keep_alive(value: Any, default: float | None) -> float | None:
+    """Ollama's keep_alive: a number of seconds or a Go duration ("5m", "1h30m", "0", "-1"); negative
+    means keep loaded (None here), absent means the default. ApiError 400 for anything else."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise ApiError(400, "keep_alive must be a duration string or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body)
+        except ValueError:
+            parts = _PART.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise ApiError(400, f"keep_alive {value!r} is not a duration (such as 5m, 30s, 0 or -1)") from None
+            seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise ApiError(400, "keep_alive must be a duration string or a number of seconds")
+    return FOREVER if seconds < 0 else seconds
+
+
+@dataclass
+class OnDemandSettings:
+    opts: StartOptions = field(default_factory=StartOptions)  # how a coordinator the gateway starts runs
+    keep_alive: float | None = 300.0  # default keep_alive (seconds; None: forever)
+    queue_size: int = 32  # requests waiting for a sharded model (loading or swapping); beyond: 503
+    load_timeout: float = 600.0  # lifecycle.up's own wait for llama-server to be ready
+    skip_unhealthy: bool = False
+    watch_interval: float = 1.0  # liveness checks of the serving coordinator
+    retry_after: int = 5
+
+
+@dataclass
+class _Ticket:
+    name: str
+    keep_alive: float | None
+    fut: asyncio.Future[Lease]
+
+
+@dataclass
+class Lease:
+    """One admitted request on the coordinator; `release` once when it finishes."""
+
+    manager: OnDemand
+    state: CoordinatorState
+    gen: int
+    done: bool = False
+
+    def release(self, failed: bool = False) -> None:
+        if not self.done:
+            self.done = True
+            self.manager._release(self, failed)
+
+
+class _Reporter(lifecycle.Reporter):
+    def __init__(self, manager: OnDemand, model: str) -> None:
+        self.manager = manager
+        self.model = model
+
+    def step(self, message: str) -> None:
+        log.info("loading %s: %s", self.model, message)
+        self.manager.progress = {"step": message, "elapsed_s": round(time.monotonic() - self.manager.load_t0, 1)}
+
+    def loading(self, elapsed: float, last_log_line: str) -> None:
+        self.manager.progress = {"step": "llama-server loading", "elapsed_s": round(elapsed, 1), "log": last_log_line}
+
+    def warn(self, message: str) -> None:
+        log.warning("loading %s: %s", self.model, message)
+
+
+def _status_of(exc: SollolError) -> int:
+    return 404 if isinstance(exc, ModelNotFound) else 503
+
+
+class OnDemand:
+    """The one sharded model: phases idle -> loading -> serving -> draining -> stopping -> idle."""
+
+    def __init__(
+        self,
+        settings: OnDemandSettings,
+        cluster: Callable[[], Cluster],
+        ollama_models: str | None = None,
+        root: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.ollama_models = ollama_models
+        self.root = root
+        self.phase = "idle"
+        self.current: str | None = None
+        self.state: CoordinatorState | None = None
+        self.owned = False  # started by this gateway (keep_alive applies) or adopted (`sollol-ops up`)
+        self.gen = 0  # bumps with every coordinator the manager serves from
+        self.inflight = 0
+        self.queue: list[_Ticket] = []
+        self.keep_alive: float | None = settings.keep_alive
+        self.idle_since = time.monotonic()
+        self.progress: dict[str, Any] = {}
+        self.load_t0 = 0.0
+        self.loads = self.swaps = self.unloads = self.deaths = 0
+        self.last_error = ""
+        self.stopped = asyncio.Event()
+        self._busy: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._seq = itertools.count()
+        self._on_change: Callable[[], None] = lambda: None
+
+    # ---------------------------------------------------------------- lifecycle of the manager
+
+    def start(self) -> None:
+        self._adopt(coordinator.load_state(self.root, warn=lambda m: log.warning("%s", m)))
+        self._watch = asyncio.get_running_loop().create_task(self._watcher())
+
+    async def close(self) -> None:
+        for task in (self._watch, self._busy):
+            if task is not None:
+                task.cancel()
+        for t in self.queue:
+            if not t.fut.done():
+                t.fut.set_exception(ApiError(503, "the gateway is shutting down"))
+        self.queue.clear()
+
+    def _adopt(self, state: CoordinatorState | None) -> None:
+        if state is None or not coordinator.is_alive(state):
+            return
+        self.gen += 1
+        self.current, self.state, self.phase, self.owned = normalize(state.model), state, "serving", False
+        self.inflight = 0
+        self.idle_since = time.monotonic()
+        log.info("adopted the running coordinator for %s (pid %d)", state.model, state.pid)
+
+    # ---------------------------------------------------------------- requests
+
+    async def acquire(self, model: str, keep_alive: float | None) -> Lease:
+        """Wait until `model` is served (loading or swapping to it as needed); ApiError on a refusal."""
+        name = normalize(model)
+        waiting = len(self.queue)
+        served_now = self.phase == "serving" and self.current == name
+        if waiting >= self.settings.queue_size and not served_now:
+            raise ApiError(
+                503,
+                f"{waiting} requests already wait for a sharded model (--queue-size {self.settings.queue_size}); "
+                "retry later",
+                headers={"Retry-After": str(self.settings.retry_after)},
+            )
+        ticket = _Ticket(name, keep_alive, asyncio.get_running_loop().create_future())
+        self.queue.append(ticket)
+        self._kick()
+        try:
+            return await asyncio.shield(ticket.fut)
+        except asyncio.CancelledError:  # the client left while waiting
+            if ticket in self.queue:
+                self.queue.remove(ticket)
+            elif ticket.fut.done() and not ticket.fut.cancelled() and ticket.fut.exception() is None:
+                ticket.fut.result().release()
+            self._kick()
+            raise
+
+    def _release(self, lease: Lease, failed: bool) -> None:
+        if lease.gen == self.gen:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.idle_since = time.monotonic()
+        if failed and lease.gen == self.gen and self._watch is not None:
+            self._check_soon()
+        self._kick()
+
+    async def unload(self, model: str) -> bool:
+        """keep_alive 0 without a prompt: stop the model once its requests in flight are done (only a
+        coordinator this gateway started). True when it was loaded and is now stopped."""
+        name = normalize(model)
+        if self.current != name or not self.owned or self.phase not in ("serving", "draining"):
+            return False
+        self.keep_alive = 0.0
+        gen = self.gen
+        self._kick()
+        while self.gen == gen and self.current == name:
+            self.stopped.clear()
+            await self.stopped.wait()
+        return True
+
+    # ---------------------------------------------------------------- the scheduler
+
+    def _kick(self) -> None:
+        if self.phase == "serving":
+            for t in [t for t in self.queue if t.name == self.current]:
+                self.queue.remove(t)
+                if t.fut.done():
+                    continue
+                assert self.state is not None
+                self.inflight += 1
+                self.keep_alive = t.keep_alive
+                t.fut.set_result(Lease(self, self.state, self.gen))
+            if self.queue:
+                self.phase = "draining"  # another sharded model waits: serve no more of this one
+                log.info(
+                    "swap from %s to %s once %d request(s) finish", self.current, self.queue[0].name, self.inflight
+                )
+            elif self.inflight == 0 and self.owned and self._expired():
+                self.phase = "draining"
+        if self.phase == "draining" and self.inflight == 0 and self._busy is None:
+            self.phase = "stopping"
+            swap = bool(self.queue) and self.queue[0].name != self.current
+            self._busy = asyncio.get_running_loop().create_task(self._stop(swap))
+        if self.phase == "idle" and self.queue and self._busy is None:
+            name = self.queue[0].name
+            self.phase, self.current, self.state, self.progress = "loading", name, None, {}
+            self._busy = asyncio.get_running_loop().create_task(self._load(name))
+        self._on_change()
+
+    def _expired(self) -> bool:
+        if self.keep_alive is FOREVER:
+            return False
+        return time.monotonic() - self.idle_since >= self.keep_alive
+
+    async def _stop(self, swap: bool) -> None:
+        name = self.current
+        try:
+            why = "to swap" if swap else f"idle for keep_alive {self.keep_alive:g}s"
+            log.info("stopping the coordinator for %s (%s)", name, why)
+            await asyncio.to_thread(coordinator.stop, self.root)
+            if swap:
+                self.swaps += 1
+            else:
+                self.unloads += 1
+        except (SollolError, OSError) as exc:
+            log.warning("stopping the coordinator for %s: %s", name, exc)
+        finally:
+            self._to_idle()
+            self._busy = None
+            self._kick()
+
+    def _to_idle(self) -> None:
+        self.gen += 1
+        self.phase, self.current, self.state, self.owned, self.inflight = "idle", None, None, False, 0
+        self.stopped.set()
+
+    async def _load(self, name: str) -> None:
+        self.load_t0 = time.monotonic()
+        req = lifecycle.UpRequest(
+            name,
+            self.settings.opts,
+            self.ollama_models,
+            replace=True,
+            skip_unhealthy=self.settings.skip_unhealthy,
+            timeout=self.settings.load_timeout,
+        )
+        try:
+            reporter = _Reporter(self, name)
+            outcome = await asyncio.to_thread(lambda: lifecycle.up(req, self.cluster(), reporter, self.root))
+        except Exception as exc:  # a refusal (probes, placement, lock) or a failed start: the waiters' answer
+            status = _status_of(exc) if isinstance(exc, SollolError) else 500
+            message = str(exc) if isinstance(exc, SollolError) else f"{type(exc).__name__}: {exc}"
+            self.last_error = message
+            log.warning("loading %s failed: %s", name, message)
+            self._to_idle()
+            for t in [t for t in self.queue if t.name == name]:
+                self.queue.remove(t)
+                if not t.fut.done():
+                    t.fut.set_exception(
+                        ApiError(status, f"cannot load {name}: {message}", route="shard", node="coordinator")
+                    )
+            self._busy = None
+            self._kick()
+            return
+        assert outcome.state is not None
+        self.gen += 1
+        self.state, self.phase, self.inflight = outcome.state, "serving", 0
+        self.owned = outcome.kind is lifecycle.Outcome.STARTED
+        self.idle_since = time.monotonic()
+        self.last_error = ""
+        if self.owned:
+            self.loads += 1
+            log.info("loaded %s in %.1fs (pid %d)", name, time.monotonic() - self.load_t0, outcome.state.pid)
+        self._busy = None
+        self._kick()
+
+    # ---------------------------------------------------------------- watching the coordinator
+
+    def _check_soon(self) -> None:
+        asyncio.get_running_loop().create_task(self._check())
+
+    async def _watcher(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval)
+            try:
+                await self._check()
+                self._kick()  # keep_alive expiry
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the coordinator watch failed")
+
+    async def _check(self) -> None:
+        """Serving: is the coordinator still there, and are its backends? A coordinator that died or lost a
+        backend is stopped (its requests in flight see their connection close: an error in the API's
+        shape) and the next request starts it again. Idle: adopt one started by hand."""
+        if self._busy is not None:
+            return
+        if self.phase == "idle":
+            state = await asyncio.to_thread(coordinator.load_state, self.root, lambda m: None)
+            if self.phase == "idle" and self._busy is None:
+                self._adopt(state)
+            return
+        if self.phase not in ("serving", "draining") or self.state is None:
+            return
+        state, gen = self.state, self.gen
+        alive = await asyncio.to_thread(coordinator.is_alive, state)
+        lost = await asyncio.to_thread(coordinator.lost_backends, state) if alive else []
+        recorded = await asyncio.to_thread(coordinator.load_state, self.root, lambda m: None)
+        if gen != self.gen or self._busy is not None:
+            return
+        if alive and not lost and recorded is not None and recorded.pid == state.pid:
+            return
+        if (alive and not lost) or (recorded is None and self.inflight == 0):  # `up --replace` or `down` by hand
+            log.warning("the coordinator for %s was replaced or stopped outside the gateway", self.current)
+            self._to_idle()
+            self._adopt(recorded)
+            return
+        self.deaths += 1
+        why = f"lost backend(s) {', '.join(lost)}" if lost else f"llama-server (pid {state.pid}) exited"
+        self.last_error = f"the coordinator for {self.current} failed: {why}: {coordinator.last_error(state)}"
+        log.warning(
+            "%s; %d request(s) in flight get an error; the next request starts it again", self.last_error, self.inflight
+        )
+        self.phase = "stopping"
+        self._busy = asyncio.get_running_loop().create_task(self._stop_dead())
+
+    async def _stop_dead(self) -> None:
+        try:
+            await asyncio.to_thread(coordinator.stop, self.root, 5)
+        except (SollolError, OSError) as exc:
+            log.warning("stopping the failed coordinator: %s", exc)
+        finally:
+            self._to_idle()
+            self._busy = None
+            self._kick()
+
+    # ---------------------------------------------------------------- reporting
+
+    def describe(self) -> dict[str, Any]:
+        waiting: dict[str, int] = {}
+        for t in self.queue:
+            waiting[t.name] = waiting.get(t.name, 0) + 1
+        expires = None
+        if self.phase == "serving" and self.owned and self.keep_alive is not FOREVER and self.inflight == 0:
+            expires = round(max(0.0, self.keep_alive - (time.monotonic() - self.idle_since)), 1)
+        return {
+            "model": self.current,
+            "phase": self.phase,
+            "owned": self.owned,
+            "endpoint": self.state.endpoint if self.state else None,
+            "pid": self.state.pid if self.state else None,
+            "in_flight": self.inflight,
+            "queued": waiting,
+            "keep_alive_s": self.keep_alive,
+            "expires_in_s": expires,
+            "progress": self.progress if self.phase == "loading" else {},
+            "loads": self.loads,
+            "swaps": self.swaps,
+            "unloads": self.unloads,
+            "deaths": self.deaths,
+            "last_error": self.last_error,
+        }
