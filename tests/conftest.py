@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import Local, free_port
 
+from sollol_ops import procs
+from sollol_ops.local_cluster import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
 from sollol_ops.paths import cache_dir
+from sollol_ops.toolchain import find_toolchain
 
 
 def test_store_root() -> Path:
@@ -49,3 +52,16 @@ def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
     cluster = Local(sollol_env, 3, free_port(53100))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def rpc_server(tmp_path: Path) -> Iterator[tuple[str, LocalServer]]:
+    """One real rpc-server on a free loopback port (1 thread), stopped at teardown."""
+    port = free_port(52100)
+    server = start_rpc_server(find_toolchain(), RpcServerSpec("127.0.0.1", port, 1, tmp_path / "rpc.log"))
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        wait_ready([endpoint], timeout=20)
+        yield endpoint, server
+    finally:
+        procs.stop_process(server.pid, server.start_time, timeout=5)

@@ -21,7 +21,9 @@ import httpx
 from helpers import REPO, free_port
 
 from sollol_ops import llama_server
+from sollol_ops.devstore import CHATML_TEMPLATE, SMOLLM2_PARAMS, write_store
 from sollol_ops.llama_server import StartOptions
+from sollol_ops.ollama import resolve_model
 from sollol_ops.toolchain import find_toolchain
 
 MODEL = "smollm2:135m"
@@ -145,3 +147,17 @@ class GatewayProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def store_env(root: Path, source_store: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """A store in root/store holding the SmolLM2 GGUF (hard-linked) under each of ``names``, and the
+    environment of a CLI run isolated in root that reads it."""
+    blob = resolve_model(MODEL, source_store).blob
+    for name in names:
+        write_store(root / "store", name, blob, template=CHATML_TEMPLATE, params=SMOLLM2_PARAMS, link="hardlink")
+    return {
+        "XDG_STATE_HOME": str(root / "state"),
+        "XDG_CACHE_HOME": str(root / "cache"),
+        "OLLAMA_MODELS": str(root / "store"),
+        "SOLLOL_INVENTORY": "",
+    }

@@ -16,10 +16,9 @@ import httpx
 import ollama
 import openai
 import pytest
-from gatewayparts import MODEL, GatewayProc, Member, pool_inventory, wait_until
+from gatewayparts import MODEL, GatewayProc, Member, pool_inventory, store_env, wait_until
 from helpers import Local, free_port
 
-from sollol_ops.devstore import CHATML_TEMPLATE, SMOLLM2_PARAMS, write_store
 from sollol_ops.ollama import resolve_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
@@ -33,16 +32,8 @@ MESSAGES = [{"role": "user", "content": "Name a colour."}]
 @pytest.fixture(scope="module")
 def gw_env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("gateway")
-    store = root / "store"
+    env = store_env(root, smollm2_store, (MODEL, SHARDED))
     blob = resolve_model(MODEL, smollm2_store).blob
-    for name in (MODEL, SHARDED):
-        write_store(store, name, blob, template=CHATML_TEMPLATE, params=SMOLLM2_PARAMS, link="hardlink")
-    env = {
-        "XDG_STATE_HOME": str(root / "state"),
-        "XDG_CACHE_HOME": str(root / "cache"),
-        "OLLAMA_MODELS": str(store),
-        "SOLLOL_INVENTORY": "",
-    }
     return {"root": root, "env": env, "blob": blob}
 
 

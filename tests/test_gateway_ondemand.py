@@ -19,14 +19,12 @@ import httpx
 import ollama
 import openai
 import pytest
-from gatewayparts import MODEL, GatewayProc, wait_until
+from gatewayparts import MODEL, GatewayProc, store_env, wait_until
 from helpers import Local, free_port, run_cli
 
 from sollol_ops import local_cluster, procs
-from sollol_ops.devstore import CHATML_TEMPLATE, SMOLLM2_PARAMS, write_store
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.ondemand import parse_keep_alive
-from sollol_ops.ollama import resolve_model
 from sollol_ops.toolchain import find_toolchain
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
@@ -40,16 +38,7 @@ QUEUE = 8
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("ondemand")
-    store = root / "store"
-    blob = resolve_model(MODEL, smollm2_store).blob
-    for name in (MODEL, OTHER):
-        write_store(store, name, blob, template=CHATML_TEMPLATE, params=SMOLLM2_PARAMS, link="hardlink")
-    env = {
-        "XDG_STATE_HOME": str(root / "state"),
-        "XDG_CACHE_HOME": str(root / "cache"),
-        "OLLAMA_MODELS": str(store),
-        "SOLLOL_INVENTORY": "",
-    }
+    env = store_env(root, smollm2_store, (MODEL, OTHER))
     return {"root": root, "env": env}
 
 

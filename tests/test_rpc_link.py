@@ -8,7 +8,6 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import hostile
@@ -18,7 +17,7 @@ from rpcdouble import RpcDouble
 
 from sollol_ops import procs, rpc
 from sollol_ops.errors import UsageError
-from sollol_ops.local_cluster import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
+from sollol_ops.local_cluster import LocalServer, wait_ready
 from sollol_ops.netlab import NetLab
 from sollol_ops.rpc_link import LinkResult, measure_link
 from sollol_ops.toolchain import find_toolchain
@@ -107,18 +106,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-@pytest.fixture
-def rpc_server(tmp_path: Path) -> Iterator[tuple[str, LocalServer]]:
-    port = procs.free_ports("127.0.0.1", 1, 52500)[0]
-    server = start_rpc_server(find_toolchain(), RpcServerSpec("127.0.0.1", port, 1, tmp_path / "rpc.log"))
-    endpoint = f"127.0.0.1:{port}"
-    try:
-        wait_ready([endpoint], timeout=20)
-        yield endpoint, server
-    finally:
-        procs.stop_process(server.pid, server.start_time, timeout=5)
 
 
 def test_real_server_on_loopback_is_left_as_found(rpc_server: tuple[str, LocalServer], leak_mark: str) -> None:

@@ -8,7 +8,6 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import hostile
@@ -16,20 +15,7 @@ import pytest
 from rpcdouble import RpcDouble
 
 from sollol_ops import procs, rpc
-from sollol_ops.local_cluster import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
-from sollol_ops.toolchain import find_toolchain
-
-
-@pytest.fixture
-def rpc_server(tmp_path: Path) -> Iterator[tuple[str, LocalServer]]:
-    port = procs.free_ports("127.0.0.1", 1, 52100)[0]
-    server = start_rpc_server(find_toolchain(), RpcServerSpec("127.0.0.1", port, 1, tmp_path / "rpc.log"))
-    endpoint = f"127.0.0.1:{port}"
-    try:
-        wait_ready([endpoint], timeout=20)
-        yield endpoint, server
-    finally:
-        procs.stop_process(server.pid, server.start_time, timeout=5)
+from sollol_ops.local_cluster import LocalServer
 
 
 def _hold(endpoint: str) -> socket.socket:
