@@ -486,7 +486,7 @@ def _unprivileged() -> list[str]:
     setpriv = shutil.which("setpriv")
     drop = [setpriv or "setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
     if setpriv is None or subprocess.run([*drop, "true"], check=False).returncode != 0:
-        pytest.skip("needs setpriv (util-linux) able to drop root's DAC capabilities")
+        pytest.fail("needs setpriv (util-linux, installed by .ci/run) able to drop root's DAC capabilities")
     return drop
 
 
