@@ -701,6 +701,8 @@ class Gateway:
                     "context_length": state.n_ctx,
                     "node": f"coordinator@{state.listen}",
                     "status": "serving" if od is None else od["phase"],
+                    "degraded": bool(state.skipped),  # started without some rpc-servers (sollol_skip_unhealthy)
+                    "skipped_backends": [lo.describe() for lo in state.skipped],
                 }
             )
         call.finish(200)

@@ -63,7 +63,8 @@ class OnDemandSettings:
     keep_alive: float | None = 300.0  # default keep_alive (seconds; None: forever)
     queue_size: int = 32  # requests waiting for a sharded model (loading or swapping); beyond: 503
     load_timeout: float = 600.0  # lifecycle.up's own wait for llama-server to be ready
-    skip_unhealthy: bool = False
+    skip_unhealthy: bool | None = None  # None: the inventory's sollol_skip_unhealthy
+    loading_progress: bool = False  # streamed requests that wait for a load get progress chunks (app.py)
     watch_interval: float = 1.0  # liveness checks of the serving coordinator
     retry_after: int = 5
 
@@ -394,6 +395,8 @@ class OnDemand:
             "keep_alive_s": self.keep_alive,
             "expires_in_s": expires,
             "progress": self.progress if self.phase == "loading" else {},
+            "degraded": bool(self.state and self.state.skipped),
+            "skipped_backends": [lo.describe() for lo in self.state.skipped] if self.state else [],
             "loads": self.loads,
             "swaps": self.swaps,
             "unloads": self.unloads,
