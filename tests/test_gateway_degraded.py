@@ -69,7 +69,7 @@ def inventories(env: dict[str, Any], local: Local) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gw(env: dict[str, Any], inventories: dict[str, str]) -> Iterator[GatewayProc]:
     args = ["--coordinator-port", str(free_port(19100)), "-c", "1024", "-t", "1"]
-    proc = GatewayProc(env["env"], Path(inventories["skip"]), env["root"], "degraded", *args)
+    proc = GatewayProc(env["env"], Path(inventories["skip"]), env["root"], "degraded", *args, port_from=21900)
     yield proc
     proc.stop()
 
@@ -170,7 +170,9 @@ def test_without_the_setting_the_refusal_names_the_host(
     assert od(gw)["phase"] == "idle"
     # --no-skip-unhealthy overrides the inventory's true; the strict inventory says false itself
     for inventory, args in ((inventories["skip"], ["--no-skip-unhealthy"]), (inventories["strict"], [])):
-        strict = GatewayProc(env["env"], Path(inventory), env["root"], "strict", *args, "-c", "1024", "-t", "1")
+        strict = GatewayProc(
+            env["env"], Path(inventory), env["root"], "strict", *args, "-c", "1024", "-t", "1", port_from=21900
+        )
         try:
             r = chat(strict)
             err = r.json()["error"]
@@ -183,7 +185,9 @@ def test_without_the_setting_the_refusal_names_the_host(
 def test_a_model_that_does_not_fit_the_rest_is_refused_even_with_the_setting(
     local: Local, env: dict[str, Any], inventories: dict[str, str]
 ) -> None:
-    capped = GatewayProc(env["env"], Path(inventories["capped"]), env["root"], "capped", "-c", "4096", "-t", "1")
+    capped = GatewayProc(
+        env["env"], Path(inventories["capped"]), env["root"], "capped", "-c", "4096", "-t", "1", port_from=21900
+    )
     try:
         r = chat(capped)
         err = r.json()["error"]
