@@ -363,5 +363,16 @@ def last_error(state: CoordinatorState) -> str:
     return llama_server.last_error(Path(state.log))
 
 
+def http_started(state: CoordinatorState) -> bool:
+    """Whether llama-server got as far as its HTTP server: it logs `load_model:` right after starting it
+    (the RPC devices of --rpc are contacted before, so a backend that does not answer holds it up there)."""
+    try:
+        with open(state.log, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return True  # no log to tell: say what /health says
+    return b"load_model:" in head
+
+
 def uptime(state: CoordinatorState) -> float:
     return max(0.0, time.time() - state.started_at)

@@ -388,10 +388,11 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
             f"{', '.join(base.lost)} closed the connection (the rpc-server died or restarted); the next request "
             "will fail: `sollol-ops down`, check the worker, `sollol-ops up` again"
         )
-    elif code == 503:
+    elif code == 503 or (code is None and not coordinator.http_started(state)):
         line = llama_server.last_line(Path(state.log))
         base.state, base.progress = "loading", {"elapsed_s": base.uptime_s, "log": line}
-        base.detail = f"llama-server is loading the model ({base.uptime_s:.0f}s so far; last log line: {line or '-'})"
+        what = "loading the model" if code == 503 else "starting (contacting its RPC backends; not answering yet)"
+        base.detail = f"llama-server is {what} ({base.uptime_s:.0f}s so far; last log line: {line or '-'})"
     elif code != 200:
         base.state = "unhealthy"
         base.detail = f"/health answered {code}" if code else "/health does not answer"
