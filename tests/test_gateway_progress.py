@@ -201,6 +201,17 @@ def test_a_held_up_load_shows_in_the_stream_api_ps_and_status(env: dict[str, Any
         assert f"coordinator: {MODEL}" in table.stdout and "loading" in table.stdout, table.stdout
         assert "so far; last log line:" in table.stdout, table.stdout
 
+        # a second streamed request joins the queue, gets its first progress line, and leaves: it leaves the queue
+        assert od(gw)["queued"] == {MODEL: 1}
+        with (
+            httpx.Client(timeout=httpx.Timeout(10, read=30)) as c,
+            c.stream("POST", f"{gw.url}/api/chat", json=body) as r,
+        ):
+            first = json.loads(next(r.iter_lines()))
+            assert first["message"]["thinking"].startswith(f"loading {MODEL}") and first["done"] is False
+        wait_until(lambda: od(gw)["queued"] == {MODEL: 1}, 10, "the request that left to leave the queue")
+        wait_until(lambda: any("(client left)" in line for line in gw.log_lines()), 10, "the 499 line")
+
         os.kill(local.pids[0], signal.SIGCONT)
         stopped = False
         reader.join(120)
@@ -211,4 +222,34 @@ def test_a_held_up_load_shows_in_the_stream_api_ps_and_status(env: dict[str, Any
     finally:
         if stopped:
             os.kill(local.pids[0], signal.SIGCONT)
+        gw.stop()
+
+
+def test_a_refused_load_ends_the_progress_stream_with_the_apis_error(env: dict[str, Any], local: Local) -> None:
+    """The status line went out first, so the refusal (an rpc-server down) is the stream's last event, in the
+    API's error shape: both official clients raise it with `up`'s message naming the host."""
+    dead = free_port(54600)
+    own = {**env["env"], "XDG_STATE_HOME": str(env["root"] / "state-refused")}
+    inv = inventory(env["root"] / "refused.ini", local, True)
+    inv.write_text(
+        inv.read_text().replace("[all:vars]", f"ghost ansible_host=127.0.0.1 sollol_rpc_port={dead}\n\n[all:vars]")
+    )
+    gw = GatewayProc(own, inv, env["root"], "refused", "-t", "1", port_from=21800)
+    try:
+        parts: list[Any] = []
+        with pytest.raises(ollama.ResponseError) as err:
+            for part in ollama.Client(host=gw.url).chat(model=MODEL, messages=MESSAGES, options=OPTS, stream=True):
+                parts.append(part)
+        assert f"ghost (127.0.0.1:{dead}) is down" in str(err.value) and "cannot load" in str(err.value)
+        assert parts and all(p.message.thinking and not p.message.content for p in parts), parts
+        oa = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+        seen: list[Any] = []
+        with pytest.raises(openai.APIError) as oerr:
+            for chunk in oa.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True):
+                seen.append(chunk)
+        assert f"ghost (127.0.0.1:{dead}) is down" in str(oerr.value)
+        assert seen and all((c.choices[0].delta.model_extra or {}).get("reasoning_content") for c in seen)
+        assert od(gw)["queued"] == {} and od(gw)["phase"] == "idle"
+        assert any("POST /api/chat 503" in line for line in gw.log_lines())
+    finally:
         gw.stop()

@@ -399,6 +399,10 @@ class Gateway:
                 except ApiError as exc:
                     yield failed(exc)
                     return
+                except Exception as exc:  # a bug: the API's error shape and one line, as create_app's handlers
+                    log.exception("internal error on %s %s", call.method, call.path)
+                    yield failed(ApiError(500, f"internal error: {type(exc).__name__}: {exc}"))
+                    return
                 if isinstance(answer, Relay):
                     inner.append(answer)
                     async for chunk in answer.chunks:
