@@ -39,6 +39,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[s
 def local(env: dict[str, Any]) -> Iterator[Local]:
     cluster = Local(env["env"], 2, free_port(54500))
     yield cluster
+    for state in sorted(env["root"].glob("state-*")):  # a gateway that exits leaves its coordinator running
+        run_cli("down", "--timeout", "5", env={**env["env"], "XDG_STATE_HOME": str(state)})
     cluster.stop()
 
 
