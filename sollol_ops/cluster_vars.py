@@ -31,6 +31,14 @@ RPC_GROUP_VAR = "sollol_rpc_group"
 COORDINATOR_GROUP_VAR = "sollol_coordinator_group"
 GROUP_VARS: dict[str, str] = {RPC_GROUP_VAR: RPC_GROUP, COORDINATOR_GROUP_VAR: COORDINATOR_GROUP}
 
+# Cluster-wide variables, read by `sollol-ops up` and the gateway: set them in [all:vars] or group_vars/all (hosts
+# that set one must agree). roles/coordinator writes them into the inventory of the CLI on the coordinator.
+CLUSTER_WIDE: dict[str, object] = {
+    # Start the coordinator on the healthy rpc-servers when some are down, if the model still fits them (as
+    # `up --skip-unhealthy`; `status` then calls it degraded, naming the backends left out). Off: refuse, naming them.
+    "sollol_skip_unhealthy": False,
+}
+
 # Every variable of roles/sollol_cluster with its default (that file must equal this mapping).
 DEFAULTS: dict[str, object] = {
     # Address the cluster uses to reach the host's rpc-servers (also what they bind to).
@@ -45,6 +53,7 @@ DEFAULTS: dict[str, object] = {
     "sollol_rpc_weight": 0,
     # Compute backend of the host (same variable as roles/llama_cpp).
     "llama_cpp_backend": "cpu",
+    **CLUSTER_WIDE,
     # The inventory groups the playbooks and roles work on.
     **GROUP_VARS,
 }
@@ -73,5 +82,7 @@ GATEWAY_DEFAULTS: dict[str, object] = {
     "sollol_gateway_mode": None,
     # Per-model routes that override the size rule: {"llama3.1:70b": "shard", "qwen2.5:7b": "pool"}.
     "sollol_gateway_pins": {},
+    # Streamed requests that wait for a sharded model to load get its loading progress as reasoning/thinking text.
+    "sollol_gateway_loading_progress": False,
 }
 GATEWAY_MODES = ("shard", "pool", "hybrid")

@@ -25,6 +25,19 @@ MIB = 1 << 20
 
 
 @dataclass
+class LeftOut:
+    """A backend of the inventory that a degraded coordinator was started without (unhealthy at its start)."""
+
+    host: str
+    endpoint: str
+    status: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.host} ({self.endpoint}, {self.status} at start)"
+
+
+@dataclass
 class CoordinatorState:
     pid: int
     start_time: int | None
@@ -41,6 +54,7 @@ class CoordinatorState:
     kv_per_layer: int
     foreground: bool = False
     plan: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[LeftOut] = field(default_factory=list)  # degraded: started without these (sollol_skip_unhealthy)
 
     def __post_init__(self) -> None:
         if self.pid <= 0:
@@ -165,12 +179,23 @@ def _spawn_recorded(
 
 
 def start_detached(
-    toolchain: Toolchain, blob: Path, plan: Plan, opts: StartOptions, model: str, digest: str, root: Path | None = None
+    toolchain: Toolchain,
+    blob: Path,
+    plan: Plan,
+    opts: StartOptions,
+    model: str,
+    digest: str,
+    root: Path | None = None,
+    skipped: list[LeftOut] | None = None,
 ) -> CoordinatorState:
     argv = llama_server.command(toolchain, blob, opts, plan)
     log = _prepare_log(root)
     state, _ = _spawn_recorded(
-        argv, root, log, lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, foreground=False), False
+        argv,
+        root,
+        log,
+        lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, False, skipped or []),
+        False,
     )
     return state
 
@@ -185,6 +210,7 @@ def _state(
     digest: str,
     log: Path,
     foreground: bool,
+    skipped: list[LeftOut],
 ) -> CoordinatorState:
     return CoordinatorState(
         pid=pid,
@@ -202,6 +228,7 @@ def _state(
         kv_per_layer=plan.kv_per_layer,
         foreground=foreground,
         plan=plan_rows(plan),
+        skipped=list(skipped),
     )
 
 
@@ -215,12 +242,13 @@ def run_foreground(
     root: Path | None = None,
     on_ready: Callable[[CoordinatorState], None] | None = None,
     ready_timeout: float = 600.0,
+    skipped: list[LeftOut] | None = None,
 ) -> int:
     """Run llama-server attached (for a systemd unit): signals are forwarded, state removed on exit."""
     argv = llama_server.command(toolchain, blob, opts, plan)
     log = _prepare_log(root)
     state, started = _spawn_recorded(
-        argv, root, log, lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, foreground=True), True
+        argv, root, log, lambda pid: _state(pid, argv, blob, plan, opts, model, digest, log, True, skipped or []), True
     )
     assert started is not None
     proc = started
@@ -333,6 +361,17 @@ def lost_backends(state: CoordinatorState) -> list[str]:
 
 def last_error(state: CoordinatorState) -> str:
     return llama_server.last_error(Path(state.log))
+
+
+def http_started(state: CoordinatorState) -> bool:
+    """Whether llama-server got as far as its HTTP server: it logs `load_model:` right after starting it
+    (the RPC devices of --rpc are contacted before, so a backend that does not answer holds it up there)."""
+    try:
+        with open(state.log, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return True  # no log to tell: say what /health says
+    return b"load_model:" in head
 
 
 def uptime(state: CoordinatorState) -> float:

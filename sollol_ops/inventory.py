@@ -81,6 +81,7 @@ class Cluster:
     backends: list[Backend]
     coordinators: list[Coordinator]
     groups: list[str] = field(default_factory=list)
+    skip_unhealthy: bool = False  # sollol_skip_unhealthy: start degraded on the healthy backends when some are down
 
     def rpc_list(self) -> str:
         return ",".join(b.endpoint for b in self.backends)
@@ -627,7 +628,8 @@ def cluster_from_inventory_data(
             seen[b.endpoint] = host
             backends.append(b)
     coordinators = [Coordinator(h, _address(h, hostvars.get(h, {}))) for h in group_hosts(data, coordinator_group)]
-    return Cluster(inventory=inventory, backends=backends, coordinators=coordinators, groups=groups)
+    skip = cluster_wide_bool(data, "sollol_skip_unhealthy")
+    return Cluster(inventory, backends, coordinators, groups, skip_unhealthy=skip)
 
 
 def load_cluster(
@@ -664,6 +666,7 @@ class GatewaySettings:
     rpc_hosts: list[str]
     mode: str | None
     pins: dict[str, str]
+    loading_progress: bool = False
 
 
 def _pool_node(host: str, hv: Mapping[str, Any]) -> PoolNode:
@@ -683,8 +686,8 @@ def _pool_node(host: str, hv: Mapping[str, Any]) -> PoolNode:
     return PoolNode(host, address.strip(), port, str(api), mem or None)
 
 
-def _gateway_var(data: Mapping[str, Any], name: str) -> Any:
-    """A gateway-wide variable: the value every host that has it agrees on (None when none has it)."""
+def cluster_wide_var(data: Mapping[str, Any], name: str) -> Any:
+    """A cluster-wide variable: the value every host that has it agrees on (None when none has it)."""
     hostvars: Mapping[str, Any] = data.get("_meta", {}).get("hostvars", {})
     found: dict[str, Any] = {}
     for host, hv in hostvars.items():
@@ -695,6 +698,26 @@ def _gateway_var(data: Mapping[str, Any], name: str) -> Any:
         a, b = next((h1, h2) for h1 in found for h2 in found if found[h1] != found[h2])
         raise InventoryError(f"{name} differs between hosts {a} and {b}; set it once, in [all:vars] or group_vars/all")
     return values[0] if values else None
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0", "")
+
+
+def cluster_wide_bool(data: Mapping[str, Any], name: str) -> bool:
+    """A cluster-wide switch (absent: cluster_vars' default). Ansible's booleans: true/false, yes/no, on/off,
+    1/0 (an INI [all:vars] value arrives as a string)."""
+    value = cluster_wide_var(data, name)
+    if value is None:
+        return bool({**cluster_vars.CLUSTER_WIDE, **cluster_vars.GATEWAY_DEFAULTS}[name])
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InventoryError(f"{name} must be true or false, got {value!r}")
 
 
 def gateway_settings_from_inventory_data(
@@ -714,12 +737,13 @@ def gateway_settings_from_inventory_data(
             raise InventoryError(f"duplicate pool node {key} (hosts {seen[key]} and {host}) in {inventory}")
         seen[key] = host
         pool.append(node)
-    mode = _gateway_var(data, "sollol_gateway_mode")
+    mode = cluster_wide_var(data, "sollol_gateway_mode")
     if mode is not None and mode not in cluster_vars.GATEWAY_MODES:
         raise InventoryError(
             f"sollol_gateway_mode must be one of {', '.join(cluster_vars.GATEWAY_MODES)}, got {mode!r}"
         )
-    pins = _gateway_var(data, "sollol_gateway_pins") or {}
+    pins = cluster_wide_var(data, "sollol_gateway_pins") or {}
     if not isinstance(pins, Mapping) or not all(isinstance(k, str) and v in ("pool", "shard") for k, v in pins.items()):
         raise InventoryError(f"sollol_gateway_pins must map model names to 'pool' or 'shard', got {pins!r}")
-    return GatewaySettings(pool, group_hosts(data, rpc_group), mode, dict(pins))
+    progress = cluster_wide_bool(data, "sollol_gateway_loading_progress")
+    return GatewaySettings(pool, group_hosts(data, rpc_group), mode, dict(pins), progress)

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sollol_ops import coordinator, llama_server, procs, rpc, statefile
-from sollol_ops.coordinator import CoordinatorState
-from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError
+from sollol_ops.coordinator import CoordinatorState, LeftOut
+from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError, PlacementError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.inventory import Backend, Cluster
 from sollol_ops.llama_server import Distribution, StartOptions
@@ -28,7 +29,7 @@ class UpRequest:
     ollama_models: str | None = None
     dry_run: bool = False
     replace: bool = False
-    skip_unhealthy: bool = False
+    skip_unhealthy: bool | None = None  # None: the inventory's sollol_skip_unhealthy
     timeout: float = 600.0
 
 
@@ -80,13 +81,25 @@ def check_backends(
     results = rpc.probe_all([b.endpoint for b in backends])
     pairs = list(zip(backends, results, strict=True))
     bad = [(b, r) for b, r in pairs if not r.ok]
+    problems = "; ".join(describe_backend_problem(b, r) for b, r in bad)
     if bad and not skip_unhealthy:
-        problems = "; ".join(describe_backend_problem(b, r) for b, r in bad)
-        raise BackendError(f"{problems}; fix them (systemctl status sollol-rpc-server) or pass --skip-unhealthy")
+        raise BackendError(
+            f"{problems}; fix them (systemctl status sollol-rpc-server), or allow a degraded start on the healthy "
+            "backends: --skip-unhealthy, or sollol_skip_unhealthy=true in the inventory"
+        )
     good = [(b, r) for b, r in pairs if r.ok]
     if not good:
-        raise BackendError("no healthy backend left: " + "; ".join(describe_backend_problem(b, r) for b, r in bad))
+        raise BackendError("no healthy backend left: " + problems)
+    if bad:
+        reporter.warn(
+            f"starting degraded on {len(good)} of {len(pairs)} backends, without {problems} "
+            "(skip-unhealthy is on; `sollol-ops status` names them)"
+        )
     return good, bad
+
+
+def left_out(skipped: Sequence[tuple[Backend, rpc.ProbeResult]]) -> list[LeftOut]:
+    return [LeftOut(b.host, b.endpoint, r.status.value, r.detail) for b, r in skipped]
 
 
 @dataclass
@@ -112,7 +125,13 @@ def plan_command(
     """Probe the backends, plan placement, build the llama-server command: the one path from a model to
     a sharded llama-server, shared by `up` and the benchmark."""
     probes, skipped = check_backends(backends, skip_unhealthy, reporter or Reporter())
-    plan = plan_placement(info, build_slots(probes), opts.n_ctx, model)
+    try:
+        plan = plan_placement(info, build_slots(probes), opts.n_ctx, model)
+    except PlacementError as exc:
+        if not skipped:
+            raise
+        without = ", ".join(lo.describe() for lo in left_out(skipped))
+        raise PlacementError(f"{exc} (on the {len(probes)} healthy backend(s), without {without})") from exc
     return Prepared(probes, skipped, plan, llama_server.command(toolchain, blob, opts, plan))
 
 
@@ -183,7 +202,8 @@ def _up(
         outcome.replaced = running.model
     if not req.dry_run and procs.port_in_use(opts.host, opts.port):
         raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
-    prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, req.skip_unhealthy, reporter)
+    skip = cluster.skip_unhealthy if req.skip_unhealthy is None else req.skip_unhealthy
+    prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter)
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command
     if req.dry_run:
@@ -194,7 +214,9 @@ def _up(
         outcome.kind = Outcome.FOREGROUND
         return outcome
     reporter.step(f"starting llama-server on {opts.host}:{opts.port}")
-    state = coordinator.start_detached(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, root)
+    state = coordinator.start_detached(
+        toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, root, left_out(outcome.skipped)
+    )
     try:
         outcome.ready_s = coordinator.wait_ready(state, timeout=req.timeout, on_progress=reporter.loading)
     except CoordinatorError:
@@ -233,6 +255,7 @@ def run_foreground(
             root,
             on_ready=on_ready,
             ready_timeout=ready_timeout,
+            skipped=left_out(outcome.skipped),
         )
 
 
@@ -290,6 +313,14 @@ class CoordinatorStatus:
     detail: str = ""
     suspects: list[str] = field(default_factory=list)  # the backend a stalled coordinator waits on
     lost: list[str] = field(default_factory=list)  # backends that closed their connection to it
+    degraded: bool = False  # started without some backends of the inventory (sollol_skip_unhealthy)
+    skipped: list[LeftOut] = field(default_factory=list)  # those backends, as they were at its start
+    progress: dict[str, Any] = field(default_factory=dict)  # while loading: elapsed_s, log (llama-server's last line)
+
+    @property
+    def degraded_note(self) -> str:
+        without = ", ".join(lo.describe() for lo in self.skipped)
+        return f"degraded: runs on {len(self.backends)} backend(s), without {without}"
 
 
 @dataclass
@@ -307,6 +338,9 @@ class StatusReport:
             out.append(f"coordinator {c.model or ''} is {c.state}: {c.detail}".replace("  ", " "))
         elif c.state == "not running" and require_coordinator:
             out.append("no coordinator is running (start one with `sollol-ops up MODEL`)")
+        if c.degraded and c.state != "not running":
+            fix = f"`sollol-ops up {c.model} --replace` once they are back"
+            out.append(f"coordinator {c.model} is {c.degraded_note} ({fix})")
         for b in self.backends:
             if b.status not in (rpc.Status.READY.value, rpc.Status.SERVING.value):
                 out.append(f"{b.host} ({b.endpoint}) is {b.status}: {b.detail}")
@@ -336,6 +370,8 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
         exposed=state.exposed,
         backends=list(state.backends),
         log=state.log,
+        degraded=bool(state.skipped),
+        skipped=list(state.skipped),
     )
     if not coordinator.is_alive(state):
         base.running = False
@@ -352,8 +388,11 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
             f"{', '.join(base.lost)} closed the connection (the rpc-server died or restarted); the next request "
             "will fail: `sollol-ops down`, check the worker, `sollol-ops up` again"
         )
-    elif code == 503:
-        base.state, base.detail = "loading", "llama-server is loading the model"
+    elif code == 503 or (code is None and not coordinator.http_started(state)):
+        line = llama_server.last_line(Path(state.log))
+        base.state, base.progress = "loading", {"elapsed_s": base.uptime_s, "log": line}
+        what = "loading the model" if code == 503 else "starting (contacting its RPC backends; not answering yet)"
+        base.detail = f"llama-server is {what} ({base.uptime_s:.0f}s so far; last log line: {line or '-'})"
     elif code != 200:
         base.state = "unhealthy"
         base.detail = f"/health answered {code}" if code else "/health does not answer"
@@ -393,5 +432,8 @@ def status(
             rows.append(BackendStatus(b.host, b.endpoint, rpc.Status.SERVING.value, None, [], f"held by {coord.model}"))
             continue
         r = results[b.endpoint]
-        rows.append(BackendStatus(b.host, b.endpoint, r.status.value, r.version, r.devices, r.detail))
+        detail = r.detail
+        if coord.state != "not running" and b.endpoint in {lo.endpoint for lo in coord.skipped}:
+            detail = f"{detail}; left out of {coord.model}'s coordinator (degraded)".lstrip("; ")
+        rows.append(BackendStatus(b.host, b.endpoint, r.status.value, r.version, r.devices, detail))
     return StatusReport(coord, rows, str(cluster.inventory))

@@ -175,6 +175,7 @@ def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
     path = root / "roles/coordinator/templates/inventory.yml.j2"
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["to_json"] = json.dumps
+    env.filters["bool"] = lambda v: v if isinstance(v, bool) else str(v).strip().lower() in ("true", "yes", "on", "1")
     variables = {
         "ansible_managed": "managed",
         "inventory_hostname": "coord1",
@@ -192,10 +193,16 @@ def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
     cli_groups = sorted([cv.RPC_GROUP, cv.COORDINATOR_GROUP])
     if sorted(children) != cli_groups:
         problems.append(f"{_rel(root, path)}: writes groups {sorted(children)}, the CLI reads {cli_groups}")
-    want = {k: v for k, v in cv.DEFAULTS.items() if k not in cv.GROUP_VARS and k != "sollol_rpc_address"}
+    wide: dict[str, Any] = getattr(cv, "CLUSTER_WIDE", {})
+    skip = {*cv.GROUP_VARS, *wide, "sollol_rpc_address"}
+    want = {k: v for k, v in cv.DEFAULTS.items() if k not in skip}
     for key, value in want.items():
         if worker.get(key) != value:
             problems.append(f"{_rel(root, path)}: an unset {key} is written as {worker.get(key)!r}, not {value!r}")
+    written = data["all"].get("vars") or {}
+    for key, value in wide.items():  # cluster-wide: written once, for all hosts
+        if written.get(key) != value:
+            problems.append(f"{_rel(root, path)}: all.vars.{key} is written as {written.get(key)!r}, not {value!r}")
     return problems
 
 

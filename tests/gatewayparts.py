@@ -94,10 +94,17 @@ class GatewayProc:
     """`sollol-ops gateway` as a user starts it, in its own process; stderr (its log) goes to a file."""
 
     def __init__(
-        self, env: dict[str, str], inventory: Path, log_dir: Path, name: str, *args: str, api_key: str | None = None
+        self,
+        env: dict[str, str],
+        inventory: Path,
+        log_dir: Path,
+        name: str,
+        *args: str,
+        api_key: str | None = None,
+        port_from: int = 18800,
     ) -> None:
         self.name = name
-        self.port = free_port(18800)
+        self.port = free_port(port_from)  # modules that run beside others start from their own base
         self.log = log_dir / f"gateway-{name}.log"
         self.api_key = api_key
         full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}

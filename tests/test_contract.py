@@ -146,6 +146,24 @@ MUTATIONS = [
         "sollol_rpc_memory_mib | default(1024)",
         "an unset sollol_rpc_memory_mib is written as 1024",
     ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_skip_unhealthy | default(false)",
+        "sollol_skip_unhealthy | default(true)",
+        "sollol_skip_unhealthy | default(true), cluster_vars says False",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "    sollol_skip_unhealthy: {{",
+        "    sollol_skip_unhealthy_x: {{",
+        "all.vars.sollol_skip_unhealthy is written as None, not False",
+    ),
+    (
+        "sollol_ops/cluster_vars.py",
+        '"sollol_skip_unhealthy": False,',
+        '"sollol_skip_unhealthy": True,',
+        "roles/sollol_cluster/defaults/main.yml: sollol_skip_unhealthy is False, cluster_vars says True",
+    ),
     ("inventory.example.ini", "[rpc_servers]", "[workers]", "inventory.example.ini: no [rpc_servers] section"),
     (
         "inventory.example.ini",

@@ -193,3 +193,40 @@ def test_kill_9_of_up_while_loading_leaves_a_tracked_coordinator(local2: Local) 
     assert proc.returncode == 0 and "stopped" in proc.stdout
     assert llama_servers(port) == []
     assert local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512", "--dry-run").returncode == 0
+
+
+def test_status_calls_a_coordinator_held_up_by_a_frozen_backend_at_start_loading(
+    rpc_server: tuple[str, object], smollm2_store: Path, tmp_path: Path
+) -> None:
+    """llama-server contacts its RPC devices before it starts its HTTP server: with the only rpc-server
+    frozen (SIGSTOP) after the probe, it never answers /health. `status` calls it loading (starting), with
+    its progress, not unhealthy; the gateway's loads show the same way in `sollol-ops status`."""
+    from sollol_ops import coordinator, lifecycle
+    from sollol_ops.gguf_info import read_gguf
+    from sollol_ops.inventory import Backend
+    from sollol_ops.llama_server import StartOptions
+    from sollol_ops.ollama import resolve_model
+    from sollol_ops.toolchain import find_toolchain
+
+    endpoint, server = rpc_server
+    host, port = endpoint.rsplit(":", 1)
+    resolved = resolve_model("smollm2:135m", smollm2_store)
+    opts = StartOptions(port=free_port(18500), n_ctx=512, threads=1)
+    toolchain = find_toolchain()
+    prepared = lifecycle.plan_command(
+        "smollm2:135m", resolved.blob, read_gguf(resolved.blob), [Backend("w0", host, int(port))], opts, toolchain
+    )
+    root = tmp_path / "state"
+    os.kill(server.pid, signal.SIGSTOP)  # type: ignore[attr-defined]
+    try:
+        st = coordinator.start_detached(
+            toolchain, resolved.blob, prepared.plan, opts, "smollm2:135m", resolved.digest, root
+        )
+        status = lifecycle.coordinator_status(root)
+        assert status.running and status.state == "loading", status
+        assert "starting (contacting its RPC backends; not answering yet)" in status.detail
+        assert status.progress["elapsed_s"] is not None and coordinator.is_alive(st)
+    finally:
+        coordinator.stop(root, timeout=5)
+        os.kill(server.pid, signal.SIGCONT)  # type: ignore[attr-defined]
+    assert llama_servers(opts.port) == []

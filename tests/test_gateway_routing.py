@@ -13,7 +13,7 @@ from sollol_ops.gateway.app import GatewayConfig, Router
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.pool import Pool
-from sollol_ops.inventory import PoolNode, gateway_settings_from_inventory_data
+from sollol_ops.inventory import PoolNode, cluster_from_inventory_data, gateway_settings_from_inventory_data
 from sollol_ops.ollama import resolve_model
 
 MODEL = "smollm2:135m"
@@ -115,7 +115,19 @@ def test_inventory_pool_variables() -> None:
         ("a", "http://10.0.0.5:11434", "ollama"),
         ("b", "http://b:8080", "openai"),
     ]
-    assert s.mode is None and s.pins == {}
+    assert s.mode is None and s.pins == {} and s.loading_progress is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(True, True), ("true", True), ("yes", True), ("off", False), (0, False)]
+)
+def test_cluster_wide_switches_take_ansibles_booleans(value: object, expected: bool) -> None:
+    """An INI [all:vars] value arrives as a string: true/yes/on/1 and false/no/off/0, as Ansible's `bool`."""
+    hostvars = {"a": {"sollol_skip_unhealthy": value, "sollol_gateway_loading_progress": value}, "b": {}}
+    data = inv(hostvars, ["a"], rpc=["b"])
+    assert gateway_settings_from_inventory_data(data, Path("i")).loading_progress is expected
+    assert cluster_from_inventory_data(data, Path("i")).skip_unhealthy is expected
+    assert cluster_from_inventory_data(inv({"b": {}}, [], rpc=["b"]), Path("i")).skip_unhealthy is False
 
 
 @pytest.mark.parametrize(
@@ -130,6 +142,7 @@ def test_inventory_pool_variables() -> None:
             "differs between hosts a and b",
         ),
         ({"a": {"ansible_host": "bad host"}}, "host a: ansible_host 'bad host'"),
+        ({"a": {"sollol_gateway_loading_progress": "maybe"}}, "must be true or false, got 'maybe'"),
     ],
 )
 def test_inventory_rejects_bad_gateway_variables(hostvars: dict, needle: str) -> None:

@@ -90,9 +90,16 @@ def _settings(ctx: Context) -> GatewaySettings:
     "--load-timeout", type=click.FloatRange(1, 86400), default=600, show_default=True, help="Seconds a load may take."
 )
 @click.option(
-    "--skip-unhealthy",
-    is_flag=True,
-    help="Load across the healthy backends when some are down (as `up --skip-unhealthy`).",
+    "--skip-unhealthy/--no-skip-unhealthy",
+    default=None,
+    help="Load degraded on the healthy backends when some are down, if the model fits them (as "
+    "`up --skip-unhealthy`; default: the inventory's sollol_skip_unhealthy, else refuse naming them).",
+)
+@click.option(
+    "--loading-progress/--no-loading-progress",
+    default=None,
+    help="Streamed requests that wait for a sharded model to load get its progress as reasoning (OpenAI) / "
+    "thinking (Ollama) text (default: the inventory's sollol_gateway_loading_progress, else off).",
 )
 @click.option(
     "--server-arg", "server_args", multiple=True, metavar="ARG", help="Extra llama-server argument (repeatable)."
@@ -118,7 +125,8 @@ def gateway(
     parallel: int,
     threads: int | None,
     load_timeout: float,
-    skip_unhealthy: bool,
+    skip_unhealthy: bool | None,
+    loading_progress: bool | None,
     server_args: tuple[str, ...],
 ) -> None:
     """Serve the Ollama and OpenAI APIs on one port, routing each model to the pool or the coordinator."""
@@ -144,7 +152,14 @@ def gateway(
             threads=threads,
             extra_args=list(server_args),
         )
-        on_demand = OnDemandSettings(start, default_ka, queue_size, load_timeout, skip_unhealthy)
+        on_demand = OnDemandSettings(
+            start,
+            keep_alive=default_ka,
+            queue_size=queue_size,
+            load_timeout=load_timeout,
+            skip_unhealthy=skip_unhealthy,  # None: the inventory's sollol_skip_unhealthy, read at each load
+            loading_progress=settings.loading_progress if loading_progress is None else loading_progress,
+        )
     opts = server.ServeOptions(host, port, mode, api_key, ollama_models, max_body_mib << 20, pool, on_demand)
     gw = server.build(opts, settings, ctx.cluster)
     sock = server.bind(host, port)

@@ -49,12 +49,15 @@ def _render(report: lifecycle.StatusReport) -> None:
         click.echo(f"coordinator: {c.model} EXITED ({c.detail}); `sollol-ops down` clears it")
     else:
         exposed = "  (listens beyond loopback)" if c.exposed else ""
+        degraded = "  DEGRADED" if c.degraded else ""
         click.echo(
-            f"coordinator: {c.model} at {c.endpoint}  listening on {c.listen}{exposed}  pid {c.pid}  {c.state}  "
-            f"up {c.uptime_s:.0f}s"
+            f"coordinator: {c.model} at {c.endpoint}  listening on {c.listen}{exposed}  pid {c.pid}  {c.state}"
+            f"{degraded}  up {c.uptime_s:.0f}s"
         )
         if c.state != "serving":
             click.echo(f"  {c.detail}")
+    if c.degraded and c.state != "not running":
+        click.echo(f"  {c.degraded_note} (sollol_skip_unhealthy)")
         if c.distribution and c.distribution.devices:
             echo_distribution(c.distribution)
     click.echo("")

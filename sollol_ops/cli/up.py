@@ -24,7 +24,12 @@ from sollol_ops.ui import echo_json, echo_table
 @click.option("--dry-run", is_flag=True, help="Check backends and print the placement plan, start nothing.")
 @click.option("--foreground", is_flag=True, help="Run attached (for a systemd unit), forwarding signals.")
 @click.option("--replace", is_flag=True, help="Stop a coordinator serving another model first.")
-@click.option("--skip-unhealthy", is_flag=True, help="Leave out down/busy/incompatible backends instead of refusing.")
+@click.option(
+    "--skip-unhealthy/--no-skip-unhealthy",
+    default=None,
+    help="Start degraded without down/busy/incompatible backends (if the model fits the rest) instead of refusing "
+    "(default: the inventory's sollol_skip_unhealthy, else refuse).",
+)
 @click.option(
     "--timeout", type=click.FloatRange(1, 86400), default=600, show_default=True, help="Seconds to wait for ready."
 )
@@ -45,7 +50,7 @@ def up(
     dry_run: bool,
     foreground: bool,
     replace: bool,
-    skip_unhealthy: bool,
+    skip_unhealthy: bool | None,
     timeout: float,
     server_args: tuple[str, ...],
     as_json: bool,

@@ -3,10 +3,12 @@ the sharded coordinator, streams relayed without buffering and cancelled upstrea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from sollol_ops.gateway import translate
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import ApiError, body_for, upstream_message
 from sollol_ops.gateway.metrics import Metrics
-from sollol_ops.gateway.ondemand import Lease, OnDemand, parse_keep_alive
+from sollol_ops.gateway.ondemand import Lease, OnDemand, Ticket, parse_keep_alive
 from sollol_ops.gateway.pool import Node, Pool, normalize
 
 log = logging.getLogger("sollol_ops.gateway")
@@ -43,6 +45,19 @@ class GatewayConfig:
     pins: dict[str, str] = field(default_factory=dict)
     api_key: str | None = None
     max_body: int = 32 << 20
+
+
+@dataclass
+class Waiting:
+    """A streamed request queued for its sharded model, to be answered with loading progress first."""
+
+    ticket: Ticket
+    kind: str  # chat | generate (Ollama) | chat.completions (OpenAI)
+
+
+PROGRESS_EVERY = 2.0  # seconds between progress chunks when the load reports nothing new
+PROGRESS_POLL = 0.25
+_SO_FAR = re.compile(r"\d+s so far")
 
 
 @dataclass
@@ -312,18 +327,24 @@ class Gateway:
         )
 
     async def shard_targets(
-        self, request: Request, call: Call, targets: list[Target], keep_alive: Any = None
-    ) -> list[Target] | None:
+        self, request: Request, call: Call, targets: list[Target], keep_alive: Any = None, progress: str = ""
+    ) -> list[Target] | Waiting | None:
         """A store model on the shard route: wait until the gateway serves it (loading or swapping to it);
-        the lease is the call's until it finishes. None when the client left while waiting."""
+        the lease is the call's until it finishes. None when the client left while waiting. With `progress`
+        (the stream's kind) and --loading-progress, a request that must wait is answered at once by a stream
+        of progress chunks (Waiting: relay_while_loading)."""
         if self.shard is None or targets[0].route != "shard" or targets[0].url:
             return targets
-        ka = parse_keep_alive(keep_alive, self.shard.settings.keep_alive)
+        shard = self.shard
+        ka = parse_keep_alive(keep_alive, shard.settings.keep_alive)
         call.route, call.node = "shard", "coordinator"
+        ticket = shard.enqueue(call.model, ka)  # ApiError 503 when the queue is full
+        if progress and shard.settings.loading_progress and not ticket.fut.done():
+            return Waiting(ticket, progress)
 
         async def wait() -> Lease | ApiError:
             try:
-                return await self.shard.acquire(call.model, ka)  # type: ignore[union-attr]
+                return await shard.wait(ticket)
             except ApiError as exc:
                 return exc
 
@@ -336,6 +357,73 @@ class Gateway:
             raise got
         assert isinstance(got, Lease)
         return [self.router.coordinator_target(got.state)]
+
+    def relay_while_loading(
+        self, call: Call, waiting: Waiting, serve: Callable[[list[Target]], Awaitable[Response]]
+    ) -> Relay:
+        """The stream of a request that waits for its sharded model (--loading-progress): progress chunks in
+        the API's reasoning/thinking field (translate.progress_chunk) at once and whenever the load moves on
+        (at least every PROGRESS_EVERY s), then the answer's own stream from `serve`. A refusal or an upstream
+        error after this began is the stream's last event, in the API's error shape."""
+        assert self.shard is not None
+        shard, ticket, kind = self.shard, waiting.ticket, waiting.kind
+        sse = kind == "chat.completions"
+        api = "openai" if sse else "ollama"
+        inner: list[Relay] = []
+        status = {"code": 200}
+
+        def failed(exc: ApiError) -> bytes:
+            call.error, status["code"] = exc.message, exc.status
+            return translate.stream_error(sse, body_for(api, exc.status, exc.message))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            leased = False
+            try:
+                sent, last = None, 0.0
+                while True:
+                    line = shard.progress_line(call.model)
+                    key = _SO_FAR.sub("", line)
+                    if key != sent or time.monotonic() - last >= PROGRESS_EVERY:
+                        yield translate.progress_chunk(kind, call.model, line + "\n")
+                        sent, last = key, time.monotonic()
+                    if ticket.fut.done():
+                        break
+                    await asyncio.wait([ticket.fut], timeout=PROGRESS_POLL)
+                exc = ticket.fut.exception()
+                if exc is not None:
+                    yield failed(exc if isinstance(exc, ApiError) else ApiError(500, f"{type(exc).__name__}: {exc}"))
+                    return
+                call.lease, leased = ticket.fut.result(), True
+                try:
+                    answer = await serve([self.router.coordinator_target(call.lease.state)])
+                except ApiError as exc:
+                    yield failed(exc)
+                    return
+                except Exception as exc:  # a bug: the API's error shape and one line, as create_app's handlers
+                    log.exception("internal error on %s %s", call.method, call.path)
+                    yield failed(ApiError(500, f"internal error: {type(exc).__name__}: {exc}"))
+                    return
+                if isinstance(answer, Relay):
+                    inner.append(answer)
+                    async for chunk in answer.chunks:
+                        yield chunk
+                else:  # an error answered before any of the answer (already logged): the stream's last event
+                    yield translate.stream_error(sse, bytes(answer.body))
+            finally:
+                if not leased:
+                    shard.abandon(ticket)
+                for relay in inner:
+                    with contextlib.suppress(Exception):
+                        await relay.chunks.aclose()  # type: ignore[attr-defined]
+
+        async def close(disconnected: bool) -> None:
+            if inner:
+                await inner[0].close(disconnected)
+            else:
+                call.finish(499 if disconnected else status["code"], " (client left)" if disconnected else "")
+
+        ctype = "text/event-stream" if sse else NDJSON
+        return Relay(200, call.headers({"Content-Type": ctype, **STREAM_HEADERS}), chunks(), close)
 
     def left_while_waiting(self, call: Call) -> Response:
         call.finish(499, " (client left while the model loaded)")
@@ -461,10 +549,27 @@ class Gateway:
         bare = kind == "generate" and not body.get("prompt") and not body.get("images")
         if bare and self.shard is not None and targets[0].route == "shard" and not targets[0].url:
             return await self.load_or_unload(request, call, body, targets, t.model, t.stream)
-        got = await self.shard_targets(request, call, targets, body.get("keep_alive"))
+        progress = kind if t.stream and kind in ("chat", "generate") else ""
+        got = await self.shard_targets(request, call, targets, body.get("keep_alive"), progress)
         if got is None:
             return self.left_while_waiting(call)
-        targets = got
+        if isinstance(got, Waiting):
+            return self.relay_while_loading(
+                call, got, lambda targets: self.serve_ollama(request, call, body, t, raw, bare, targets)
+            )
+        return await self.serve_ollama(request, call, body, t, raw, bare, got)
+
+    async def serve_ollama(
+        self,
+        request: Request,
+        call: Call,
+        body: dict[str, Any],
+        t: translate.Translated,
+        raw: bytes,
+        bare: bool,
+        targets: list[Target],
+    ) -> Response:
+        """An Ollama request, once routed (and its sharded model served): upstream, translated if needed."""
         if bare and targets[0].api == "openai":
             # Ollama's load (empty prompt) and unload (keep_alive 0) requests: an OpenAI upstream keeps its
             # model loaded for its whole life, so both are answered at once.
@@ -601,10 +706,20 @@ class Gateway:
         targets = self.router.targets(model)
         call.model = normalize(model)
         raw = json.dumps(body).encode()
-        got = await self.shard_targets(request, call, targets)
+        progress = "chat.completions" if stream and call.endpoint == "chat.completions" else ""
+        got = await self.shard_targets(request, call, targets, progress=progress)
         if got is None:
             return self.left_while_waiting(call)
-        targets = got
+        if isinstance(got, Waiting):
+            return self.relay_while_loading(
+                call, got, lambda targets: self.serve_openai(request, call, raw, stream, targets)
+            )
+        return await self.serve_openai(request, call, raw, stream, got)
+
+    async def serve_openai(
+        self, request: Request, call: Call, raw: bytes, stream: bool, targets: list[Target]
+    ) -> Response:
+        """An OpenAI request, once routed (and its sharded model served): passed through upstream."""
         resp = await self.open_upstream(call, targets, lambda target: (request.url.path, raw))
         if resp.status_code >= 400:
             return await self.upstream_error(call, "openai", resp)
@@ -701,6 +816,8 @@ class Gateway:
                     "context_length": state.n_ctx,
                     "node": f"coordinator@{state.listen}",
                     "status": "serving" if od is None else od["phase"],
+                    "degraded": bool(state.skipped),  # started without some rpc-servers (sollol_skip_unhealthy)
+                    "skipped_backends": [lo.describe() for lo in state.skipped],
                 }
             )
         call.finish(200)

@@ -63,13 +63,16 @@ class OnDemandSettings:
     keep_alive: float | None = 300.0  # default keep_alive (seconds; None: forever)
     queue_size: int = 32  # requests waiting for a sharded model (loading or swapping); beyond: 503
     load_timeout: float = 600.0  # lifecycle.up's own wait for llama-server to be ready
-    skip_unhealthy: bool = False
+    skip_unhealthy: bool | None = None  # None: the inventory's sollol_skip_unhealthy
+    loading_progress: bool = False  # streamed requests that wait for a load get progress chunks (app.py)
     watch_interval: float = 1.0  # liveness checks of the serving coordinator
     retry_after: int = 5
 
 
 @dataclass
-class _Ticket:
+class Ticket:
+    """A request's place in the queue for a sharded model; `fut` resolves to its Lease (or an ApiError)."""
+
     name: str
     keep_alive: float | None
     fut: asyncio.Future[Lease]
@@ -130,7 +133,7 @@ class OnDemand:
         self.owned = False  # started by this gateway (keep_alive applies) or adopted (`sollol-ops up`)
         self.gen = 0  # bumps with every coordinator the manager serves from
         self.inflight = 0
-        self.queue: list[_Ticket] = []
+        self.queue: list[Ticket] = []
         self.keep_alive: float | None = settings.keep_alive
         self.idle_since = time.monotonic()
         self.progress: dict[str, Any] = {}
@@ -171,6 +174,11 @@ class OnDemand:
 
     async def acquire(self, model: str, keep_alive: float | None) -> Lease:
         """Wait until `model` is served (loading or swapping to it as needed); ApiError on a refusal."""
+        return await self.wait(self.enqueue(model, keep_alive))
+
+    def enqueue(self, model: str, keep_alive: float | None) -> Ticket:
+        """Join the queue for `model`: its ticket is already done when the model is served now. ApiError 503
+        (with Retry-After) when the queue is full."""
         name = normalize(model)
         waiting = len(self.queue)
         served_now = self.phase == "serving" and self.current == name
@@ -181,18 +189,37 @@ class OnDemand:
                 "retry later",
                 headers={"Retry-After": str(self.settings.retry_after)},
             )
-        ticket = _Ticket(name, keep_alive, asyncio.get_running_loop().create_future())
+        ticket = Ticket(name, keep_alive, asyncio.get_running_loop().create_future())
         self.queue.append(ticket)
         self._kick()
+        return ticket
+
+    async def wait(self, ticket: Ticket) -> Lease:
         try:
             return await asyncio.shield(ticket.fut)
         except asyncio.CancelledError:  # the client left while waiting
-            if ticket in self.queue:
-                self.queue.remove(ticket)
-            elif ticket.fut.done() and not ticket.fut.cancelled() and ticket.fut.exception() is None:
-                ticket.fut.result().release()
-            self._kick()
+            self.abandon(ticket)
             raise
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The request of `ticket` is gone before it used its lease: leave the queue, or give the lease back."""
+        if ticket in self.queue:
+            self.queue.remove(ticket)
+        elif ticket.fut.done() and not ticket.fut.cancelled() and ticket.fut.exception() is None:
+            ticket.fut.result().release()
+        self._kick()
+
+    def progress_line(self, name: str) -> str:
+        """One line on what a request for `name` waits for: the load's step, its seconds so far and
+        llama-server's last log line, or the swap it waits behind."""
+        name = normalize(name)
+        if self.current == name and self.phase == "loading":
+            p = self.progress
+            line = f"loading {name}: {p.get('step', 'starting')}, {time.monotonic() - self.load_t0:.0f}s so far"
+            return line + (f"; llama-server: {p['log']}" if p.get("log") else "")
+        if self.current not in (None, name) and self.phase in ("serving", "draining", "stopping"):
+            return f"waiting for {self.current} to finish {self.inflight} request(s) and unload, then loading {name}"
+        return f"waiting to load {name}"
 
     def _release(self, lease: Lease, failed: bool) -> None:
         if lease.gen == self.gen:
@@ -243,6 +270,7 @@ class OnDemand:
         if self.phase == "idle" and self.queue and self._busy is None:
             name = self.queue[0].name
             self.phase, self.current, self.state, self.progress = "loading", name, None, {}
+            self.load_t0 = time.monotonic()
             self._busy = asyncio.get_running_loop().create_task(self._load(name))
         self._on_change()
 
@@ -274,7 +302,6 @@ class OnDemand:
         self.stopped.set()
 
     async def _load(self, name: str) -> None:
-        self.load_t0 = time.monotonic()
         req = lifecycle.UpRequest(
             name,
             self.settings.opts,
@@ -394,6 +421,8 @@ class OnDemand:
             "keep_alive_s": self.keep_alive,
             "expires_in_s": expires,
             "progress": self.progress if self.phase == "loading" else {},
+            "degraded": bool(self.state and self.state.skipped),
+            "skipped_backends": [lo.describe() for lo in self.state.skipped] if self.state else [],
             "loads": self.loads,
             "swaps": self.swaps,
             "unloads": self.unloads,

@@ -415,3 +415,33 @@ def openai_models(entries: list[dict[str, Any]]) -> dict[str, Any]:
             for e in entries
         ],
     }
+
+
+# --------------------------------------------------------------------------- loading progress in streams
+
+
+def progress_chunk(kind: str, model: str, text: str) -> bytes:
+    """A streamed chunk that carries `text` (loading progress) where each API puts a model's reasoning, so it
+    never mixes with the answer (llama-swap's sendLoadingState): OpenAI chat `delta.reasoning_content`,
+    Ollama chat `message.thinking`, Ollama generate `thinking`; content stays empty and `done` false."""
+    if kind == "chat.completions":
+        chunk = {
+            "id": "sollol-loading",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": text}, "finish_reason": None}],
+        }
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    line: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
+    if kind == "chat":
+        line["message"] = {"role": "assistant", "content": "", "thinking": text}
+    else:
+        line |= {"response": "", "thinking": text}
+    line["done"] = False
+    return json.dumps(line).encode() + b"\n"
+
+
+def stream_error(sse: bool, body: bytes) -> bytes:
+    """An error body of the API's shape (errors.body_for) as the stream's last event or line."""
+    return b"data: " + body + b"\n\n" if sse else body + b"\n"
