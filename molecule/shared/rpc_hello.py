@@ -24,7 +24,7 @@ def main() -> int:
     except ConnectionRefusedError:
         print("refused")
         return 2
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         print("timeout")
         return 3
     if len(data) < 8 + 28 or struct.unpack("<Q", data[:8])[0] != 28:
