@@ -61,9 +61,10 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
      returning), ttft_s (seconds), prompt_tps, gen_tps (tokens/s); prompt_n, gen_n (tokens per query).
      The baseline of load_nocache_s is load_cold_s, of ready_s is load_warm_s; others: the same name.
      Gateway sections, as the client sees them: ttft_s (request sent to the first content chunk; "ondemand":
-     including the load, or for "by hand" from starting `sollol-ops up`), gen_tps ((chunks - 1) / (last chunk
-     - first chunk)), gen_n (content chunks: tokens; "gateway-pool": of all clients of one batch), agg_tps
-     (all clients' tokens / the batch's wall time), wall_s (one batch, first request sent to last token).
+     including the load, or for "by hand" from starting `sollol-ops up`), gen_tps ((gen_n - 1) / (last content
+     chunk - first content chunk)), gen_n (generated tokens as the server reports them at the end of the
+     stream; "gateway-pool": all clients of one batch), agg_tps (all clients' tokens / the batch's wall time),
+     wall_s (one batch, first request sent to last token).
   comparisons: [{section: str, model: str, what: str, a: str, b: str (row settings), metric: str,
                  unit: "s" | "tok/s", a_median: float, b_median: float,
                  ratio: float,           # = b_median / a_median (of the unrounded row medians)

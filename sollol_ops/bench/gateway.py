@@ -13,7 +13,10 @@ in one run (issues 11 and 12).
   model; a swap (the other model loaded and idle, to the first token of this one).
 
 Clients stream with httpx and time what they see: TTFT = request sent to the first chunk carrying content;
-generation tokens/s = (content chunks - 1) / (last chunk - first chunk). Every process started here goes
+generation tokens/s = (tokens - 1) / (last content chunk - first content chunk), with the token count the
+server reports at the end of the stream (llama-server's `timings.predicted_n`, relayed by the gateway's OpenAI
+route; `eval_count` on its Ollama route), since a chunk may carry more than one token (an incomplete UTF-8
+character is sent with the next one). Every process started here goes
 through the Bench's Reaper."""
 
 from __future__ import annotations
@@ -62,21 +65,26 @@ class Streamed:
 
     ttft_s: float
     total_s: float
-    tokens: int  # chunks carrying content (one token each from llama-server)
+    tokens: int  # generated tokens: the server's count, else the chunks carrying content
     gen_tps: float | None
 
 
-def _piece(line: str, api: str, url: str) -> tuple[str, bool]:
-    """(content, done) of one line of an OpenAI SSE or Ollama NDJSON stream; BenchError on an error event."""
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _piece(line: str, api: str, url: str) -> tuple[str, bool, int | None]:
+    """(content, done, generated tokens the server reports here) of one line of an OpenAI SSE or Ollama
+    NDJSON stream; BenchError on an error event."""
     text = line.strip()
     if api == "openai":
         if not text.startswith("data:"):
-            return "", False
+            return "", False, None
         text = text[5:].strip()
         if text == "[DONE]":
-            return "", True
+            return "", True, None
     elif not text:
-        return "", False
+        return "", False, None
     try:
         chunk = json.loads(text)
     except ValueError as exc:
@@ -86,8 +94,10 @@ def _piece(line: str, api: str, url: str) -> tuple[str, bool]:
     if chunk.get("error"):
         raise BenchError(f"{url} broke off the answer: {json.dumps(chunk['error'])[:200]}")
     if api == "openai":
-        return "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or []), False
-    return (chunk.get("message") or {}).get("content") or "", bool(chunk.get("done"))
+        content = "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+        return content, False, _count((chunk.get("timings") or {}).get("predicted_n"))
+    done = bool(chunk.get("done"))
+    return (chunk.get("message") or {}).get("content") or "", done, _count(chunk.get("eval_count")) if done else None
 
 
 async def stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], api: str) -> Streamed:
@@ -95,18 +105,20 @@ async def stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], api:
     t0 = time.perf_counter()
     first: float | None = None
     last = t0
-    tokens = 0
+    chunks = 0
+    reported: int | None = None
     try:
         async with client.stream("POST", url, json=body) as resp:
             if resp.status_code != 200:
                 detail = " ".join((await resp.aread()).decode(errors="replace").split())[:200]
                 raise BenchError(f"POST {url}: HTTP {resp.status_code} {detail}")
             async for line in resp.aiter_lines():
-                piece, done = _piece(line, api, url)
+                piece, done, count = _piece(line, api, url)
                 if piece:
                     last = time.perf_counter()
                     first = last if first is None else first
-                    tokens += 1
+                    chunks += 1
+                reported = count if count is not None else reported
                 if done:
                     break
     except httpx.HTTPError as exc:
@@ -114,17 +126,19 @@ async def stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], api:
     total = time.perf_counter() - t0
     if first is None:
         raise BenchError(f"POST {url} answered no tokens")
+    tokens = reported or chunks
     gen_tps = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
     return Streamed(first - t0, total, tokens, gen_tps)
 
 
 def openai_body(model: str, prompt: str, tokens: int) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "stream": True}
+    messages = [{"role": "user", "content": prompt}]
+    return {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True}
 
 
 def ollama_body(model: str, prompt: str, tokens: int) -> dict[str, Any]:
     messages = [{"role": "user", "content": prompt}]
-    return {"model": model, "messages": messages, "options": {"num_predict": tokens}, "stream": True}
+    return {"model": model, "messages": messages, "options": {"num_predict": tokens, "temperature": 0}, "stream": True}
 
 
 def _client(timeout: float) -> httpx.AsyncClient:
@@ -321,7 +335,8 @@ class GatewayBench:
             "request per route first. Direct: the member's own `/v1/chat/completions`; through the gateway: the "
             "same body on its OpenAI route (relayed as it is) and the same request on its Ollama `/api/chat` route "
             "(translated to OpenAI upstream and back to NDJSON). Times as the client sees them: TTFT = request "
-            "sent to the first chunk with content; GEN tok/s = (chunks - 1) / (last chunk - first chunk)."
+            "sent to the first chunk with content; GEN tok/s = (tokens - 1) / (last content chunk - first), tokens "
+            "as the server counts them (greedy sampling, temperature 0, on every route)."
         ]
         self.section_notes["gateway-pool"] = [
             f"{member}. Per repeat, one batch on each gateway (order alternating): {CLIENTS} clients at once, each "
