@@ -131,6 +131,34 @@ async def stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], api:
     return Streamed(first - t0, total, tokens, gen_tps)
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process pid holds a TCP socket listening on `port` (/proc/net/tcp{,6} and its fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f[9])
+    if not inodes:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 def openai_body(model: str, prompt: str, tokens: int) -> dict[str, Any]:
     messages = [{"role": "user", "content": prompt}]
     return {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True}
@@ -180,7 +208,7 @@ class GatewayBench:
     # ---------------------------------------------------------------- parts
 
     def _port(self, start: int) -> int:
-        return procs.free_ports("127.0.0.1", 1, start)[0]
+        return procs.free_ports("127.0.0.1", 1, start + os.getpid() % 500)[0]
 
     def _next_salt(self) -> int:
         self._salt += 1
@@ -193,26 +221,45 @@ class GatewayBench:
         env.update(XDG_STATE_HOME=str(self.work / f"{name}-state"), XDG_CACHE_HOME=str(self.work / f"{name}-cache"))
         return env
 
+    def start(
+        self, argv: Callable[[int], list[str]], log: Path, env: dict[str, str] | None, base: int
+    ) -> tuple[int, int]:
+        """Spawn argv(port) on a free port and wait until that process itself listens there (not another one
+        that took the port meanwhile: others run servers on this machine too); a new port when it exits."""
+        for _attempt in range(3):
+            port = self._port(base)
+            pid = self.reaper.spawn(argv(port), log, env)
+            deadline = time.monotonic() + self.cfg.timeout
+            while procs.is_alive(pid) and not _listens(pid, port):
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"{log.stem} did not listen on port {port} within {self.cfg.timeout:g} s (log {log})"
+                    )
+                time.sleep(0.05)
+            if procs.is_alive(pid):
+                return pid, port
+            self.reaper.stop(pid)
+        raise BenchError(f"{log.stem} exited: {llama_server.last_line(log)} (log {log})")
+
     def member(self, model: BenchModel, core: int | None) -> tuple[int, int]:
         """A pool member: plain llama-server, 1 thread, CLIENTS slots, prompt cache off and EOS ignored (every
         request processes its whole prompt and generates exactly the tokens asked, on every route);
         pinned to `core` with taskset. Returns (pid, port)."""
-        port = self._port(18700)
         extra = ["--alias", model.resolved_ref, "-np", str(CLIENTS), "--no-cache-prompt", "--ignore-eos"]
-        opts = StartOptions(port=port, n_ctx=self.cfg.ctx * CLIENTS, threads=1, extra_args=extra)
-        argv = llama_server.command(self.toolchain, model.blob, opts)
-        if core is not None:
-            argv = ["taskset", "-c", str(core), *argv]
+
+        def argv(port: int) -> list[str]:
+            opts = StartOptions(port=port, n_ctx=self.cfg.ctx * CLIENTS, threads=1, extra_args=extra)
+            cmd = llama_server.command(self.toolchain, model.blob, opts)
+            return cmd if core is None else ["taskset", "-c", str(core), *cmd]
+
         self._n += 1
         log = self.logs / f"member-{self._n}-core{core}.log"
-        t0 = time.perf_counter()
-        pid = self.reaper.spawn(argv, log)
+        pid, port = self.start(argv, log, None, 21700)
         llama_server.wait_ready(
             llama_server.base_url("127.0.0.1", port),
             lambda: procs.is_alive(pid),
             log,
             self.cfg.timeout,
-            started=t0,
             poll=0.05,
             error=BenchError,
             hint=f"log {log}",
@@ -220,11 +267,11 @@ class GatewayBench:
         return pid, port
 
     def gateway(self, name: str, inventory: Path, *args: str) -> Gateway:
-        """`sollol-ops gateway` in its own process, isolated state; waits for /health and a healthy pool."""
-        port = self._port(18800)
-        argv = [sys.executable, "-m", "sollol_ops.cli.main", "-i", str(inventory), "gateway", "--port", str(port)]
+        """`sollol-ops gateway` in its own process, isolated state; waits for it to listen and a healthy pool."""
+        cli = [sys.executable, "-m", "sollol_ops.cli.main", "-i", str(inventory), "gateway"]
         log = self.logs / f"gateway-{name}.log"
-        gw = Gateway(self.reaper.spawn([*argv, *args], log, self._env(f"gw-{name}")), port, log)
+        pid, port = self.start(lambda p: [*cli, "--port", str(p), *args], log, self._env(f"gw-{name}"), 21800)
+        gw = Gateway(pid, port, log)
         deadline = time.monotonic() + 60
         while True:
             if not procs.is_alive(gw.pid):
@@ -235,7 +282,7 @@ class GatewayBench:
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             if time.monotonic() > deadline:
-                raise BenchError(f"the gateway ({name}) did not become ready in 60 s (log {log})")
+                raise BenchError(f"the gateway ({name})'s pool was not healthy within 60 s (log {log})")
             time.sleep(0.1)
 
     # ---------------------------------------------------------------- rows
@@ -433,15 +480,16 @@ class GatewayBench:
             lines = [f"bench-{i} ansible_host={h} sollol_rpc_port={p}" for i, (h, p) in enumerate(hosts)]
             coord = ["", "[coordinator]", "localhost ansible_connection=local", ""]
             inv.write_text("\n".join(["[rpc_servers]", *lines, *coord]))
-            common = ["-c", str(self.cfg.ctx)]
+            # the ports of the gateway's coordinator and of `up`'s
+            coord_port, up_port = procs.free_ports("127.0.0.1", 2, 21900 + os.getpid() % 500)
             gw = self.gateway(
                 "shard",
                 inv,
-                "--mode", "shard", "--ollama-models", str(store), "--keep-alive", "-1",
-                "--coordinator-port", str(self._port(18900)), "--load-timeout", str(self.cfg.timeout), *common,
+                "--mode", "shard", "--ollama-models", str(store), "--keep-alive", "-1", "-c", str(self.cfg.ctx),
+                "--coordinator-port", str(coord_port), "--load-timeout", str(self.cfg.timeout),
             )  # fmt: skip
             try:
-                samples = self._ondemand_rounds(gw, inv, store)
+                samples = self._ondemand_rounds(gw, inv, store, up_port)
             finally:
                 self.reaper.stop(gw.pid)
                 self._down(inv, "gw-shard")  # a gateway that exits leaves its coordinator running
@@ -482,7 +530,7 @@ class GatewayBench:
             "first; the gateway unloads (`keep_alive: 0`) at the end of each."
         ]
 
-    def _ondemand_rounds(self, gw: Gateway, inv: Path, store: Path) -> dict[str, dict[str, list[float]]]:
+    def _ondemand_rounds(self, gw: Gateway, inv: Path, store: Path, port: int) -> dict[str, dict[str, list[float]]]:
         samples: dict[str, dict[str, list[float]]] = {key: {} for key in ("cold", "up", "repeat", "new", "swap")}
         tokens = min(self.cfg.tokens, 4)
 
@@ -506,7 +554,6 @@ class GatewayBench:
             self._wait_idle(gw)
 
         async def by_hand(name: str) -> None:
-            port = self._port(18950)
             cli = [sys.executable, "-m", "sollol_ops.cli.main", "-i", str(inv)]
             argv = [*cli, "up", name, "--port", str(port), "-c", str(self.cfg.ctx), "--ollama-models", str(store)]
             argv += ["--timeout", str(self.cfg.timeout)]
