@@ -248,6 +248,27 @@ GATEWAY_COMPARISONS = {
 }
 
 
+def test_gateway_stream_lines_are_read_as_each_api_sends_them() -> None:
+    from sollol_ops.bench.gateway import _piece
+
+    chunk = {"choices": [{"delta": {"content": "Hi"}}]}
+    assert _piece("data: " + json.dumps(chunk), "openai", "u") == ("Hi", False, None)
+    last = {"choices": [{"delta": {}}], "timings": {"predicted_n": 7}}
+    assert _piece("data: " + json.dumps(last), "openai", "u") == ("", False, 7)
+    assert _piece("data: [DONE]", "openai", "u") == ("", True, None)
+    assert _piece(": keep-alive", "openai", "u") == ("", False, None)
+    line = {"message": {"role": "assistant", "content": "Hi"}, "done": False, "eval_count": 99}
+    assert _piece(json.dumps(line), "ollama", "u") == ("Hi", False, None)  # a count only on the done line
+    done = {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 7}
+    assert _piece(json.dumps(done), "ollama", "u") == ("", True, 7)
+    with pytest.raises(BenchError, match="broke off"):
+        _piece('data: {"error": {"message": "upstream died"}}', "openai", "u")
+    with pytest.raises(BenchError, match="broke off"):
+        _piece('{"error": "upstream died"}', "ollama", "u")
+    with pytest.raises(BenchError, match="not JSON"):
+        _piece("{oops", "ollama", "u")
+
+
 def _procs_mentioning(text: str) -> list[str]:
     out = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
