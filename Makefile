@@ -101,8 +101,8 @@ molecule: venv llama model
 # sections of docs/benchmarks.md (other sections are kept) and docs/bench.png.
 BENCH_MODELS ?= smollm2:135m synthetic:4x2048-q8_0 synthetic:8x2048-q8_0
 BENCH_ARGS ?= --tokens 16 --prompt-tokens 64 --ctx 1024
-# The gateway's sections (issues 11 and 12): gateway vs. direct, pool of 2 vs. 1, loading on demand (~3-4 min).
-GATEWAY_BENCH_ARGS ?= --repeats 7 --tokens 32 --prompt-tokens 64 --ctx 1024
+# The gateway's sections (issues 11 and 12): gateway vs. direct, pool of 2 vs. 1, loading on demand (~2-3 min on a quiet machine).
+GATEWAY_BENCH_ARGS ?= --repeats 5 --tokens 32 --prompt-tokens 64 --ctx 1024
 BENCH_ENV = SOLLOL_INVENTORY= OLLAMA_MODELS=$(MODELS) PATH=$(BIN):$$PATH
 
 $(LLAMA_PREFIX)/current/bin/llama-server:

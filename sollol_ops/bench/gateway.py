@@ -210,6 +210,10 @@ class GatewayBench:
     def _port(self, start: int) -> int:
         return procs.free_ports("127.0.0.1", 1, start + os.getpid() % 500)[0]
 
+    @property
+    def pool_prompt_tokens(self) -> int:
+        return max(1, self.cfg.prompt_tokens // 4)
+
     def _next_salt(self) -> int:
         self._salt += 1
         return self._salt
@@ -387,10 +391,11 @@ class GatewayBench:
         ]
         self.section_notes["gateway-pool"] = [
             f"{member}. Per repeat, one batch on each gateway (order alternating): {CLIENTS} clients at once, each "
-            f"a streamed `/v1/chat/completions` of {self.cfg.tokens} tokens; AGG tok/s = all generated tokens / "
-            "wall time from the first request sent to the last token received (prompts included). The 1-member "
-            "pool uses the member on core 0; the 2-member pool adds the one on core 1. LOAD 1m: the host's load "
-            "average when the row was finished (other work on the machine counts)."
+            f"a streamed `/v1/chat/completions` of {self.cfg.tokens} tokens after a {self.pool_prompt_tokens}-token "
+            "prompt (a quarter of --prompt-tokens: the comparison is about generation); AGG tok/s = all generated "
+            "tokens / wall time from the first request sent to the last token received (prompts included). The "
+            "1-member pool uses the member on core 0; the 2-member pool adds the one on core 1. LOAD 1m: the host's "
+            "load average when the row was finished (other work on the machine counts)."
         ]
 
     async def _overhead(self, model: BenchModel, port: int, gw: Gateway) -> None:
@@ -439,12 +444,8 @@ class GatewayBench:
         ) as client:
 
             async def batch(gw: Gateway) -> tuple[float, int, list[Streamed]]:
-                bodies = [
-                    openai_body(
-                        model.resolved_ref, make_prompt(self.cfg.prompt_tokens, self._next_salt()), self.cfg.tokens
-                    )
-                    for _ in range(CLIENTS)
-                ]
+                prompts = [make_prompt(self.pool_prompt_tokens, self._next_salt()) for _ in range(CLIENTS)]
+                bodies = [openai_body(model.resolved_ref, p, self.cfg.tokens) for p in prompts]
                 t0 = time.perf_counter()
                 got = await asyncio.gather(*(stream(client, f"{gw.url}{OPENAI_CHAT}", b, "openai") for b in bodies))
                 return time.perf_counter() - t0, sum(s.tokens for s in got), list(got)
