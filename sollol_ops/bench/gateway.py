@@ -348,8 +348,8 @@ class GatewayBench:
                 "b": b["settings"],
                 "metric": metric,
                 "unit": "tok/s" if metric.endswith("_tps") else "s",
-                "a_median": round(am["median"], 4),
-                "b_median": round(bm["median"], 4),
+                "a_median": round(am["median"], 6),  # as the rows show them (rounded only for the text)
+                "b_median": round(bm["median"], 6),
                 "ratio": value,
                 "goal": None if goal is None else f"{goal[0]} {goal[1]:g}x",
                 "met": met,
