@@ -192,6 +192,7 @@ def test_bench_refuses_bad_options(sollol_env: dict[str, str]) -> None:
     assert_clean_failure(run_cli("bench", "smollm2:135m", "--backends", "0", env=sollol_env), "--backends")
     assert_clean_failure(run_cli("bench", "synthetic:3", env=sollol_env), "synthetic")
     assert_clean_failure(run_cli("bench", "nosuch:1b", "--repeats", "1", env=sollol_env), "nosuch")
+    assert_clean_failure(run_cli("bench", "smollm2:135m", "--gateway", "--grid", env=sollol_env), "--gateway")
 
 
 def test_plot_without_matplotlib_is_one_line(sollol_env: dict[str, str], tmp_path: Path) -> None:
@@ -225,3 +226,126 @@ def test_bench_over_shaped_namespace_links(sollol_env: dict[str, str]) -> None:
     assert _our_namespaces() == before  # namespaces and bridge removed
     links_out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=False).stdout
     assert not [ln for ln in links_out.splitlines() if ln.startswith("sb") and "br " in ln]
+
+
+# --------------------------------------------------------------------------- --gateway (issues 11 and 12)
+
+GATEWAY_SECTIONS = {
+    "## Gateway vs. direct to llama-server": "gateway",
+    "## Gateway pool: 2 members vs. 1": "gateway-pool",
+    "## Sharded models on demand through the gateway": "ondemand",
+}
+GATEWAY_COMPARISONS = {
+    ("gateway", "TTFT through the gateway (OpenAI route)", "ttft_s", "<= 1.05x"),
+    ("gateway", "generation tok/s (OpenAI route)", "gen_tps", ">= 0.98x"),
+    ("gateway", "TTFT through the gateway (Ollama route)", "ttft_s", "<= 1.05x"),
+    ("gateway", "generation tok/s (Ollama route)", "gen_tps", ">= 0.98x"),
+    ("gateway-pool", "aggregate tok/s, 4 clients", "agg_tps", ">= 1.7x"),
+    ("ondemand", "TTFT of the first request", "ttft_s", "<= 1.05x"),
+    ("ondemand", "TTFT of a repeated request", "ttft_s", "<= 0.05x"),
+    ("ondemand", "TTFT of a new request", "ttft_s", None),
+    ("ondemand", "swap vs. a cold load", "ttft_s", None),
+}
+
+
+def test_gateway_stream_lines_are_read_as_each_api_sends_them() -> None:
+    from sollol_ops.bench.gateway import _piece
+
+    chunk = {"choices": [{"delta": {"content": "Hi"}}]}
+    assert _piece("data: " + json.dumps(chunk), "openai", "u") == ("Hi", False, None)
+    last = {"choices": [{"delta": {}}], "timings": {"predicted_n": 7}}
+    assert _piece("data: " + json.dumps(last), "openai", "u") == ("", False, 7)
+    assert _piece("data: [DONE]", "openai", "u") == ("", True, None)
+    assert _piece(": keep-alive", "openai", "u") == ("", False, None)
+    line = {"message": {"role": "assistant", "content": "Hi"}, "done": False, "eval_count": 99}
+    assert _piece(json.dumps(line), "ollama", "u") == ("Hi", False, None)  # a count only on the done line
+    done = {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 7}
+    assert _piece(json.dumps(done), "ollama", "u") == ("", True, 7)
+    with pytest.raises(BenchError, match="broke off"):
+        _piece('data: {"error": {"message": "upstream died"}}', "openai", "u")
+    with pytest.raises(BenchError, match="broke off"):
+        _piece('{"error": "upstream died"}', "ollama", "u")
+    with pytest.raises(BenchError, match="not JSON"):
+        _piece("{oops", "ollama", "u")
+
+
+def _procs_mentioning(text: str) -> list[str]:
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            out.append(argv)
+    return out
+
+
+@pytest.mark.slow
+def test_bench_gateway_end_to_end(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n\n## Sharding vs. a single node\n\nthe sharding run's figures\n")
+    args = ("--gateway", "--backends", "2", "--repeats", "1", "--tokens", "3", "--prompt-tokens", "8")
+    proc = run_cli("bench", "smollm2:135m", *args, "--ctx", "512", "--json", "--out-md", str(md), env=sollol_env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == bench.SCHEMA and doc["settings"]["gateway"] is True
+    rows = doc["rows"]
+    by_section: dict[str, list[dict]] = {}
+    for row in rows:
+        by_section.setdefault(row["section"], []).append(row)
+        keys = {"section", "model", "size_mib", "setup", "backends", "members", "link", "settings", "metrics"}
+        assert keys | {"ratios", "loadavg_1m"} <= set(row)
+        assert row["model"] == "smollm2:135m" and isinstance(row["loadavg_1m"], float)
+        for stat in row["metrics"].values():
+            _check_stat(stat)
+        for name, value in row["ratios"].items():
+            assert name in row["metrics"] and isinstance(value, float) and value > 0
+    assert set(by_section) == set(GATEWAY_SECTIONS.values())  # no sharding rows in a --gateway run
+    for section_rows in by_section.values():  # the first row is the section's reference
+        assert all(v == 1.0 for v in section_rows[0]["ratios"].values()) and section_rows[0]["ratios"]
+
+    gw = by_section["gateway"]
+    assert [(r["setup"], r["members"], r["backends"]) for r in gw] == [("direct", 1, 0)] + [("gateway", 1, 0)] * 2
+    assert [r["settings"] for r in gw][1:] == ["gateway, OpenAI /v1/chat/completions", "gateway, Ollama /api/chat"]
+    for r in gw:
+        assert {"ttft_s", "gen_tps", "gen_n"} <= set(r["metrics"]) and r["metrics"]["ttft_s"]["n"] == 1
+        assert r["metrics"]["gen_n"]["median"] == 3  # --ignore-eos: exactly --tokens, one chunk each, every route
+    pool = by_section["gateway-pool"]
+    assert [r["members"] for r in pool] == [1, 2]
+    for r in pool:
+        assert {"agg_tps", "wall_s", "ttft_s", "gen_n"} <= set(r["metrics"])
+        assert r["metrics"]["gen_n"]["median"] == 4 * 3  # 4 clients x --tokens
+        assert r["metrics"]["ttft_s"]["n"] == 4  # one per client
+    od = by_section["ondemand"]
+    assert [r["setup"] for r in od] == ["gateway", "by hand", "gateway", "gateway", "gateway"]
+    assert all(r["backends"] == 2 and set(r["metrics"]) == {"ttft_s"} for r in od)
+    assert "sollol-ops up" in od[1]["settings"] and "swap" in od[4]["settings"]
+
+    comps = doc["comparisons"]
+    by_settings = {(r["section"], r["settings"]): r for r in rows}
+    assert {(c["section"], c["what"], c["metric"], c["goal"]) for c in comps} == GATEWAY_COMPARISONS
+    for c in comps:
+        assert {"model", "a", "b", "unit", "a_median", "b_median", "ratio", "met"} <= set(c)
+        assert c["unit"] == ("tok/s" if c["metric"].endswith("_tps") else "s")
+        assert c["a_median"] > 0 and c["b_median"] > 0
+        a, b = (by_settings[c["section"], c[x]]["metrics"][c["metric"]]["median"] for x in ("a", "b"))
+        assert c["ratio"] == round(b / a, 3)
+        if c["goal"] is None:
+            assert c["met"] is None
+        else:
+            op, bound = c["goal"].split()
+            expect = c["ratio"] <= float(bound[:-1]) if op == "<=" else c["ratio"] >= float(bound[:-1])
+            assert c["met"] is expect
+    assert set(doc["section_notes"]) == set(GATEWAY_SECTIONS.values())
+
+    text = md.read_text()
+    assert "the sharding run's figures" in text  # the other sections are kept
+    for title in GATEWAY_SECTIONS:
+        assert text.count(title) == 1
+        section = text.split(title, 1)[1].split("\n## ", 1)[0]
+        assert "| goal | met |" in section and "--gateway" in section
+    # nothing left running or behind: gateways, coordinators (their argv names the run's work dir), state
+    assert not _procs_mentioning(sollol_env["XDG_CACHE_HOME"])
+    assert not (Path(sollol_env["XDG_STATE_HOME"]) / "sollol-ops" / "coordinator.json").exists()
+    assert not list((Path(sollol_env["XDG_CACHE_HOME"]) / "sollol-ops" / "bench").glob("run-*"))

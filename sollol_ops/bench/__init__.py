@@ -19,6 +19,14 @@ shaping); those rows add a load without the rpc-server cache (-c off). There is 
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
 --grid compares sollol-ops defaults, upstream defaults and a small grid on the first model.
 
+--gateway measures the gateway instead (sollol_ops.bench.gateway, on the first model, loopback parts only):
+TTFT and generation tokens/s through `sollol-ops gateway` (OpenAI and Ollama routes) vs. direct to the same
+llama-server pool member; a pool of 2 members vs. 1 (each llama-server -t 1 pinned to its own core) under 4
+concurrent streamed clients; and, in shard mode over --backends' largest count of loopback rpc-servers, the
+first request's TTFT (a load on demand) vs. `sollol-ops up` + the request by hand, a repeated and a new
+request on the loaded model, and a swap between two store names of the model. Each comparison carries the
+issue's goal and whether it was met.
+
 Models are Ollama refs (the user's stores) or synthetic llama models `synthetic:<layers>x<n_embd>[-f16|-q8_0]`
 (random weights, real 1B-class shapes: n_ff = 2.75 n_embd, 64-wide heads, 8 query heads per KV head,
 SmolLM2's tokenizer and chat template copied from the smollm2:135m GGUF), written once into
@@ -26,28 +34,44 @@ $XDG_CACHE_HOME/sollol-ops/bench/ and laid out in a temporary Ollama store of th
 
 Modules: settings (BenchConfig, option parsers, Settings, the grid), stats (Stat, summarize, ratios), models
 (the models measured), backends (rpc-servers: loopback, namespaces, inventory; the Reaper), server (everything
-llama-server: command line, /health, streamed chat), runs (the Bench: rows and sections), session (run_bench:
-the whole session and its JSON document), report (text and markdown), plotting (the PNG plot).
+llama-server: command line, /health, streamed chat), runs (the Bench: rows and sections), gateway (the
+GatewayBench: the --gateway sections), session (run_bench: the whole session and its JSON document), report
+(text and markdown), plotting (the PNG plot).
 
 JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
   schema: str; started_at: float (unix); wall_s: float; command: str
   machine: {cpu_model: str, cores: int, ram_mib: int, kernel: str, llama_cpp_version: str,
             rpc_protocol: str, loadavg_start: [float x3], loadavg_end: [float x3]}
-  settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str]; grid, use_inventory: bool}
+  settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str];
+             grid, gateway, use_inventory: bool}
   models: [{ref: str, synthetic: bool, size_mib: float, layers: int, n_embd: int, file_type: str, params: int}]
-  rows: [{section: "sharding" | "links" | "coordinator" | "grid",
+  rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "gateway" | "gateway-pool" | "ondemand",
           model: str, size_mib: float,
-          setup: "baseline" | "rpc",        backends: int (0 for the baseline),
+          setup: "baseline" | "rpc"          (sharding sections)
+               | "direct" | "gateway" | "by hand"  (gateway sections: to llama-server itself, through
+                                            `sollol-ops gateway`, `sollol-ops up` + a request by hand),
+          backends: int (rpc-servers; 0 for the baseline and the pool sections),
+          members: int (gateway sections only: pool members behind the gateway; 0 in "ondemand"),
           link: "local" | "loopback" | "bridge" | "<rate>" (e.g. "1gbit"), settings: str,
           metrics: {NAME: {median: float, min: float, max: float, n: int}},
-          ratios: {NAME: float | null},    # row median / baseline median of the same model in this run
+          ratios: {NAME: float | null},    # row median / baseline median of the same model in this run;
+                                           # gateway sections: / the section's first row (its reference)
           loadavg_1m: float}]              # the host's 1-minute load average when the row was finished
      metric NAMEs: load_cold_s, load_warm_s, load_nocache_s, ready_s (seconds to /health 200 or to `up`
      returning), ttft_s (seconds), prompt_tps, gen_tps (tokens/s); prompt_n, gen_n (tokens per query).
      The baseline of load_nocache_s is load_cold_s, of ready_s is load_warm_s; others: the same name.
-  comparisons: [{model: str, what: str, a: str, b: str, metric: str, a_median: float, b_median: float,
-                 ratio: float}]          # ratio = b_median / a_median
-  notes: [str]
+     Gateway sections, as the client sees them: ttft_s (request sent to the first content chunk; "ondemand":
+     including the load, or for "by hand" from starting `sollol-ops up`), gen_tps ((gen_n - 1) / (last content
+     chunk - first content chunk)), gen_n (generated tokens as the server reports them at the end of the
+     stream; "gateway-pool": all clients of one batch), agg_tps (all clients' tokens / the batch's wall time),
+     wall_s (one batch, first request sent to last token).
+  comparisons: [{section: str, model: str, what: str, a: str, b: str (row settings), metric: str,
+                 unit: "s" | "tok/s", a_median: float, b_median: float,
+                 ratio: float,           # = b_median / a_median (of the unrounded row medians)
+                 goal: str | null,       # the issue's goal on the ratio, e.g. "<= 1.05x" (gateway sections)
+                 met: bool | null}]      # whether the ratio meets it
+  notes: [str]                           # about the whole run
+  section_notes: {SECTION: [str]}        # how a section was measured (the --gateway sections)
 """
 
 from __future__ import annotations

@@ -40,9 +40,58 @@ TABLE_HEADERS = (
 
 def compact_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells, leaving out the metric columns no row has a value in."""
-    cells = table_rows(rows)
-    keep = [i for i in range(len(TABLE_HEADERS)) if i < 4 or any(row[i] != "-" for row in cells)]
-    return [TABLE_HEADERS[i] for i in keep], [[row[i] for i in keep] for row in cells]
+    if rows and rows[0]["section"] in GATEWAY_SECTIONS:
+        return _compact(GATEWAY_HEADERS, gateway_rows(rows))
+    return _compact(TABLE_HEADERS, table_rows(rows))
+
+
+def _compact(headers: Sequence[str], cells: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    keep = [i for i in range(len(headers)) if i < 4 or any(row[i] != "-" for row in cells)]
+    return [headers[i] for i in keep], [[row[i] for i in keep] for row in cells]
+
+
+GATEWAY_SECTIONS = ("gateway", "gateway-pool", "ondemand")
+GATEWAY_HEADERS = (
+    "MODEL", "MiB", "SETUP", "SETTINGS", "TTFT s", "TTFT x", "GEN tok/s", "GEN x", "AGG tok/s", "AGG x", "LOAD 1m",
+)  # fmt: skip
+
+
+def _where(row: dict[str, Any]) -> str:
+    if row["backends"]:
+        return f"{row['setup']} ({row['backends']} rpc, {row['link']})"
+    return f"{row['setup']} ({row['members']} member{'s' if row['members'] != 1 else ''})"
+
+
+def gateway_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Cells of the gateway sections; `x`: ratio to the section's first (reference) row."""
+    return [
+        [
+            r["model"],
+            f"{r['size_mib']:,.0f}",
+            _where(r),
+            r["settings"],
+            fmt_stat(r, "ttft_s", 3),
+            fmt_ratio(r, "ttft_s"),
+            fmt_stat(r, "gen_tps", 1),
+            fmt_ratio(r, "gen_tps"),
+            fmt_stat(r, "agg_tps", 1),
+            fmt_ratio(r, "agg_tps"),
+            f"{r['loadavg_1m']:.2f}",
+        ]
+        for r in rows
+    ]
+
+
+def _comparison_text(c: dict[str, Any]) -> str:
+    unit = c.get("unit", "s")
+    digits = 1 if unit == "tok/s" else 3
+    goal = c.get("goal")
+    verdict = "" if goal is None else f" (goal {goal}: {'met' if c.get('met') else 'not met'})"
+    ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+    return (
+        f"{c['model']}: {c['what']}: {c['a']} {c['a_median']:.{digits}f} {unit} vs {c['b']} "
+        f"{c['b_median']:.{digits}f} {unit} -> {ratio}{verdict}"
+    )
 
 
 def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -80,17 +129,18 @@ def render_text(doc: dict[str, Any]) -> str:
         f" (RPC {m['rpc_protocol']}); load average {m['loadavg_start'][0]} -> {(m['loadavg_end'] or ['?'])[0]}",
         f"settings: {doc['settings']['repeats']} repeat(s), {doc['settings']['tokens']} generated / "
         f"{doc['settings']['prompt_tokens']} prompt tokens, ctx {doc['settings']['ctx']}; median (min-max); "
-        "x = ratio to the local-only baseline of the same model in this run",
-        "",
-        table(headers, cells, right=(1, *range(4, len(headers)))),
+        "x = ratio to the local-only baseline of the same model in this run (gateway sections: to the section's "
+        "first row)",
     ]
+    shard = [r for r in doc["rows"] if r["section"] not in GATEWAY_SECTIONS]
+    groups = [shard] + [[r for r in doc["rows"] if r["section"] == key] for key in GATEWAY_SECTIONS]
+    for rows in groups:
+        if rows:
+            headers, cells = compact_table(rows)
+            lines += ["", table(headers, cells, right=(1, *range(4, len(headers))))]
     if doc["comparisons"]:
         lines += ["", "comparisons (ratio = b / a):"]
-        lines += [
-            f"  {c['model']}: {c['what']}: {c['a']} {c['a_median']:.3f}s vs {c['b']} {c['b_median']:.3f}s "
-            f"-> {c['ratio']:.2f}x"
-            for c in doc["comparisons"]
-        ]
+        lines += [f"  {_comparison_text(c)}" for c in doc["comparisons"]]
     lines += [f"note: {n}" for n in doc["notes"]]
     lines.append(f"wall time: {doc['wall_s']:.1f}s")
     return "\n".join(lines)
@@ -107,6 +157,9 @@ SECTION_TITLES = {
     "coordinator": "## Persistent coordinator vs. per-query start",
     "links": "## Links and the rpc-server cache",
     "grid": "## Defaults vs. tuned settings",
+    "gateway": "## Gateway vs. direct to llama-server",
+    "gateway-pool": "## Gateway pool: 2 members vs. 1",
+    "ondemand": "## Sharded models on demand through the gateway",
 }
 
 
@@ -136,16 +189,24 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
                 and (r["setup"] == "baseline" or r["backends"] == rows[0]["backends"])
             ]
             rows = refs + rows
-        body = [title, "", machine, ""]
+        gateway = key in GATEWAY_SECTIONS
+        reference = "ratio to the first row of this section (the reference: " + rows[0]["settings"] + ")"
+        head = machine.replace("ratio to the local-only baseline of the same model measured in the same run", reference)
+        body = [title, "", head if gateway else machine, ""]
         body.append(_md_table(*compact_table(rows)))
-        comps = [c for c in doc["comparisons"] if key == "coordinator"]
-        if comps:
+        comps = [c for c in doc["comparisons"] if c.get("section", "coordinator") == key]
+        if comps and gateway:
+            body += ["", "| model | what | a | b | ratio b/a | goal | met |", "|---|---|---|---|---|---|---|"]
+            body += [_comparison_row(c) for c in comps]
+        elif comps:
             body += ["", "| model | what | a | b | ratio b/a |", "|---|---|---|---|---|"]
             body += [
                 f"| {c['model']} | {c['what']} | {c['a']}: {c['a_median']:.3f} s | {c['b']}: {c['b_median']:.3f} s "
                 f"| {c['ratio']:.2f}x |"
                 for c in comps
             ]
+        for note in doc.get("section_notes", {}).get(key, []):
+            body += ["", note]
         if key == "links":
             body += ["", f"Note: {NO_LATENCY_NOTE}. COLD: fresh rpc-servers with an empty `-c` cache (filling it); "
                      "WARM: llama-server restarted against the same rpc-servers (cache filled); NO -c: rpc-servers "
@@ -162,6 +223,17 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
         body += [f"\n_{n}_" for n in doc["notes"] if key != "links" or n != NO_LATENCY_NOTE]
         sections[title] = "\n".join(body).rstrip() + "\n"
     return sections
+
+
+def _comparison_row(c: dict[str, Any]) -> str:
+    unit = c.get("unit", "s")
+    digits = 1 if unit == "tok/s" else 3
+    met = "-" if c.get("met") is None else ("yes" if c["met"] else "no")
+    ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+    return (
+        f"| {c['model']} | {c['what']} | {c['a']}: {c['a_median']:.{digits}f} {unit} | {c['b']}: "
+        f"{c['b_median']:.{digits}f} {unit} | {ratio} | {c.get('goal') or '-'} | {met} |"
+    )
 
 
 def merge_markdown(existing: str, sections: dict[str, str], title: str = "# Benchmarks") -> str:

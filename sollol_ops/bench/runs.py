@@ -45,6 +45,7 @@ class Bench:
         self.comparisons: list[dict[str, Any]] = []
         self.baselines: dict[str, dict[str, Stat]] = {}
         self.notes: list[str] = []
+        self.section_notes: dict[str, list[str]] = {}
         self._runs = 0
 
     # ---- llama-server
@@ -226,14 +227,18 @@ class Bench:
         if am and bm:
             self.comparisons.append(
                 {
+                    "section": a["section"],
                     "model": model.ref,
                     "what": what,
                     "a": a["settings"],
                     "b": b["settings"],
                     "metric": metric,
+                    "unit": "s",
                     "a_median": round(am["median"], 4),
                     "b_median": round(bm["median"], 4),
                     "ratio": _round(ratio(bm["median"], am["median"])),
+                    "goal": None,
+                    "met": None,
                 }
             )
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sollol_ops.bench.gateway import GatewayBench
 from sollol_ops.bench.models import resolve_models
 from sollol_ops.bench.runs import Bench
 from sollol_ops.bench.settings import BenchConfig
@@ -91,13 +92,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
     """The whole benchmark session; returns the JSON document described in the sollol_ops.bench docstring."""
     if cfg.repeats < 1 or cfg.tokens < 1 or cfg.prompt_tokens < 1:
         raise BenchError("--repeats, --tokens and --prompt-tokens must be at least 1")
+    if cfg.gateway and (cfg.grid or cfg.use_inventory or cfg.links != ["none"]):
+        raise BenchError("--gateway starts its own loopback parts: leave out --grid, --links and --use-inventory")
     toolchain = find_toolchain()
     started = time.time()
     t0 = time.perf_counter()
     machine = machine_info(toolchain)
     with _workdir() as work, _sigterm_interrupts():
         models = resolve_models(cfg, work / "store")
-        bench = Bench(cfg, toolchain, work, log)
+        bench: Bench | GatewayBench = (GatewayBench if cfg.gateway else Bench)(cfg, toolchain, work, log)
         bench.run(models)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {
@@ -114,10 +117,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "backends": cfg.backends,
             "links": cfg.links,
             "grid": cfg.grid,
+            "gateway": cfg.gateway,
             "use_inventory": cfg.use_inventory,
         },
         "models": [m.describe() for m in models],
         "rows": bench.rows,
         "comparisons": bench.comparisons,
         "notes": bench.notes,
+        "section_notes": bench.section_notes,
     }

@@ -26,6 +26,7 @@ class BenchConfig:
     ctx: int = 1024
     links: list[str] = field(default_factory=lambda: ["none"])
     grid: bool = False
+    gateway: bool = False  # the gateway's sections (sollol_ops.bench.gateway) instead of the sharding ones
     use_inventory: bool = False
     inventory_backends: list[Backend] = field(default_factory=list)
     ollama_models: str | None = None

@@ -30,6 +30,11 @@ from sollol_ops.ui import to_jsonable
     help="none (loopback), bridge (namespaces, unshaped) and/or tc rates such as 1gbit,100mbit.",
 )
 @click.option("--grid", is_flag=True, help="Also compare sollol/upstream defaults and a thread/batch grid.")
+@click.option(
+    "--gateway",
+    is_flag=True,
+    help="Instead: the gateway vs. direct, a pool of 2 vs. 1, and loading on demand (first model, loopback parts).",
+)
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
@@ -48,6 +53,7 @@ def bench(
     n_ctx: int,
     links: str,
     grid: bool,
+    gateway: bool,
     use_inventory: bool,
     ollama_models: str | None,
     timeout: float,
@@ -59,6 +65,7 @@ def bench(
     """Benchmark MODEL(s) sharded over rpc-servers against a local-only llama-server.
 
     MODEL is an Ollama ref (smollm2:135m) or a synthetic llama model synthetic:LAYERSxN_EMBD[-f16|-q8_0].
+    With --gateway: `sollol-ops gateway` in front of the first MODEL instead (sections in docs/gateway.md).
     """
     if plot_path is not None:
         lib.require_matplotlib()
@@ -71,6 +78,7 @@ def bench(
         ctx=n_ctx,
         links=lib.parse_links(links),
         grid=grid,
+        gateway=gateway,
         use_inventory=use_inventory,
         ollama_models=ollama_models,
         timeout=timeout,
