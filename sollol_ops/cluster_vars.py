@@ -31,6 +31,15 @@ RPC_GROUP_VAR = "sollol_rpc_group"
 COORDINATOR_GROUP_VAR = "sollol_coordinator_group"
 GROUP_VARS: dict[str, str] = {RPC_GROUP_VAR: RPC_GROUP, COORDINATOR_GROUP_VAR: COORDINATOR_GROUP}
 
+# The coordinator as a device (docs/inventory.md): variables of the coordinator group's host, read by `up` there
+# and written by roles/coordinator into the inventory it leaves for the CLI.
+COORDINATOR_VARS: dict[str, object] = {
+    # Memory the coordinator offers to the model's layers, in MiB; 0 = none (every layer on the rpc-servers).
+    "sollol_coordinator_memory_mib": 0,
+    # The device that offers it: CPU (host memory), or one `llama-server --list-devices` names (CUDA0, Vulkan0, ...).
+    "sollol_coordinator_device": "CPU",
+}
+
 # Every variable of roles/sollol_cluster with its default (that file must equal this mapping).
 DEFAULTS: dict[str, object] = {
     # Address the cluster uses to reach the host's rpc-servers (also what they bind to).
@@ -45,6 +54,8 @@ DEFAULTS: dict[str, object] = {
     "sollol_rpc_weight": 0,
     # Compute backend of the host (same variable as roles/llama_cpp).
     "llama_cpp_backend": "cpu",
+    # The coordinator's own memory for layers.
+    **COORDINATOR_VARS,
     # The inventory groups the playbooks and roles work on.
     **GROUP_VARS,
 }

@@ -14,10 +14,10 @@ from sollol_ops import coordinator, llama_server, procs, rpc, statefile
 from sollol_ops.coordinator import CoordinatorState
 from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
-from sollol_ops.inventory import Backend, Cluster
+from sollol_ops.inventory import HOST_DEVICE, Backend, Cluster, Coordinator
 from sollol_ops.llama_server import Distribution, StartOptions
 from sollol_ops.ollama import ResolvedModel, resolve_model
-from sollol_ops.placement import Plan, build_slots, plan_placement
+from sollol_ops.placement import Plan, build_slots, is_local_address, plan_placement
 from sollol_ops.toolchain import Toolchain, find_toolchain
 
 
@@ -30,6 +30,8 @@ class UpRequest:
     replace: bool = False
     skip_unhealthy: bool = False
     timeout: float = 600.0
+    coordinator_memory_mib: int | None = None  # `up --coordinator-memory`: overrides the inventory's
+    coordinator_device: str | None = None  # `up --coordinator-device`
 
 
 class Outcome(StrEnum):
@@ -99,6 +101,18 @@ class Prepared:
     command: list[str]
 
 
+def coordinator_offer(cluster: Cluster, memory_mib: int | None = None, device: str | None = None) -> Coordinator | None:
+    """What this machine, as the coordinator, offers to the model's layers: the inventory's
+    sollol_coordinator_memory_mib / _device (Cluster.offering_coordinator), overridden by `up`'s
+    --coordinator-memory / --coordinator-device. None: nothing (every layer on the rpc-servers)."""
+    offer = cluster.offering_coordinator(is_local_address)
+    if memory_mib is not None:
+        offer = dataclasses.replace(offer or Coordinator("this host", "127.0.0.1"), memory_mib=memory_mib)
+    if device is not None and offer is not None:
+        offer = dataclasses.replace(offer, device=device)
+    return offer if offer is not None and offer.memory_mib > 0 else None
+
+
 def plan_command(
     model: str,
     blob: Path,
@@ -108,11 +122,20 @@ def plan_command(
     toolchain: Toolchain,
     skip_unhealthy: bool = False,
     reporter: Reporter | None = None,
+    coordinator: Coordinator | None = None,
 ) -> Prepared:
-    """Probe the backends, plan placement, build the llama-server command: the one path from a model to
-    a sharded llama-server, shared by `up` and the benchmark."""
-    probes, skipped = check_backends(backends, skip_unhealthy, reporter or Reporter())
-    plan = plan_placement(info, build_slots(probes), opts.n_ctx, model)
+    """Probe the backends, plan placement (with the coordinator's own device when it offers memory),
+    build the llama-server command: the one path from a model to a sharded llama-server, shared by `up`
+    and the benchmark."""
+    reporter = reporter or Reporter()
+    probes, skipped = check_backends(backends, skip_unhealthy, reporter)
+    local_devices = []
+    if coordinator is not None and coordinator.memory_mib > 0:
+        reporter.step(f"the coordinator offers {coordinator.memory_mib:,} MiB of {coordinator.device}")
+        if coordinator.device != HOST_DEVICE:
+            local_devices = llama_server.list_devices(toolchain)
+    slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices)
+    plan = plan_placement(info, slots, opts.n_ctx, model)
     return Prepared(probes, skipped, plan, llama_server.command(toolchain, blob, opts, plan))
 
 
@@ -183,7 +206,10 @@ def _up(
         outcome.replaced = running.model
     if not req.dry_run and procs.port_in_use(opts.host, opts.port):
         raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
-    prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, req.skip_unhealthy, reporter)
+    offer = coordinator_offer(cluster, req.coordinator_memory_mib, req.coordinator_device)
+    prepared = plan_command(
+        model, resolved.blob, info, cluster.backends, opts, toolchain, req.skip_unhealthy, reporter, offer
+    )
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command
     if req.dry_run:
