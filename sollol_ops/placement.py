@@ -155,7 +155,7 @@ def coordinator_slot(coordinator: Coordinator, available: int, local_devices: Se
     offered = coordinator.memory_mib * MIB
     if coordinator.device == HOST_DEVICE:
         if offered <= available:
-            return Slot(None, 0, HOST_DEVICE, offered, "declared (sollol_coordinator_memory_mib)")
+            return Slot(None, 0, HOST_DEVICE, offered, "sollol_coordinator_memory_mib")
         return Slot(None, 0, HOST_DEVICE, available, "MemAvailable (this host)")
     found = next((d for d in local_devices if d.name == coordinator.device), None)
     if found is None:
@@ -166,7 +166,7 @@ def coordinator_slot(coordinator: Coordinator, available: int, local_devices: Se
         )
     free = int(found.free * (1 - GPU_HEADROOM_FRACTION))
     if offered <= free:
-        return Slot(None, 0, found.name, offered, "declared (sollol_coordinator_memory_mib)")
+        return Slot(None, 0, found.name, offered, "sollol_coordinator_memory_mib")
     return Slot(None, 0, found.name, free, "device free - 5%")
 
 

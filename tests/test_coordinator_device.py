@@ -135,7 +135,7 @@ def test_coordinator_cpu_is_bounded_by_memavailable_and_local_workers_share_the_
     cpu = Coordinator("c", "127.0.0.1", memory_mib=6 * 1024)
     local = Backend("l", "127.0.0.1", 50052)
     slots = build_slots([(local, _probe(24 * GIB, "127.0.0.1:50052"))], coordinator=cpu, local_available=8 * GIB)
-    assert slots[0].usable_bytes == 6 * GIB and "declared" in slots[0].source
+    assert slots[0].usable_bytes == 6 * GIB and slots[0].source == "sollol_coordinator_memory_mib"
     assert slots[1].usable_bytes == 2 * GIB and "coordinator" in slots[1].source
     greedy = Coordinator("c", "127.0.0.1", memory_mib=64 * 1024)
     slot = build_slots([(local, _probe(24 * GIB, "127.0.0.1:50052"))], coordinator=greedy, local_available=8 * GIB)[0]

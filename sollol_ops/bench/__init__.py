@@ -18,6 +18,8 @@ each link shaped with `tc tbf` at the given rate on both veth ends ("bridge": na
 shaping); those rows add a load without the rpc-server cache (-c off). There is no latency emulation:
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
 --grid compares sollol-ops defaults, upstream defaults and a small grid on the first model.
+--coordinator-device compares, per model, coordinator + 1 worker (the coordinator's CPU keeps layers) with
+2 workers on the same cores and threads (module coordinator_device), in at least 3 interleaved rounds.
 
 Models are Ollama refs (the user's stores) or synthetic llama models `synthetic:<layers>x<n_embd>[-f16|-q8_0]`
 (random weights, real 1B-class shapes: n_ff = 2.75 n_embd, 64-wide heads, 8 query heads per KV head,
@@ -26,16 +28,18 @@ $XDG_CACHE_HOME/sollol-ops/bench/ and laid out in a temporary Ollama store of th
 
 Modules: settings (BenchConfig, option parsers, Settings, the grid), stats (Stat, summarize, ratios), models
 (the models measured), backends (rpc-servers: loopback, namespaces, inventory; the Reaper), server (everything
-llama-server: command line, /health, streamed chat), runs (the Bench: rows and sections), session (run_bench:
+llama-server: command line, /health, streamed chat), runs (the Bench: rows and sections), coordinator_device
+(coordinator + 1 worker vs. 2 workers), session (run_bench:
 the whole session and its JSON document), report (text and markdown), plotting (the PNG plot).
 
 JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
   schema: str; started_at: float (unix); wall_s: float; command: str
   machine: {cpu_model: str, cores: int, ram_mib: int, kernel: str, llama_cpp_version: str,
             rpc_protocol: str, loadavg_start: [float x3], loadavg_end: [float x3]}
-  settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str]; grid, use_inventory: bool}
+  settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str];
+             grid, coordinator_device, use_inventory: bool}
   models: [{ref: str, synthetic: bool, size_mib: float, layers: int, n_embd: int, file_type: str, params: int}]
-  rows: [{section: "sharding" | "links" | "coordinator" | "grid",
+  rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "coordinator-device",
           model: str, size_mib: float,
           setup: "baseline" | "rpc",        backends: int (0 for the baseline),
           link: "local" | "loopback" | "bridge" | "<rate>" (e.g. "1gbit"), settings: str,
@@ -45,8 +49,8 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
      metric NAMEs: load_cold_s, load_warm_s, load_nocache_s, ready_s (seconds to /health 200 or to `up`
      returning), ttft_s (seconds), prompt_tps, gen_tps (tokens/s); prompt_n, gen_n (tokens per query).
      The baseline of load_nocache_s is load_cold_s, of ready_s is load_warm_s; others: the same name.
-  comparisons: [{model: str, what: str, a: str, b: str, metric: str, a_median: float, b_median: float,
-                 ratio: float}]          # ratio = b_median / a_median
+  comparisons: [{section: str, model: str, what: str, a: str, b: str, metric: str, a_median: float,
+                 b_median: float, ratio: float}]          # ratio = b_median / a_median
   notes: [str]
 """
 

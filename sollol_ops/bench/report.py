@@ -87,13 +87,19 @@ def render_text(doc: dict[str, Any]) -> str:
     if doc["comparisons"]:
         lines += ["", "comparisons (ratio = b / a):"]
         lines += [
-            f"  {c['model']}: {c['what']}: {c['a']} {c['a_median']:.3f}s vs {c['b']} {c['b_median']:.3f}s "
-            f"-> {c['ratio']:.2f}x"
+            f"  {c['model']}: {c['what']}, {c['metric']}: {c['a']} {_value(c, 'a_median')} vs {c['b']} "
+            f"{_value(c, 'b_median')} -> {c['ratio']:.2f}x"
             for c in doc["comparisons"]
         ]
     lines += [f"note: {n}" for n in doc["notes"]]
     lines.append(f"wall time: {doc['wall_s']:.1f}s")
     return "\n".join(lines)
+
+
+def _value(comparison: dict[str, Any], key: str) -> str:
+    """A compared median with its unit: seconds for *_s metrics, tokens/s for *_tps."""
+    value = comparison[key]
+    return f"{value:.1f} tok/s" if comparison["metric"].endswith("_tps") else f"{value:.3f} s"
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -107,6 +113,7 @@ SECTION_TITLES = {
     "coordinator": "## Persistent coordinator vs. per-query start",
     "links": "## Links and the rpc-server cache",
     "grid": "## Defaults vs. tuned settings",
+    "coordinator-device": "## The coordinator as a device: coordinator + 1 worker vs. 2 workers",
 }
 
 
@@ -138,18 +145,24 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
             rows = refs + rows
         body = [title, "", machine, ""]
         body.append(_md_table(*compact_table(rows)))
-        comps = [c for c in doc["comparisons"] if key == "coordinator"]
+        comps = [c for c in doc["comparisons"] if c.get("section", "coordinator") == key]
         if comps:
-            body += ["", "| model | what | a | b | ratio b/a |", "|---|---|---|---|---|"]
+            body += ["", "| model | what | metric | a | b | ratio b/a |", "|---|---|---|---|---|---|"]
             body += [
-                f"| {c['model']} | {c['what']} | {c['a']}: {c['a_median']:.3f} s | {c['b']}: {c['b_median']:.3f} s "
-                f"| {c['ratio']:.2f}x |"
+                f"| {c['model']} | {c['what']} | {c['metric']} | {c['a']}: {_value(c, 'a_median')} | "
+                f"{c['b']}: {_value(c, 'b_median')} | {c['ratio']:.2f}x |"
                 for c in comps
             ]
         if key == "links":
             body += ["", f"Note: {NO_LATENCY_NOTE}. COLD: fresh rpc-servers with an empty `-c` cache (filling it); "
                      "WARM: llama-server restarted against the same rpc-servers (cache filled); NO -c: rpc-servers "
                      "without the cache. The cache only holds tensors over 10 MiB."]  # fmt: skip
+        if key == "coordinator-device":
+            body += ["", "Same cores, same threads: with t = cores / 2, `2 workers` runs two rpc-servers `-t t` "
+                     "holding every layer (llama-server `-t t` only embeds and samples); `coordinator + 1 worker` "
+                     "runs one rpc-server `-t t` and llama-server `-t t` whose CPU keeps the leading layers "
+                     "(`--coordinator-memory`). Every slot offers the same memory, so both split the layers "
+                     "equally. At least 3 interleaved rounds of cold load + query and warm load + query."]  # fmt: skip
         if key == "grid":
             body += ["", "Upstream defaults: rpc-server without `-t` (half the cores), llama-server with `--rpc` "
                      "`-ngl 99` and its own split, threads and batch size."]  # fmt: skip

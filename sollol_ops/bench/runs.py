@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sollol_ops import procs
+from sollol_ops.bench import coordinator_device
 from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, Reaper, RpcBackends
 from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.server import Query, Server, server_argv, stream_chat, upstream_argv, wait_health
@@ -182,11 +183,11 @@ class Bench:
                     self.unload(server)
             a = self.add_row("coordinator", model, "rpc", k, link, "persistent coordinator", persistent)
             b = self.add_row("coordinator", model, "rpc", k, link, "coordinator per query", per_query)
-            self._compare(model, "TTFT of a repeated query", a, b, "ttft_s")
+            self.compare(model, "TTFT of a repeated query", a, b, "ttft_s")
             up, raw = self._up_vs_raw(model, endpoints)
             a = self.add_row("coordinator", model, "rpc", k, link, "raw llama-server --rpc", {"ready_s": raw})
             b = self.add_row("coordinator", model, "rpc", k, link, "sollol-ops up", {"ready_s": up})
-            self._compare(model, "start to ready", a, b, "ready_s")
+            self.compare(model, "start to ready", a, b, "ready_s")
         finally:
             backends.stop()
 
@@ -221,11 +222,20 @@ class Bench:
             self.unload(server)
         return up_times, raw_times
 
-    def _compare(self, model: BenchModel, what: str, a: dict[str, Any], b: dict[str, Any], metric: str) -> None:
+    def compare(
+        self,
+        model: BenchModel,
+        what: str,
+        a: dict[str, Any],
+        b: dict[str, Any],
+        metric: str,
+        section: str = "coordinator",
+    ) -> None:
         am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
         if am and bm:
             self.comparisons.append(
                 {
+                    "section": section,
                     "model": model.ref,
                     "what": what,
                     "a": a["settings"],
@@ -256,6 +266,8 @@ class Bench:
             self.notes.append(NO_LATENCY_NOTE)
         elif shaped:
             self.notes.append("--use-inventory: --links ignored (no shaping of real hosts)")
+        if cfg.coordinator_device and cfg.use_inventory:
+            self.notes.append("--use-inventory: --coordinator-device skipped (it starts its own rpc-servers)")
         try:
             if lab is not None:
                 lab.up()
@@ -283,6 +295,9 @@ class Bench:
                     lab.shape(None)
                 if "none" in cfg.links or cfg.use_inventory:
                     self.coordinator_rows(model, loop, kmax, loop_link)
+                if cfg.coordinator_device and not cfg.use_inventory:
+                    self.say(f"== {model.ref}: coordinator + 1 worker vs. 2 workers")
+                    coordinator_device.run(self, model, loop, loop_link)
             if cfg.grid and models:
                 model = models[0]
                 self.say(f"== grid on {model.ref}, {kmax} backend(s)")

@@ -114,6 +114,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "backends": cfg.backends,
             "links": cfg.links,
             "grid": cfg.grid,
+            "coordinator_device": cfg.coordinator_device,
             "use_inventory": cfg.use_inventory,
         },
         "models": [m.describe() for m in models],

@@ -30,6 +30,11 @@ from sollol_ops.ui import to_jsonable
     help="none (loopback), bridge (namespaces, unshaped) and/or tc rates such as 1gbit,100mbit.",
 )
 @click.option("--grid", is_flag=True, help="Also compare sollol/upstream defaults and a thread/batch grid.")
+@click.option(
+    "--coordinator-device",
+    is_flag=True,
+    help="Also compare coordinator + 1 worker (its CPU keeps layers) with 2 workers on the same cores.",
+)
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
@@ -48,6 +53,7 @@ def bench(
     n_ctx: int,
     links: str,
     grid: bool,
+    coordinator_device: bool,
     use_inventory: bool,
     ollama_models: str | None,
     timeout: float,
@@ -71,6 +77,7 @@ def bench(
         ctx=n_ctx,
         links=lib.parse_links(links),
         grid=grid,
+        coordinator_device=coordinator_device,
         use_inventory=use_inventory,
         ollama_models=ollama_models,
         timeout=timeout,

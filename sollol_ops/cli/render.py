@@ -68,8 +68,8 @@ def echo_plan(plan: Plan) -> None:
         right=(2, 3, 4, 5, 6, 7, 8),
     )
     where = (
-        f"the coordinator's CPU keeps the first {plan.host_layers} (-ngl {plan.n_gpu_layers}) and the input embeddings "
-        f"{plan.local_bytes / MIB:,.1f} MiB"
+        f"the coordinator's CPU keeps the first {plan.host_layers} layers (-ngl {plan.n_gpu_layers}); its weights "
+        f"include the input embeddings, {plan.local_bytes / MIB:,.1f} MiB"
         if plan.n_gpu_layers is not None
         else f"input embeddings {plan.local_bytes / MIB:,.1f} MiB stay on the coordinator"
     )
