@@ -304,6 +304,23 @@ def test_up_refuses_an_offer_that_does_not_fit(local2: Local, tmp_path: Path) ->
     assert proc.returncode == PlacementError.exit_code
 
 
+def test_doctor_memory_check_counts_the_coordinator(local2: Local, tmp_path: Path) -> None:
+    """doctor's memory check plans as `up` does: with the coordinator's offer, and its refusal."""
+    for offer, status, needle in ((400, "ok", "fits at -c 1024"), (20, "fail", "coordinator CPU needs")):
+        inv = _inventory(
+            tmp_path / f"d{offer}.ini", local2.endpoints[:1], [300], f"sollol_coordinator_memory_mib={offer}"
+        )
+        proc = run_cli("-i", inv, "doctor", "smollm2:135m", "-c", "1024", "--no-hosts", "--json", env=local2.env)
+        memory = next(c for c in json.loads(proc.stdout)["checks"] if c["check"] == "memory")
+        assert memory["status"] == status and needle in memory["detail"], memory
+    assert (
+        "of 700 MiB usable"
+        in run_cli(
+            "-i", str(tmp_path / "d400.ini"), "doctor", "smollm2:135m", "-c", "1024", "--no-hosts", env=local2.env
+        ).stdout
+    )
+
+
 def test_up_off_by_default_and_with_zero(local2: Local, tmp_path: Path) -> None:
     """The variable unset, set to 0, or --coordinator-memory 0: the same command, every layer on the workers."""
     port = str(free_port(18460))
