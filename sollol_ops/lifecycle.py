@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sollol_ops import coordinator, llama_server, procs, rpc, statefile
 from sollol_ops.coordinator import CoordinatorState
-from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError
+from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError, UsageError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.inventory import HOST_DEVICE, Backend, Cluster, Coordinator
 from sollol_ops.llama_server import Distribution, StartOptions
@@ -110,7 +110,14 @@ def coordinator_offer(cluster: Cluster, memory_mib: int | None = None, device: s
         offer = dataclasses.replace(offer or Coordinator("this host", "127.0.0.1"), memory_mib=memory_mib)
     if device is not None and offer is not None:
         offer = dataclasses.replace(offer, device=device)
-    return offer if offer is not None and offer.memory_mib > 0 else None
+    if offer is None or offer.memory_mib <= 0:
+        if device is not None:
+            raise UsageError(
+                f"--coordinator-device {device} without memory to offer: pass --coordinator-memory MIB "
+                "(or set sollol_coordinator_memory_mib on the coordinator's host)"
+            )
+        return None
+    return offer
 
 
 def plan_command(

@@ -344,3 +344,7 @@ def test_up_off_by_default_and_with_zero(local2: Local, tmp_path: Path) -> None:
         env=local2.env,
     )  # fmt: skip
     assert_clean_failure(gpu, "CUDA0 is not one llama-server lists here (--list-devices: none)")
+    assert gpu.returncode == PlacementError.exit_code
+    unset = str(tmp_path / "inv0.ini")  # the inventory offers nothing: a device alone is refused
+    alone = run_cli("-i", unset, "up", "smollm2:135m", "--coordinator-device", "CUDA0", "--dry-run", env=local2.env)
+    assert_clean_failure(alone, "--coordinator-device CUDA0 without memory to offer", "--coordinator-memory")

@@ -18,8 +18,8 @@ each link shaped with `tc tbf` at the given rate on both veth ends ("bridge": na
 shaping); those rows add a load without the rpc-server cache (-c off). There is no latency emulation:
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
 --grid compares sollol-ops defaults, upstream defaults and a small grid on the first model.
---coordinator-device compares, per model, coordinator + 1 worker (the coordinator's CPU keeps layers) with
-2 workers on the same cores and threads (module coordinator_device), in at least 3 interleaved rounds.
+--coordinator-device compares, on the first model, coordinator + 1 worker (the coordinator's CPU keeps layers)
+with 2 workers on the same cores and threads (module coordinator_device), in at least 3 interleaved rounds.
 
 Models are Ollama refs (the user's stores) or synthetic llama models `synthetic:<layers>x<n_embd>[-f16|-q8_0]`
 (random weights, real 1B-class shapes: n_ff = 2.75 n_embd, 64-wide heads, 8 query heads per KV head,

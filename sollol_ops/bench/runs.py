@@ -295,9 +295,10 @@ class Bench:
                     lab.shape(None)
                 if "none" in cfg.links or cfg.use_inventory:
                     self.coordinator_rows(model, loop, kmax, loop_link)
-                if cfg.coordinator_device and not cfg.use_inventory:
-                    self.say(f"== {model.ref}: coordinator + 1 worker vs. 2 workers")
-                    coordinator_device.run(self, model, loop, loop_link)
+            if cfg.coordinator_device and not cfg.use_inventory and models:
+                model = models[0]
+                self.say(f"== {model.ref}: coordinator + 1 worker vs. 2 workers")
+                coordinator_device.run(self, model, loop, loop_link)
             if cfg.grid and models:
                 model = models[0]
                 self.say(f"== grid on {model.ref}, {kmax} backend(s)")

@@ -33,7 +33,7 @@ from sollol_ops.ui import to_jsonable
 @click.option(
     "--coordinator-device",
     is_flag=True,
-    help="Also compare coordinator + 1 worker (its CPU keeps layers) with 2 workers on the same cores.",
+    help="Also compare coordinator + 1 worker (its CPU keeps layers) with 2 workers on the same cores (first model).",
 )
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
