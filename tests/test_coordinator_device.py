@@ -348,3 +348,55 @@ def test_up_off_by_default_and_with_zero(local2: Local, tmp_path: Path) -> None:
     unset = str(tmp_path / "inv0.ini")  # the inventory offers nothing: a device alone is refused
     alone = run_cli("-i", unset, "up", "smollm2:135m", "--coordinator-device", "CUDA0", "--dry-run", env=local2.env)
     assert_clean_failure(alone, "--coordinator-device CUDA0 without memory to offer", "--coordinator-memory")
+
+
+# llama.cpp computes the split points in single precision. For 19 layers and -ts 0.5785,0.2715,0.15 the
+# second cumulative point is 0.85 = 17/20 in double precision (layer 17 would go to the third device) but
+# lies just below it in single precision, where layer 17 goes to the second one: [12, 5, 3], not [12, 6, 2].
+BOUNDARY = ([0.5785, 0.2715, 0.15], 19, [12, 5, 3])
+
+
+def test_assign_layers_in_single_precision_at_a_boundary() -> None:
+    from sollol_ops.placement import assign_layers
+
+    splits, n_layer, expected = BOUNDARY
+    assert assign_layers(splits, n_layer) == expected
+
+
+@pytest.mark.slow
+def test_boundary_split_matches_a_real_llama_server(
+    local3: Local, tmp_path: Path, smollm2_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case above on a real llama-server over 3 real rpc-servers (a tiny synthetic 19-layer model)."""
+    from sollol_ops import procs
+    from sollol_ops.gguf_info import read_gguf
+    from sollol_ops.llama_server import base_url, wait_ready
+    from sollol_ops.ollama import resolve_model
+    from sollol_ops.placement import Plan, _shares
+    from sollol_ops.synthetic import parse_synthetic, synthetic_store
+    from sollol_ops.toolchain import find_toolchain
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    splits, n_layer, expected = BOUNDARY
+    spec = parse_synthetic(f"synthetic:{n_layer}x64")
+    assert spec is not None
+    synthetic_store([spec], tmp_path / "store", resolve_model("smollm2:135m", str(smollm2_store)).blob)
+    blob = resolve_model(spec.ref, str(tmp_path / "store")).blob
+    info = read_gguf(blob)
+    hosts = [e.rsplit(":", 1) for e in local3.endpoints]
+    probes = [(Backend(f"w{i}", h, int(p), memory_mib=1000), _probe(GIB, f"{h}:{p}")) for i, (h, p) in enumerate(hosts)]
+    kv_per_layer = info.kv_cache_bytes(2048) // n_layer
+    plan = Plan(_shares(info, build_slots(probes), splits, 2048), 2048, n_layer, info.token_embd_bytes, kv_per_layer)
+    assert [s.layers + s.has_output for s in plan.shares] == expected
+    port = free_port(18480)
+    argv = command(find_toolchain(), blob, StartOptions(port=port, n_ctx=2048, threads=1), plan)
+    log = tmp_path / "server.log"
+    pid = procs.spawn_detached(argv, log)
+    start = procs.process_start_time(pid)
+    try:
+        wait_ready(base_url("127.0.0.1", port), lambda: procs.is_alive(pid), log, timeout=120)
+        dist = parse_distribution(log.read_text(), plan.kv_per_layer)
+    finally:
+        procs.stop_process(pid, start, timeout=10)
+    observed = {d.name: d.layers for d in dist.rpc()}
+    assert observed == {e: s.layers for e, s in zip(local3.endpoints, plan.shares, strict=True)}, observed
