@@ -183,11 +183,11 @@ class Bench:
                     self.unload(server)
             a = self.add_row("coordinator", model, "rpc", k, link, "persistent coordinator", persistent)
             b = self.add_row("coordinator", model, "rpc", k, link, "coordinator per query", per_query)
-            self.compare(model, "TTFT of a repeated query", a, b, "ttft_s")
+            self.compare(model, "TTFT of a repeated query", a, b, "ttft_s", "coordinator")
             up, raw = self._up_vs_raw(model, endpoints)
             a = self.add_row("coordinator", model, "rpc", k, link, "raw llama-server --rpc", {"ready_s": raw})
             b = self.add_row("coordinator", model, "rpc", k, link, "sollol-ops up", {"ready_s": up})
-            self.compare(model, "start to ready", a, b, "ready_s")
+            self.compare(model, "start to ready", a, b, "ready_s", "coordinator")
         finally:
             backends.stop()
 
@@ -229,7 +229,7 @@ class Bench:
         a: dict[str, Any],
         b: dict[str, Any],
         metric: str,
-        section: str = "coordinator",
+        section: str,
     ) -> None:
         am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
         if am and bm:
