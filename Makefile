@@ -113,6 +113,6 @@ bench: venv model $(LLAMA_PREFIX)/current/bin/llama-server
 	$(BENCH_ENV) $(BIN)/sollol-ops bench $(BENCH_MODELS) --backends 1,2 --repeats 2 $(BENCH_ARGS) \
 	  --plot docs/bench.png --plot-link bench.png --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m synthetic:4x2048-q8_0 --backends 2 --repeats 1 $(BENCH_ARGS) \
-	  --links 1gbit,100mbit --grid --out-md docs/benchmarks.md
+	  --links 1gbit,100mbit --grid --coordinator-device --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m --gateway --backends 2 $(GATEWAY_BENCH_ARGS) \
 	  --out-md docs/benchmarks.md

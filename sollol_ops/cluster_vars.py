@@ -39,6 +39,15 @@ CLUSTER_WIDE: dict[str, object] = {
     "sollol_skip_unhealthy": False,
 }
 
+# The coordinator as a device (docs/inventory.md): variables of the coordinator group's host, read by `up` there
+# and written by roles/coordinator into the inventory it leaves for the CLI.
+COORDINATOR_VARS: dict[str, object] = {
+    # Memory the coordinator offers to the model's layers, in MiB; 0 = none (every layer on the rpc-servers).
+    "sollol_coordinator_memory_mib": 0,
+    # The device that offers it: CPU (host memory), or one `llama-server --list-devices` names (CUDA0, Vulkan0, ...).
+    "sollol_coordinator_device": "CPU",
+}
+
 # Every variable of roles/sollol_cluster with its default (that file must equal this mapping).
 DEFAULTS: dict[str, object] = {
     # Address the cluster uses to reach the host's rpc-servers (also what they bind to).
@@ -54,6 +63,8 @@ DEFAULTS: dict[str, object] = {
     # Compute backend of the host (same variable as roles/llama_cpp).
     "llama_cpp_backend": "cpu",
     **CLUSTER_WIDE,
+    # The coordinator's own memory for layers.
+    **COORDINATOR_VARS,
     # The inventory groups the playbooks and roles work on.
     **GROUP_VARS,
 }

@@ -123,8 +123,8 @@ def is_alive(state: CoordinatorState) -> bool:
 def plan_rows(plan: Plan) -> list[dict[str, Any]]:
     return [
         {
-            "endpoint": s.slot.backend.endpoint,
-            "host": s.slot.backend.host,
+            "endpoint": s.slot.endpoint,
+            "host": s.slot.backend.host if s.slot.backend is not None else "coordinator",
             "device": s.slot.name,
             "split": s.split,
             "layers": s.layers,

@@ -252,8 +252,11 @@ def _judge_host(host: str, output: str, report: DoctorReport) -> None:
 
 def check_memory(cluster: Cluster, opts: DoctorOptions, idle: list[Backend], report: DoctorReport) -> None:
     from sollol_ops.gguf_info import read_gguf
+    from sollol_ops.inventory import HOST_DEVICE
+    from sollol_ops.llama_server import list_devices
     from sollol_ops.ollama import resolve_model
-    from sollol_ops.placement import build_slots, plan_placement
+    from sollol_ops.placement import build_slots, is_local_address, plan_placement
+    from sollol_ops.toolchain import find_toolchain
 
     assert opts.model is not None
     try:
@@ -267,14 +270,18 @@ def check_memory(cluster: Cluster, opts: DoctorOptions, idle: list[Backend], rep
         report.add("memory", resolved.ref, SKIP, "no idle, compatible backend to place it on")
         return
     try:
-        plan = plan_placement(info, build_slots(probes), opts.n_ctx, resolved.ref)
+        offer = cluster.offering_coordinator(is_local_address)  # the coordinator's own memory, as `up` uses it
+        devices = list_devices(find_toolchain()) if offer is not None and offer.device != HOST_DEVICE else []
+        slots = build_slots(probes, coordinator=offer, local_devices=devices)
+        plan = plan_placement(info, slots, opts.n_ctx, resolved.ref)
     except SollolError as exc:
         report.add(
             "memory",
             resolved.ref,
             FAIL,
             str(exc),
-            "add workers, declare more memory (sollol_rpc_memory_mib), use a smaller quantization or a lower -c",
+            "add workers, declare more memory (sollol_rpc_memory_mib, sollol_coordinator_memory_mib), use a smaller "
+            "quantization or a lower -c",
         )
         return
     need = sum(s.need_bytes for s in plan.shares) / 2**20

@@ -69,10 +69,19 @@ class Backend:
         return self.backend == "cpu"
 
 
+# The coordinator's host memory as a placement device (llama.cpp's CPU backend; layers through -ngl).
+HOST_DEVICE = str(cluster_vars.COORDINATOR_VARS["sollol_coordinator_device"])
+
+
 @dataclass(frozen=True)
 class Coordinator:
+    """A host of the coordinator group; memory_mib > 0: it offers that much of `device` to the model's layers."""
+
     host: str
     address: str
+    memory_mib: int = 0
+    device: str = HOST_DEVICE
+    local: bool = False  # ansible_connection=local: the inventory says this is the machine reading it
 
 
 @dataclass
@@ -85,6 +94,24 @@ class Cluster:
 
     def rpc_list(self) -> str:
         return ",".join(b.endpoint for b in self.backends)
+
+    def offering_coordinator(self, is_this_host: Callable[[str], bool]) -> Coordinator | None:
+        """The coordinator whose memory `up` on this machine may use: of the coordinator hosts that offer
+        memory, the one that is this machine (ansible_connection=local, or an address of this host), or
+        the group's only host (`up` runs on the coordinator). None when none offers memory."""
+        offering = [c for c in self.coordinators if c.memory_mib > 0]
+        if not offering:
+            return None
+        here = [c for c in offering if c.local or is_this_host(c.address)]
+        if len(here) == 1:
+            return here[0]
+        if not here and len(self.coordinators) == 1:
+            return offering[0]
+        names = ", ".join(c.host for c in (here or offering))
+        raise InventoryError(
+            f"coordinator hosts {names} offer memory (sollol_coordinator_memory_mib) and sollol-ops cannot tell which "
+            "one is this machine; set it on this machine's host only, or pass `up --coordinator-memory MIB`"
+        )
 
 
 # --------------------------------------------------------------------------- locating the inventory
@@ -596,6 +623,26 @@ def _host_backends(host: str, hv: Mapping[str, Any]) -> list[Backend]:
     return result
 
 
+_DEVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def device_name_problem(name: object) -> str | None:
+    """Why `name` is not a llama.cpp device name (CPU, CUDA0, Vulkan1, ...), or None."""
+    if not isinstance(name, str) or _templated(name) or not _DEVICE_NAME.fullmatch(name) or len(name) > 64:
+        return f"must be a device name like {HOST_DEVICE} or CUDA0, got {name!r}"
+    return None
+
+
+def _coordinator(host: str, hv: Mapping[str, Any]) -> Coordinator:
+    var = "sollol_coordinator_memory_mib"
+    memory = _int(host, var, hv.get(var, 0), low=0, high=1 << 40)
+    device = hv.get("sollol_coordinator_device", HOST_DEVICE)
+    if (problem := device_name_problem(device)) is not None:
+        raise InventoryError(f"host {host}: sollol_coordinator_device {problem}")
+    local = hv.get("ansible_connection") == "local"
+    return Coordinator(host, _address(host, hv), memory, str(device), local)
+
+
 def cluster_from_inventory_data(
     data: Mapping[str, Any],
     inventory: Path,
@@ -627,9 +674,11 @@ def cluster_from_inventory_data(
                 )
             seen[b.endpoint] = host
             backends.append(b)
-    coordinators = [Coordinator(h, _address(h, hostvars.get(h, {}))) for h in group_hosts(data, coordinator_group)]
+    coordinators = [_coordinator(h, hostvars.get(h, {})) for h in group_hosts(data, coordinator_group)]
     skip = cluster_wide_bool(data, "sollol_skip_unhealthy")
-    return Cluster(inventory, backends, coordinators, groups, skip_unhealthy=skip)
+    return Cluster(
+        inventory=inventory, backends=backends, coordinators=coordinators, groups=groups, skip_unhealthy=skip
+    )
 
 
 def load_cluster(

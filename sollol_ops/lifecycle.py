@@ -13,12 +13,12 @@ from typing import Any
 
 from sollol_ops import coordinator, llama_server, procs, rpc, statefile
 from sollol_ops.coordinator import CoordinatorState, LeftOut
-from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError, PlacementError
+from sollol_ops.errors import BackendError, CheckFailed, CoordinatorError, PlacementError, UsageError
 from sollol_ops.gguf_info import GGUFInfo, read_gguf
-from sollol_ops.inventory import Backend, Cluster
+from sollol_ops.inventory import HOST_DEVICE, Backend, Cluster, Coordinator
 from sollol_ops.llama_server import Distribution, StartOptions
 from sollol_ops.ollama import ResolvedModel, resolve_model
-from sollol_ops.placement import Plan, build_slots, plan_placement
+from sollol_ops.placement import Plan, build_slots, is_local_address, plan_placement
 from sollol_ops.toolchain import Toolchain, find_toolchain
 
 
@@ -31,6 +31,8 @@ class UpRequest:
     replace: bool = False
     skip_unhealthy: bool | None = None  # None: the inventory's sollol_skip_unhealthy
     timeout: float = 600.0
+    coordinator_memory_mib: int | None = None  # `up --coordinator-memory`: overrides the inventory's
+    coordinator_device: str | None = None  # `up --coordinator-device`
 
 
 class Outcome(StrEnum):
@@ -112,6 +114,25 @@ class Prepared:
     command: list[str]
 
 
+def coordinator_offer(cluster: Cluster, memory_mib: int | None = None, device: str | None = None) -> Coordinator | None:
+    """What this machine, as the coordinator, offers to the model's layers: the inventory's
+    sollol_coordinator_memory_mib / _device (Cluster.offering_coordinator), overridden by `up`'s
+    --coordinator-memory / --coordinator-device. None: nothing (every layer on the rpc-servers)."""
+    offer = cluster.offering_coordinator(is_local_address)
+    if memory_mib is not None:
+        offer = dataclasses.replace(offer or Coordinator("this host", "127.0.0.1"), memory_mib=memory_mib)
+    if device is not None and offer is not None:
+        offer = dataclasses.replace(offer, device=device)
+    if offer is None or offer.memory_mib <= 0:
+        if device is not None:
+            raise UsageError(
+                f"--coordinator-device {device} without memory to offer: pass --coordinator-memory MIB "
+                "(or set sollol_coordinator_memory_mib on the coordinator's host)"
+            )
+        return None
+    return offer
+
+
 def plan_command(
     model: str,
     blob: Path,
@@ -121,12 +142,21 @@ def plan_command(
     toolchain: Toolchain,
     skip_unhealthy: bool = False,
     reporter: Reporter | None = None,
+    coordinator: Coordinator | None = None,
 ) -> Prepared:
-    """Probe the backends, plan placement, build the llama-server command: the one path from a model to
-    a sharded llama-server, shared by `up` and the benchmark."""
-    probes, skipped = check_backends(backends, skip_unhealthy, reporter or Reporter())
+    """Probe the backends, plan placement (with the coordinator's own device when it offers memory),
+    build the llama-server command: the one path from a model to a sharded llama-server, shared by `up`
+    and the benchmark."""
+    reporter = reporter or Reporter()
+    probes, skipped = check_backends(backends, skip_unhealthy, reporter)
+    local_devices = []
+    if coordinator is not None and coordinator.memory_mib > 0:
+        reporter.step(f"the coordinator offers {coordinator.memory_mib:,} MiB of {coordinator.device}")
+        if coordinator.device != HOST_DEVICE:
+            local_devices = llama_server.list_devices(toolchain)
+    slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices)
     try:
-        plan = plan_placement(info, build_slots(probes), opts.n_ctx, model)
+        plan = plan_placement(info, slots, opts.n_ctx, model)
     except PlacementError as exc:
         if not skipped:
             raise
@@ -203,7 +233,8 @@ def _up(
     if not req.dry_run and procs.port_in_use(opts.host, opts.port):
         raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
     skip = cluster.skip_unhealthy if req.skip_unhealthy is None else req.skip_unhealthy
-    prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter)
+    offer = coordinator_offer(cluster, req.coordinator_memory_mib, req.coordinator_device)
+    prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter, offer)
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command
     if req.dry_run:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sollol_ops.errors import CoordinatorError, SollolError, UsageError
-from sollol_ops.placement import Plan
+from sollol_ops.placement import LocalDevice, Plan
 from sollol_ops.toolchain import Toolchain
 
 MIB = 1 << 20
@@ -100,12 +101,14 @@ def command(
     threads = opts.threads or max(1, os.cpu_count() or 1)
     if plan is None:
         return [*base, "--ctx-size", str(opts.n_ctx), "--threads", str(threads), *where, *opts.extra_args]
+    # Every layer offloaded, unless the coordinator's CPU keeps the first ones (plan.n_gpu_layers).
+    ngl = "999" if plan.n_gpu_layers is None else str(plan.n_gpu_layers)
     argv = [
         *base,
         "--rpc", ",".join(plan.rpc_endpoints),
         "--device", ",".join(plan.devices),
         "--tensor-split", ",".join(f"{s:g}" for s in plan.tensor_split),
-        "--n-gpu-layers", "999",
+        "--n-gpu-layers", ngl,
         "--fit", "off",
         "--ctx-size", str(opts.n_ctx),
         "--parallel", str(opts.parallel),
@@ -117,6 +120,42 @@ def command(
     if opts.alias:
         argv += ["--alias", opts.alias]
     return argv + list(opts.extra_args)
+
+
+_LIST_DEVICE = re.compile(r"^\s+(\S+?)\s*:\s*(.*)\((\d+) MiB, (\d+) MiB free\)\s*$")
+
+
+def parse_list_devices(text: str) -> list[LocalDevice]:
+    """The devices of `llama-server --list-devices` (`  CUDA0: NVIDIA ... (24135 MiB, 23695 MiB free)`; a
+    CPU-only build prints `  (none)`: llama.cpp lists no CPU device there, it cannot be a --device)."""
+    out = []
+    for line in text.splitlines():
+        if m := _LIST_DEVICE.match(line):
+            out.append(LocalDevice(m.group(1), m.group(2).strip(), int(m.group(3)) * MIB, int(m.group(4)) * MIB))
+    return out
+
+
+def list_devices(toolchain: Toolchain, timeout: float = 60.0) -> list[LocalDevice]:
+    """The coordinator's own devices, from its llama-server (GPU backends initialise: allow some time)."""
+    try:
+        proc = subprocess.run(
+            [str(toolchain.llama_server), "--list-devices"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CoordinatorError(f"`llama-server --list-devices` failed: {exc}") from exc
+    if proc.returncode != 0:
+        raise CoordinatorError(f"`llama-server --list-devices` exited {proc.returncode}: {last_text(proc.stderr)}")
+    return parse_list_devices(proc.stdout)
+
+
+def last_text(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no output"
 
 
 def base_url(host: str, port: int) -> str:
@@ -209,7 +248,7 @@ _RPC_NAME = re.compile(r"^RPC\d+\[(.+)\]$")
 
 @dataclass
 class DeviceUse:
-    name: str  # endpoint for RPC devices, CPU_Mapped / CPU for the coordinator
+    name: str  # endpoint for RPC devices; `coordinator CPU` (CPU, CPU_Mapped, CUDA_Host, ...), `coordinator CUDA0`
     model_mib: float = 0.0
     kv_mib: float = 0.0
     compute_mib: float = 0.0
@@ -235,7 +274,12 @@ def parse_distribution(log_text: str, kv_per_layer: int | None = None) -> Distri
 
     def dev(raw: str) -> DeviceUse:
         m = _RPC_NAME.match(raw)
-        name = m.group(1) if m else ("coordinator CPU" if raw.startswith("CPU") else raw)
+        if m:
+            name = m.group(1)
+        elif raw.startswith("CPU") or raw.endswith("_Host"):  # host memory, pinned (CUDA_Host) or not
+            name = "coordinator CPU"
+        else:
+            name = f"coordinator {raw}"
         return devices.setdefault(name, DeviceUse(name))
 
     offloaded = None
@@ -250,7 +294,7 @@ def parse_distribution(log_text: str, kv_per_layer: int | None = None) -> Distri
             offloaded = (int(m.group(1)), int(m.group(2)))
     if kv_per_layer:
         for d in devices.values():
-            if d.is_rpc:
+            if d.is_rpc or d.kv_mib > 0:  # the coordinator's rows have layers when it keeps some
                 d.layers = round(d.kv_mib * MIB / kv_per_layer)
     ordered = sorted(devices.values(), key=lambda d: (not d.is_rpc, 0))
     return Distribution(ordered, offloaded)

@@ -187,14 +187,15 @@ def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
         data = _load(env.from_string(path.read_text()).render(**variables))
         children = data["all"]["children"]
         worker = children[cv.RPC_GROUP]["hosts"]["worker1"]
-    except (jinja2.TemplateError, yaml.YAMLError, KeyError, TypeError, OSError) as exc:
+        coordinator = (children.get(cv.COORDINATOR_GROUP) or {}).get("hosts", {}).get("coord1")
+    except (jinja2.TemplateError, yaml.YAMLError, KeyError, TypeError, AttributeError, OSError) as exc:
         return [f"{_rel(root, path)}: no {cv.RPC_GROUP} host in the rendered inventory ({type(exc).__name__}: {exc})"]
     problems = []
     cli_groups = sorted([cv.RPC_GROUP, cv.COORDINATOR_GROUP])
     if sorted(children) != cli_groups:
         problems.append(f"{_rel(root, path)}: writes groups {sorted(children)}, the CLI reads {cli_groups}")
     wide: dict[str, Any] = getattr(cv, "CLUSTER_WIDE", {})
-    skip = {*cv.GROUP_VARS, *wide, "sollol_rpc_address"}
+    skip = {*cv.GROUP_VARS, *wide, *cv.COORDINATOR_VARS, "sollol_rpc_address"}
     want = {k: v for k, v in cv.DEFAULTS.items() if k not in skip}
     for key, value in want.items():
         if worker.get(key) != value:
@@ -203,6 +204,11 @@ def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
     for key, value in wide.items():  # cluster-wide: written once, for all hosts
         if written.get(key) != value:
             problems.append(f"{_rel(root, path)}: all.vars.{key} is written as {written.get(key)!r}, not {value!r}")
+    # the coordinator's own variables, on the coordinator host (what `up` there reads)
+    for key, value in cv.COORDINATOR_VARS.items():
+        got = (coordinator or {}).get(key)
+        if got != value:
+            problems.append(f"{_rel(root, path)}: the coordinator's {key} is written as {got!r}, not {value!r}")
     return problems
 
 

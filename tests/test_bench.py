@@ -349,3 +349,48 @@ def test_bench_gateway_end_to_end(sollol_env: dict[str, str], tmp_path: Path) ->
     assert not _procs_mentioning(sollol_env["XDG_CACHE_HOME"])
     assert not (Path(sollol_env["XDG_STATE_HOME"]) / "sollol-ops" / "coordinator.json").exists()
     assert not list((Path(sollol_env["XDG_CACHE_HOME"]) / "sollol-ops" / "bench").glob("run-*"))
+
+
+def test_coordinator_device_setups_share_the_cores_and_split_equally(
+    rpc_server: tuple[str, object], smollm2_store: Path
+) -> None:
+    """The two setups of --coordinator-device: same threads per computing process; the coordinator's CPU
+    keeps half the layers in one, two workers hold them all in the other."""
+    from sollol_ops.bench import coordinator_device
+    from sollol_ops.bench.models import BenchModel
+    from sollol_ops.bench.server import server_argv
+    from sollol_ops.ollama import resolve_model
+    from sollol_ops.toolchain import find_toolchain
+
+    (k2, workers), (k1, coordinator) = coordinator_device.setups(cores=4)
+    assert (k2, k1) == (2, 1)
+    assert workers.rpc_threads_for(2) == coordinator.rpc_threads_for(1) == 2
+    assert workers.server_threads == coordinator.server_threads == 2
+    assert workers.coordinator_mib == 0 and coordinator.coordinator_mib == workers.backend_mib
+    endpoint, _server = rpc_server
+    r = resolve_model("smollm2:135m", str(smollm2_store))
+    model = BenchModel(r.ref, r.ref, r.blob, r.gguf or read_gguf(r.blob), False)
+    argv = server_argv(find_toolchain(), model, 9, [endpoint], coordinator, 512)
+    assert argv[argv.index("--n-gpu-layers") + 1] == "15" and argv[argv.index("--device") + 1] == "RPC0"
+    assert argv[argv.index("--threads") + 1] == "2"
+
+
+def test_bench_coordinator_device_rows(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    md = tmp_path / "benchmarks.md"
+    args = ("smollm2:135m", "--backends", "1", "--links", "none", "--coordinator-device", "--out-md", str(md))
+    proc = run_cli("bench", *args, *TINY, env=sollol_env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["settings"]["coordinator_device"] is True
+    rows = {r["settings"]: r for r in doc["rows"] if r["section"] == "coordinator-device"}
+    assert set(rows) == {"2 workers", "coordinator + 1 worker"}
+    assert rows["2 workers"]["backends"] == 2 and rows["coordinator + 1 worker"]["backends"] == 1
+    for row in rows.values():  # at least 3 rounds whatever --repeats says, each a cold and a warm query
+        assert row["metrics"]["load_cold_s"]["n"] == 3 and row["metrics"]["gen_tps"]["n"] == 6
+        assert row["metrics"]["gen_n"]["median"] == 4
+    comps = [c for c in doc["comparisons"] if c["section"] == "coordinator-device"]
+    assert {c["metric"] for c in comps} == {"gen_tps", "prompt_tps", "ttft_s", "load_cold_s"}
+    assert all(c["a"] == "2 workers" and c["b"] == "coordinator + 1 worker" and c["ratio"] > 0 for c in comps)
+    text = md.read_text()
+    assert text.count("## The coordinator as a device: coordinator + 1 worker vs. 2 workers") == 1
+    assert "tok/s" in text

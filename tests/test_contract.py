@@ -164,6 +164,30 @@ MUTATIONS = [
         '"sollol_skip_unhealthy": True,',
         "roles/sollol_cluster/defaults/main.yml: sollol_skip_unhealthy is False, cluster_vars says True",
     ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_coordinator_memory_mib: {{ sollol_coordinator_memory_mib | int }}",
+        "sollol_coordinator_memory_mib: 512",
+        "the coordinator's sollol_coordinator_memory_mib is written as 512, not 0",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "          sollol_coordinator_device: {{ sollol_coordinator_device | to_json }}\n",
+        "",
+        "the coordinator's sollol_coordinator_device is written as None, not 'CPU'",
+    ),
+    (
+        "roles/sollol_cluster/defaults/main.yml",
+        "sollol_coordinator_memory_mib: 0",
+        "sollol_coordinator_memory_mib: 1024",
+        "roles/sollol_cluster/defaults/main.yml: sollol_coordinator_memory_mib is 1024, cluster_vars says 0",
+    ),
+    (
+        "roles/sollol_cluster/meta/argument_specs.yml",
+        "default: CPU",
+        "default: cpu",
+        "roles/sollol_cluster/meta/argument_specs.yml: option sollol_coordinator_device default is 'cpu'",
+    ),
     ("inventory.example.ini", "[rpc_servers]", "[workers]", "inventory.example.ini: no [rpc_servers] section"),
     (
         "inventory.example.ini",

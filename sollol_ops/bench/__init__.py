@@ -18,6 +18,8 @@ each link shaped with `tc tbf` at the given rate on both veth ends ("bridge": na
 shaping); those rows add a load without the rpc-server cache (-c off). There is no latency emulation:
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
 --grid compares sollol-ops defaults, upstream defaults and a small grid on the first model.
+--coordinator-device compares, on the first model, coordinator + 1 worker (the coordinator's CPU keeps layers)
+with 2 workers on the same cores and threads (module coordinator_device), in at least 3 interleaved rounds.
 
 --gateway measures the gateway instead (sollol_ops.bench.gateway, on the first model, loopback parts only):
 TTFT and generation tokens/s through `sollol-ops gateway` (OpenAI and Ollama routes) vs. direct to the same
@@ -34,18 +36,19 @@ $XDG_CACHE_HOME/sollol-ops/bench/ and laid out in a temporary Ollama store of th
 
 Modules: settings (BenchConfig, option parsers, Settings, the grid), stats (Stat, summarize, ratios), models
 (the models measured), backends (rpc-servers: loopback, namespaces, inventory; the Reaper), server (everything
-llama-server: command line, /health, streamed chat), runs (the Bench: rows and sections), gateway (the
-GatewayBench: the --gateway sections), session (run_bench: the whole session and its JSON document), report
-(text and markdown), plotting (the PNG plot).
+llama-server: command line, /health, streamed chat), runs (the Bench: rows and sections), coordinator_device
+(coordinator + 1 worker vs. 2 workers), gateway (the GatewayBench: the --gateway sections), session (run_bench:
+the whole session and its JSON document), report (text and markdown), plotting (the PNG plot).
 
 JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
   schema: str; started_at: float (unix); wall_s: float; command: str
   machine: {cpu_model: str, cores: int, ram_mib: int, kernel: str, llama_cpp_version: str,
             rpc_protocol: str, loadavg_start: [float x3], loadavg_end: [float x3]}
   settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str];
-             grid, gateway, use_inventory: bool}
+             grid, gateway, coordinator_device, use_inventory: bool}
   models: [{ref: str, synthetic: bool, size_mib: float, layers: int, n_embd: int, file_type: str, params: int}]
-  rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "gateway" | "gateway-pool" | "ondemand",
+  rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "coordinator-device"
+                 | "gateway" | "gateway-pool" | "ondemand",
           model: str, size_mib: float,
           setup: "baseline" | "rpc"          (sharding sections)
                | "direct" | "gateway" | "by hand"  (gateway sections: to llama-server itself, through

@@ -83,7 +83,7 @@ def gateway_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 def _comparison_text(c: dict[str, Any]) -> str:
-    unit = c.get("unit", "s")
+    unit = c.get("unit") or ("tok/s" if c["metric"].endswith("_tps") else "s")
     digits = 1 if unit == "tok/s" else 3
     goal = c.get("goal")
     verdict = "" if goal is None else f" (goal {goal}: {'met' if c.get('met') else 'not met'})"
@@ -146,6 +146,12 @@ def render_text(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _value(comparison: dict[str, Any], key: str) -> str:
+    """A compared median with its unit: seconds for *_s metrics, tokens/s for *_tps."""
+    value = comparison[key]
+    return f"{value:.1f} tok/s" if comparison["metric"].endswith("_tps") else f"{value:.3f} s"
+
+
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
@@ -160,6 +166,7 @@ SECTION_TITLES = {
     "gateway": "## Gateway vs. direct to llama-server",
     "gateway-pool": "## Gateway pool: 2 members vs. 1",
     "ondemand": "## Sharded models on demand through the gateway",
+    "coordinator-device": "## The coordinator as a device: coordinator + 1 worker vs. 2 workers",
 }
 
 
@@ -199,10 +206,10 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
             body += ["", "| model | what | a | b | ratio b/a | goal | met |", "|---|---|---|---|---|---|---|"]
             body += [_comparison_row(c) for c in comps]
         elif comps:
-            body += ["", "| model | what | a | b | ratio b/a |", "|---|---|---|---|---|"]
+            body += ["", "| model | what | metric | a | b | ratio b/a |", "|---|---|---|---|---|---|"]
             body += [
-                f"| {c['model']} | {c['what']} | {c['a']}: {c['a_median']:.3f} s | {c['b']}: {c['b_median']:.3f} s "
-                f"| {c['ratio']:.2f}x |"
+                f"| {c['model']} | {c['what']} | {c['metric']} | {c['a']}: {_value(c, 'a_median')} | "
+                f"{c['b']}: {_value(c, 'b_median')} | {c['ratio']:.2f}x |"
                 for c in comps
             ]
         for note in doc.get("section_notes", {}).get(key, []):
@@ -211,6 +218,12 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
             body += ["", f"Note: {NO_LATENCY_NOTE}. COLD: fresh rpc-servers with an empty `-c` cache (filling it); "
                      "WARM: llama-server restarted against the same rpc-servers (cache filled); NO -c: rpc-servers "
                      "without the cache. The cache only holds tensors over 10 MiB."]  # fmt: skip
+        if key == "coordinator-device":
+            body += ["", "Same cores, same threads: with t = cores / 2, `2 workers` runs two rpc-servers `-t t` "
+                     "holding every layer (llama-server `-t t` only embeds and samples); `coordinator + 1 worker` "
+                     "runs one rpc-server `-t t` and llama-server `-t t` whose CPU keeps the leading layers "
+                     "(`--coordinator-memory`). Every slot offers the same memory, so both split the layers "
+                     "equally. At least 3 interleaved rounds of cold load + query and warm load + query."]  # fmt: skip
         if key == "grid":
             body += ["", "Upstream defaults: rpc-server without `-t` (half the cores), llama-server with `--rpc` "
                      "`-ngl 99` and its own split, threads and batch size."]  # fmt: skip
@@ -226,7 +239,7 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
 
 
 def _comparison_row(c: dict[str, Any]) -> str:
-    unit = c.get("unit", "s")
+    unit = c.get("unit") or ("tok/s" if c["metric"].endswith("_tps") else "s")
     digits = 1 if unit == "tok/s" else 3
     met = "-" if c.get("met") is None else ("yes" if c["met"] else "no")
     ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"

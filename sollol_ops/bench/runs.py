@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sollol_ops import procs
+from sollol_ops.bench import coordinator_device
 from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, Reaper, RpcBackends
 from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.server import Query, Server, server_argv, stream_chat, upstream_argv, wait_health
@@ -183,11 +184,11 @@ class Bench:
                     self.unload(server)
             a = self.add_row("coordinator", model, "rpc", k, link, "persistent coordinator", persistent)
             b = self.add_row("coordinator", model, "rpc", k, link, "coordinator per query", per_query)
-            self._compare(model, "TTFT of a repeated query", a, b, "ttft_s")
+            self.compare(model, "TTFT of a repeated query", a, b, "ttft_s", "coordinator")
             up, raw = self._up_vs_raw(model, endpoints)
             a = self.add_row("coordinator", model, "rpc", k, link, "raw llama-server --rpc", {"ready_s": raw})
             b = self.add_row("coordinator", model, "rpc", k, link, "sollol-ops up", {"ready_s": up})
-            self._compare(model, "start to ready", a, b, "ready_s")
+            self.compare(model, "start to ready", a, b, "ready_s", "coordinator")
         finally:
             backends.stop()
 
@@ -222,18 +223,26 @@ class Bench:
             self.unload(server)
         return up_times, raw_times
 
-    def _compare(self, model: BenchModel, what: str, a: dict[str, Any], b: dict[str, Any], metric: str) -> None:
+    def compare(
+        self,
+        model: BenchModel,
+        what: str,
+        a: dict[str, Any],
+        b: dict[str, Any],
+        metric: str,
+        section: str,
+    ) -> None:
         am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
         if am and bm:
             self.comparisons.append(
                 {
-                    "section": a["section"],
+                    "section": section,
                     "model": model.ref,
                     "what": what,
                     "a": a["settings"],
                     "b": b["settings"],
                     "metric": metric,
-                    "unit": "s",
+                    "unit": "tok/s" if metric.endswith("_tps") else "s",
                     "a_median": round(am["median"], 4),
                     "b_median": round(bm["median"], 4),
                     "ratio": _round(ratio(bm["median"], am["median"])),
@@ -261,6 +270,8 @@ class Bench:
             self.notes.append(NO_LATENCY_NOTE)
         elif shaped:
             self.notes.append("--use-inventory: --links ignored (no shaping of real hosts)")
+        if cfg.coordinator_device and cfg.use_inventory:
+            self.notes.append("--use-inventory: --coordinator-device skipped (it starts its own rpc-servers)")
         try:
             if lab is not None:
                 lab.up()
@@ -288,6 +299,10 @@ class Bench:
                     lab.shape(None)
                 if "none" in cfg.links or cfg.use_inventory:
                     self.coordinator_rows(model, loop, kmax, loop_link)
+            if cfg.coordinator_device and not cfg.use_inventory and models:
+                model = models[0]
+                self.say(f"== {model.ref}: coordinator + 1 worker vs. 2 workers")
+                coordinator_device.run(self, model, loop, loop_link)
             if cfg.grid and models:
                 model = models[0]
                 self.say(f"== grid on {model.ref}, {kmax} backend(s)")

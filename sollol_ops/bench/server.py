@@ -12,7 +12,7 @@ from sollol_ops import lifecycle, llama_server, procs
 from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.settings import Settings
 from sollol_ops.errors import BenchError, SollolError
-from sollol_ops.inventory import Backend
+from sollol_ops.inventory import Backend, Coordinator
 from sollol_ops.llama_server import StartOptions
 from sollol_ops.toolchain import Toolchain
 
@@ -30,12 +30,15 @@ def server_argv(
     backends = []
     for i, endpoint in enumerate(endpoints):
         host, port_text = endpoint.rsplit(":", 1)
-        backends.append(Backend(f"bench-{i}", host, int(port_text)))
+        backends.append(Backend(f"bench-{i}", host, int(port_text), memory_mib=settings.backend_mib))
     extra = ["--batch-size", str(settings.batch)] if settings.batch else []
     opts = StartOptions(
         port=port, n_ctx=ctx, threads=settings.server_threads, extra_args=extra, alias=model.resolved_ref
     )
-    return lifecycle.plan_command(model.resolved_ref, model.blob, model.info, backends, opts, toolchain).command
+    coordinator = Coordinator("bench", "127.0.0.1", settings.coordinator_mib) if settings.coordinator_mib else None
+    return lifecycle.plan_command(
+        model.resolved_ref, model.blob, model.info, backends, opts, toolchain, coordinator=coordinator
+    ).command
 
 
 def upstream_argv(toolchain: Toolchain, model: BenchModel, port: int, endpoints: Sequence[str], ctx: int) -> list[str]:

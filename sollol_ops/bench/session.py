@@ -92,8 +92,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
     """The whole benchmark session; returns the JSON document described in the sollol_ops.bench docstring."""
     if cfg.repeats < 1 or cfg.tokens < 1 or cfg.prompt_tokens < 1:
         raise BenchError("--repeats, --tokens and --prompt-tokens must be at least 1")
-    if cfg.gateway and (cfg.grid or cfg.use_inventory or cfg.links != ["none"]):
-        raise BenchError("--gateway starts its own loopback parts: leave out --grid, --links and --use-inventory")
+    if cfg.gateway and (cfg.grid or cfg.coordinator_device or cfg.use_inventory or cfg.links != ["none"]):
+        raise BenchError(
+            "--gateway starts its own loopback parts: leave out --grid, --coordinator-device, --links, --use-inventory"
+        )
     toolchain = find_toolchain()
     started = time.time()
     t0 = time.perf_counter()
@@ -118,6 +120,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "links": cfg.links,
             "grid": cfg.grid,
             "gateway": cfg.gateway,
+            "coordinator_device": cfg.coordinator_device,
             "use_inventory": cfg.use_inventory,
         },
         "models": [m.describe() for m in models],

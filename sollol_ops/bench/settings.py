@@ -27,6 +27,7 @@ class BenchConfig:
     links: list[str] = field(default_factory=lambda: ["none"])
     grid: bool = False
     gateway: bool = False  # the gateway's sections (sollol_ops.bench.gateway) instead of the sharding ones
+    coordinator_device: bool = False
     use_inventory: bool = False
     inventory_backends: list[Backend] = field(default_factory=list)
     ollama_models: str | None = None
@@ -68,6 +69,8 @@ class Settings:
     server_threads: int | None = None  # None: sollol default (all cores) / upstream: no --threads
     batch: int | None = None
     upstream: bool = False  # no --device/--tensor-split/--threads/--fit off: llama-server's own defaults
+    backend_mib: int | None = None  # sollol_rpc_memory_mib of every rpc-server (None: their usable memory)
+    coordinator_mib: int = 0  # memory the coordinator's CPU offers to layers (0: none)
 
     def rpc_threads_for(self, k: int) -> int | None:
         if self.rpc_threads == 0:

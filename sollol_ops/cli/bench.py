@@ -35,6 +35,11 @@ from sollol_ops.ui import to_jsonable
     is_flag=True,
     help="Instead: the gateway vs. direct, a pool of 2 vs. 1, and loading on demand (first model, loopback parts).",
 )
+@click.option(
+    "--coordinator-device",
+    is_flag=True,
+    help="Also compare coordinator + 1 worker (its CPU keeps layers) with 2 workers on the same cores (first model).",
+)
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
@@ -54,6 +59,7 @@ def bench(
     links: str,
     grid: bool,
     gateway: bool,
+    coordinator_device: bool,
     use_inventory: bool,
     ollama_models: str | None,
     timeout: float,
@@ -79,6 +85,7 @@ def bench(
         links=lib.parse_links(links),
         grid=grid,
         gateway=gateway,
+        coordinator_device=coordinator_device,
         use_inventory=use_inventory,
         ollama_models=ollama_models,
         timeout=timeout,

@@ -52,7 +52,7 @@ def echo_plan(plan: Plan) -> None:
         ["BACKEND", "DEVICE", "SPLIT", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "NEED", "USABLE", "USABLE FROM"],
         [
             [
-                s.slot.backend.endpoint,
+                s.slot.endpoint,
                 s.slot.name,
                 f"{s.split:.3f}",
                 f"{s.layers}{'+out' if s.has_output else ''}",
@@ -67,10 +67,13 @@ def echo_plan(plan: Plan) -> None:
         ],
         right=(2, 3, 4, 5, 6, 7, 8),
     )
-    click.echo(
-        f"(MiB; ctx {plan.n_ctx}; {plan.n_layer} layers + output; input embeddings "
-        f"{plan.local_bytes / MIB:,.1f} MiB stay on the coordinator; {'; '.join(plan.notes)})"
+    where = (
+        f"the coordinator's CPU keeps the first {plan.host_layers} layers (-ngl {plan.n_gpu_layers}); its weights "
+        f"include the input embeddings, {plan.local_bytes / MIB:,.1f} MiB"
+        if plan.n_gpu_layers is not None
+        else f"input embeddings {plan.local_bytes / MIB:,.1f} MiB stay on the coordinator"
     )
+    click.echo(f"(MiB; ctx {plan.n_ctx}; {plan.n_layer} layers + output; {where}; {'; '.join(plan.notes)})")
 
 
 def echo_distribution(dist: Distribution) -> None:
@@ -86,4 +89,6 @@ def echo_distribution(dist: Distribution) -> None:
     ]
     echo_table(["WHERE", "LAYERS", "MODEL MiB", "KV MiB", "COMPUTE MiB"], rows, right=(1, 2, 3, 4))
     if dist.offloaded:
-        click.echo(f"(offloaded {dist.offloaded[0]}/{dist.offloaded[1]} layers to RPC backends)")
+        done, total = dist.offloaded
+        rest = "" if done >= total else f"; the other {total - done} stay on the coordinator's CPU"
+        click.echo(f"(offloaded {done}/{total} layers to devices{rest})")

@@ -7,6 +7,8 @@ import click
 from sollol_ops import lifecycle
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
+from sollol_ops.errors import UsageError
+from sollol_ops.inventory import device_name_problem
 from sollol_ops.llama_server import StartOptions
 from sollol_ops.ui import echo_json, echo_table
 
@@ -36,6 +38,18 @@ from sollol_ops.ui import echo_json, echo_table
 @click.option(
     "--server-arg", "server_args", multiple=True, metavar="ARG", help="Extra llama-server argument (repeatable)."
 )
+@click.option(
+    "--coordinator-memory",
+    type=click.IntRange(0, 1 << 40),
+    metavar="MIB",
+    help="Memory this machine offers to the model's layers, MiB; 0: none (default: sollol_coordinator_memory_mib).",
+)
+@click.option(
+    "--coordinator-device",
+    metavar="NAME",
+    help="Which of its devices offers it: CPU, or one `llama-server --list-devices` names (default: "
+    "sollol_coordinator_device, CPU).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 def up(
@@ -53,13 +67,19 @@ def up(
     skip_unhealthy: bool | None,
     timeout: float,
     server_args: tuple[str, ...],
+    coordinator_memory: int | None,
+    coordinator_device: str | None,
     as_json: bool,
 ) -> None:
     """Serve MODEL (e.g. codellama:13b) from the Ollama store across the inventory's rpc-servers."""
     opts = StartOptions(
         host=host, port=port, n_ctx=ctx_size, parallel=parallel, threads=threads, extra_args=list(server_args)
     )
-    req = lifecycle.UpRequest(model, opts, ollama_models, dry_run, replace, skip_unhealthy, timeout)
+    if coordinator_device is not None and (problem := device_name_problem(coordinator_device)) is not None:
+        raise UsageError(f"--coordinator-device {problem}")
+    req = lifecycle.UpRequest(
+        model, opts, ollama_models, dry_run, replace, skip_unhealthy, timeout, coordinator_memory, coordinator_device
+    )
     reporter = CliReporter(quiet=as_json, verbose=ctx.verbose)
     outcome = lifecycle.up(req, ctx.cluster(), reporter, foreground=foreground)
     reporter.done()
