@@ -58,8 +58,8 @@ def _render(report: lifecycle.StatusReport) -> None:
             click.echo(f"  {c.detail}")
     if c.degraded and c.state != "not running":
         click.echo(f"  {c.degraded_note} (sollol_skip_unhealthy)")
-        if c.distribution and c.distribution.devices:
-            echo_distribution(c.distribution)
+    if c.state not in ("not running", "exited") and c.distribution and c.distribution.devices:
+        echo_distribution(c.distribution)
     click.echo("")
     echo_table(
         ["HOST", "ENDPOINT", "STATUS", "VERSION", "DEVICES", "FREE / TOTAL", "DETAIL"],
