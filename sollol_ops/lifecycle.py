@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sollol_ops import coordinator, llama_server, procs, rpc, statefile
 from sollol_ops.coordinator import CoordinatorState
@@ -297,6 +298,7 @@ class StatusReport:
     coordinator: CoordinatorStatus
     backends: list[BackendStatus]
     inventory: str | None
+    staged: list[dict[str, Any]] = field(default_factory=list)  # the staging ledger (sollol_ops.staging)
 
     def problems(self, require_coordinator: bool = False) -> list[str]:
         """What `status --check` fails on: a coordinator that exists but is not serving (or none, when
@@ -394,4 +396,6 @@ def status(
             continue
         r = results[b.endpoint]
         rows.append(BackendStatus(b.host, b.endpoint, r.status.value, r.version, r.devices, r.detail))
-    return StatusReport(coord, rows, str(cluster.inventory))
+    from sollol_ops import staging
+
+    return StatusReport(coord, rows, str(cluster.inventory), staging.staged_summary(staging.load_ledger(root)))

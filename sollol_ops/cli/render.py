@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import click
 
 from sollol_ops.lifecycle import Reporter
 from sollol_ops.llama_server import Distribution
 from sollol_ops.placement import Plan
-from sollol_ops.ui import echo_table
+from sollol_ops.ui import echo_table, human_bytes
 
 MIB = 1 << 20
 
@@ -87,3 +89,12 @@ def echo_distribution(dist: Distribution) -> None:
     echo_table(["WHERE", "LAYERS", "MODEL MiB", "KV MiB", "COMPUTE MiB"], rows, right=(1, 2, 3, 4))
     if dist.offloaded:
         click.echo(f"(offloaded {dist.offloaded[0]}/{dist.offloaded[1]} layers to RPC backends)")
+
+
+def echo_staged(rows: Sequence[Mapping[str, Any]]) -> None:
+    """The staging ledger: which model's share is in which rpc-server's cache (sollol-ops stage)."""
+    echo_table(
+        ["STAGED MODEL", "ENDPOINT", "WHERE", "FILES", "BYTES", "CACHE DIR"],
+        [[r["model"], r["endpoint"], r["where"], r["files"], human_bytes(r["bytes"]), r["cache_dir"]] for r in rows],
+        right=(3, 4),
+    )

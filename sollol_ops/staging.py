@@ -1,0 +1,419 @@
+"""Staging: each worker's share of a model's weights put into its rpc-server's -c cache before the first
+load, recorded in a ledger, verified and pruned. Docs: docs/staging.md.
+
+Which tensors go where follows from the placement plan `up` makes (sollol_ops.placement): a share's
+repeating blocks ``blk.<i>.*`` and, for the share holding the output layer, ``output.weight`` (or
+``token_embd.weight`` for a model with tied embeddings: llama.cpp loads a duplicate of it there). Only
+tensors larger than llama.cpp's HASH_THRESHOLD (10 MiB) go through the cache; smaller ones are always sent.
+The upload itself is sollol_ops.stage_worker, run on the worker (here, for rpc-servers on this host).
+
+The ledger (``$XDG_STATE_HOME/sollol-ops/staging.json``) records per model and rpc-server the cache files
+staged, with size and sha256 taken at staging time. `verify` re-hashes them with hashlib and removes any
+file whose content no longer matches (llama.cpp trusts a cache file's name: a corrupt file would be loaded
+as weights); `prune` removes cache files no ledger entry needs (regular files named by 16 hex digits only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sollol_ops import statefile
+from sollol_ops.errors import StageError, UsageError
+from sollol_ops.gguf_info import GGUFInfo, TensorEntry, TensorTable, read_gguf, read_tensor_table
+from sollol_ops.inventory import Backend
+from sollol_ops.placement import Plan, is_local_address
+from sollol_ops.stage_worker import HASH_THRESHOLD, Piece, StagedFile, cache_entries, sha256_file, stage_pieces
+
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+LEDGER_WHAT = "staging ledger"
+
+
+# --------------------------------------------------------------------------- what goes where
+
+
+@dataclass
+class WorkerShare:
+    """The uploads one rpc-server receives when the model loads (its devices' layers, maybe the output)."""
+
+    endpoint: str
+    device: int
+    layers: list[int]
+    output: bool
+    tensors: list[TensorEntry]
+
+    @property
+    def cached(self) -> list[TensorEntry]:
+        """The tensors that go through its cache (larger than HASH_THRESHOLD)."""
+        return [t for t in self.tensors if t.n_bytes > HASH_THRESHOLD]
+
+    def pieces(self, table: TensorTable) -> list[Piece]:
+        return [Piece(t.name, table.file_offset(t), t.n_bytes) for t in self.cached]
+
+
+def output_tensor_names(table: TensorTable) -> list[str]:
+    names = {t.name for t in table.tensors}
+    head = "output.weight" if "output.weight" in names else "token_embd.weight"
+    return [n for n in (head, "output_norm.weight") if n in names]
+
+
+def worker_shares(plan: Plan, table: TensorTable) -> list[WorkerShare]:
+    """Per rpc-server (in --rpc order), the tensors llama.cpp will upload to it for this plan."""
+    by_layer: dict[int, list[TensorEntry]] = {}
+    for t in table.tensors:
+        m = _BLOCK.match(t.name)
+        if m:
+            by_layer.setdefault(int(m.group(1)), []).append(t)
+    out: dict[str, WorkerShare] = {}
+    layer = 0
+    for share in plan.shares:
+        endpoint = share.slot.backend.endpoint
+        ws = out.setdefault(endpoint, WorkerShare(endpoint, share.slot.device_index, [], False, []))
+        layers = list(range(layer, layer + share.layers))
+        layer += share.layers
+        ws.layers += layers
+        for i in layers:
+            ws.tensors += by_layer.get(i, [])
+        if share.has_output:
+            ws.output = True
+            wanted = set(output_tensor_names(table))
+            ws.tensors += [t for t in table.tensors if t.name in wanted]
+    return list(out.values())
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+@dataclass
+class LedgerFile:
+    tensor: str
+    file: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class LedgerEntry:
+    model: str
+    digest: str
+    endpoint: str
+    cache_dir: str
+    where: str  # "this host", or "ansible:<inventory host>"
+    staged_at: float
+    files: list[LedgerFile] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class Ledger:
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+    def record(self, entry: LedgerEntry) -> None:
+        self.entries = [e for e in self.entries if (e.digest, e.endpoint) != (entry.digest, entry.endpoint)]
+        self.entries.append(entry)
+
+    def for_model(self, model: str) -> list[LedgerEntry]:
+        return [e for e in self.entries if e.model == model]
+
+    def needed(self, endpoint: str, cache_dir: str) -> set[str]:
+        return {f.file for e in self.entries if (e.endpoint, e.cache_dir) == (endpoint, cache_dir) for f in e.files}
+
+
+def ledger_path(root: Path | None = None) -> Path:
+    from sollol_ops.paths import state_dir
+
+    return (root or state_dir()) / "staging.json"
+
+
+def load_ledger(root: Path | None = None, warn: statefile.Warn = statefile.warn_stderr) -> Ledger:
+    return statefile.load(ledger_path(root), Ledger, LEDGER_WHAT, warn) or Ledger()
+
+
+def save_ledger(ledger: Ledger, root: Path | None = None) -> None:
+    statefile.write(ledger_path(root), ledger, LEDGER_WHAT)
+
+
+def ledger_lock(root: Path | None = None) -> contextlib.AbstractContextManager[None]:
+    return statefile.exclusive(ledger_path(root).with_suffix(".lock"), "sollol-ops stage", "the staging ledger")
+
+
+# --------------------------------------------------------------------------- where a local rpc-server caches
+
+
+def _listen_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes
+
+
+def _listener_pid(port: int) -> int | None:
+    inodes = {f"socket:[{i}]" for i in _listen_inodes(port)}
+    if not inodes:
+        return None
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            for fd in (pid_dir / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(pid_dir.name)
+        except OSError:
+            continue
+    return None
+
+
+def rpc_cache_dir_of(argv: Sequence[str], environ: dict[str, str]) -> Path | None:
+    """rpc-server's cache directory for its command line and environment (tools/rpc/rpc-server.cpp):
+    None without -c; else $LLAMA_CACHE/rpc, $XDG_CACHE_HOME/llama.cpp/rpc or ~/.cache/llama.cpp/rpc."""
+    if not any(a in ("-c", "--cache") for a in argv[1:]):
+        return None
+    if environ.get("LLAMA_CACHE"):
+        return Path(environ["LLAMA_CACHE"]) / "rpc"
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"]) / "llama.cpp" / "rpc"
+    return Path(environ.get("HOME", "/root")) / ".cache" / "llama.cpp" / "rpc"
+
+
+def find_cache_dir(endpoint: str) -> Path:
+    """The cache directory of the rpc-server listening on this host at `endpoint`, read from its process."""
+    port = int(endpoint.rpartition(":")[2])
+    pid = _listener_pid(port)
+    hint = f"pass --cache-dir {endpoint}=DIR"
+    if pid is None:
+        raise StageError(f"cannot find the process listening on {endpoint} on this host (another user's?); {hint}")
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    except OSError as exc:
+        raise StageError(f"cannot read process {pid} listening on {endpoint}: {exc.strerror}; {hint}") from None
+    environ = dict(item.split("=", 1) for item in raw if "=" in item)
+    found = rpc_cache_dir_of(argv, environ)
+    if found is None:
+        raise StageError(
+            f"the rpc-server on {endpoint} (pid {pid}) runs without -c: it has no tensor cache to stage into; "
+            "restart it with -c (roles/rpc_server: rpc_server_cache: true)"
+        )
+    return found
+
+
+def parse_cache_dirs(items: Sequence[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        endpoint, sep, directory = item.partition("=")
+        if not sep or ":" not in endpoint or not directory:
+            raise UsageError(f"--cache-dir {item!r}: write it ENDPOINT=DIR, e.g. 127.0.0.1:50052=/var/cache/rpc")
+        out[endpoint] = Path(directory)
+    return out
+
+
+# --------------------------------------------------------------------------- staging, verifying, pruning
+
+
+@dataclass
+class Prepared:
+    """A model placed as `up` would place it: what each rpc-server will be sent."""
+
+    model: str
+    digest: str
+    blob: Path
+    info: GGUFInfo
+    plan: Plan
+    table: TensorTable
+    shares: list[WorkerShare]
+
+
+def prepare(model: str, backends: Sequence[Backend], n_ctx: int, ollama_models: str | None = None) -> Prepared:
+    """Resolve, probe (every backend must be ready: a held one is refused), plan as `up` plans."""
+    from sollol_ops.lifecycle import Reporter, check_backends
+    from sollol_ops.ollama import resolve_model
+    from sollol_ops.placement import build_slots, plan_placement
+
+    resolved = resolve_model(model, ollama_models)
+    info = resolved.gguf or read_gguf(resolved.blob)
+    table = read_tensor_table(resolved.blob)
+    probes, _ = check_backends(backends, False, Reporter())
+    plan = plan_placement(info, build_slots(probes), n_ctx, resolved.ref)
+    return Prepared(resolved.ref, resolved.digest, resolved.blob, info, plan, table, worker_shares(plan, table))
+
+
+@dataclass
+class StageResult:
+    endpoint: str
+    cache_dir: str
+    layers: list[int]
+    output: bool
+    files: list[StagedFile]
+
+    @property
+    def new_bytes(self) -> int:
+        return sum(f.size for f in self.files if f.new)
+
+
+Stager = Callable[[WorkerShare, Path], list[StagedFile]]
+
+
+def stage_local(
+    model: str,
+    digest: str,
+    blob: Path,
+    shares: Sequence[WorkerShare],
+    table: TensorTable,
+    cache_dirs: dict[str, Path],
+    root: Path | None = None,
+) -> list[StageResult]:
+    """Stage the shares of rpc-servers on this host, all at once, from the model file itself; record them."""
+    remote = [s.endpoint for s in shares if not is_local_address(s.endpoint.rpartition(":")[0])]
+    if remote:
+        raise StageError(
+            f"{', '.join(remote)} {'is' if len(remote) == 1 else 'are'} not on this host: stage remote workers "
+            "with playbooks/stage.yml (sollol-ops stage --via-ansible)"
+        )
+    dirs = {s.endpoint: cache_dirs.get(s.endpoint) or find_cache_dir(s.endpoint) for s in shares}
+
+    def one(share: WorkerShare) -> StageResult:
+        files = stage_pieces(share.endpoint, dirs[share.endpoint], blob, share.pieces(table), device=share.device)
+        return StageResult(share.endpoint, str(dirs[share.endpoint]), share.layers, share.output, files)
+
+    with ledger_lock(root):
+        with ThreadPoolExecutor(max_workers=max(1, len(shares))) as pool:
+            results = list(pool.map(one, shares))
+        ledger = load_ledger(root)
+        for r in results:
+            ledger.record(
+                LedgerEntry(
+                    model,
+                    digest,
+                    r.endpoint,
+                    r.cache_dir,
+                    "this host",
+                    time.time(),
+                    [LedgerFile(f.tensor, f.file, f.size, f.sha256) for f in r.files],
+                )
+            )
+        save_ledger(ledger, root)
+    return results
+
+
+@dataclass
+class VerifyRow:
+    endpoint: str
+    cache_dir: str
+    model: str
+    file: str
+    state: str  # ok | missing | corrupt (removed) | unreachable
+
+
+def verify(root: Path | None = None, model: str | None = None) -> list[VerifyRow]:
+    """Re-hash every staged file of this host (sha256) against the ledger; remove the ones that changed, and
+    drop them and missing ones from the ledger, so that the next load re-sends those tensors."""
+    rows: list[VerifyRow] = []
+    with ledger_lock(root):
+        ledger = load_ledger(root)
+        for entry in ledger.entries:
+            if model is not None and entry.model != model:
+                continue
+            if entry.where != "this host":
+                rows += [VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "remote") for f in entry.files]
+                continue
+            keep = []
+            for f in entry.files:
+                path = Path(entry.cache_dir) / f.file
+                try:
+                    st = path.lstat()
+                    ok = (
+                        path.is_file()
+                        and not path.is_symlink()
+                        and st.st_size == f.size
+                        and sha256_file(path) == f.sha256
+                    )
+                except FileNotFoundError:
+                    rows.append(VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "missing"))
+                    continue
+                if ok:
+                    keep.append(f)
+                    rows.append(VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "ok"))
+                else:
+                    path.unlink()
+                    rows.append(VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "corrupt (removed)"))
+            entry.files = keep
+        save_ledger(ledger, root)
+    return rows
+
+
+@dataclass
+class PruneRow:
+    endpoint: str
+    cache_dir: str
+    file: str
+    size: int
+
+
+def prune(cache_dirs: dict[str, Path], root: Path | None = None, dry_run: bool = False) -> list[PruneRow]:
+    """Remove cache files no ledger entry needs from the given cache directories (endpoint -> dir) and from
+    every cache directory the ledger names on this host. Only regular files named by 16 hex digits."""
+    removed: list[PruneRow] = []
+    with ledger_lock(root):
+        ledger = load_ledger(root)
+        dirs = dict(cache_dirs)
+        for e in ledger.entries:
+            if e.where == "this host":
+                dirs.setdefault(e.endpoint, Path(e.cache_dir))
+        for endpoint, directory in dirs.items():
+            needed = ledger.needed(endpoint, str(directory))
+            for name, st in sorted(cache_entries(directory).items()):
+                if name in needed:
+                    continue
+                if not dry_run:
+                    (directory / name).unlink(missing_ok=True)
+                removed.append(PruneRow(endpoint, str(directory), name, st.st_size))
+    return removed
+
+
+def staged_summary(ledger: Ledger, digest_of: Callable[[str], str | None] | None = None) -> list[dict[str, object]]:
+    """One row per ledger entry, for `status` and `models`."""
+    return [
+        {
+            "model": e.model,
+            "digest": e.digest,
+            "endpoint": e.endpoint,
+            "where": e.where,
+            "cache_dir": e.cache_dir,
+            "files": len(e.files),
+            "bytes": e.bytes,
+            "staged_at": e.staged_at,
+            "files_detail": [vars(f) for f in e.files],
+        }
+        for e in ledger.entries
+    ]
+
+
+def describe_plan(info: GGUFInfo, shares: Sequence[WorkerShare]) -> list[dict[str, object]]:
+    return [
+        {
+            "endpoint": s.endpoint,
+            "layers": f"{s.layers[0]}-{s.layers[-1]}" if s.layers else "-",
+            "output": s.output,
+            "tensors": len(s.tensors),
+            "cached_tensors": len(s.cached),
+            "cached_bytes": sum(t.n_bytes for t in s.cached),
+            "always_sent_bytes": sum(t.n_bytes for t in s.tensors if t.n_bytes <= HASH_THRESHOLD),
+        }
+        for s in shares
+    ]
