@@ -16,6 +16,7 @@ as weights); `prune` removes cache files no ledger entry needs (regular files na
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
@@ -241,16 +242,83 @@ class Prepared:
 
 def prepare(model: str, backends: Sequence[Backend], n_ctx: int, ollama_models: str | None = None) -> Prepared:
     """Resolve, probe (every backend must be ready: a held one is refused), plan as `up` plans."""
-    from sollol_ops.lifecycle import Reporter, check_backends
     from sollol_ops.ollama import resolve_model
-    from sollol_ops.placement import build_slots, plan_placement
 
     resolved = resolve_model(model, ollama_models)
     info = resolved.gguf or read_gguf(resolved.blob)
-    table = read_tensor_table(resolved.blob)
+    return place(resolved.ref, resolved.digest, resolved.blob, info, backends, n_ctx)
+
+
+def place(model: str, digest: str, blob: Path, info: GGUFInfo, backends: Sequence[Backend], n_ctx: int) -> Prepared:
+    """Probe and plan a resolved model exactly as `up` (lifecycle.plan_command) does."""
+    from sollol_ops.lifecycle import Reporter, check_backends
+    from sollol_ops.placement import build_slots, plan_placement
+
+    table = read_tensor_table(blob)
     probes, _ = check_backends(backends, False, Reporter())
-    plan = plan_placement(info, build_slots(probes), n_ctx, resolved.ref)
-    return Prepared(resolved.ref, resolved.digest, resolved.blob, info, plan, table, worker_shares(plan, table))
+    plan = plan_placement(info, build_slots(probes), n_ctx, model)
+    return Prepared(model, digest, blob, info, plan, table, worker_shares(plan, table))
+
+
+# --------------------------------------------------------------------------- packs: a worker's share as a file
+
+
+def write_pack(share: WorkerShare, table: TensorTable, directory: Path) -> tuple[Path, Path]:
+    """The worker's cached tensors, back to back, in `<dir>/<endpoint>.pack`, and the manifest the worker's
+    staging client reads (`python3 -m sollol_ops.stage_worker --source PACK --manifest MANIFEST`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = share.endpoint.replace(":", "_").replace("/", "_")
+    pack, manifest = directory / f"{stem}.pack", directory / f"{stem}.json"
+    pieces = []
+    with open(table.path, "rb") as src, open(pack, "wb") as dst:
+        at = 0
+        for t in share.cached:
+            left, offset = t.n_bytes, table.file_offset(t)
+            while left:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), left, offset, at + t.n_bytes - left)
+                if n == 0:
+                    raise StageError(f"{table.path} ends inside tensor {t.name}")
+                left -= n
+                offset += n
+            pieces.append({"name": t.name, "offset": at, "size": t.n_bytes})
+            at += t.n_bytes
+    manifest.write_text(json.dumps({"endpoint": share.endpoint, "device": share.device, "pieces": pieces}))
+    return pack, manifest
+
+
+def worker_argv(python: str, endpoint: str, cache_dir: Path, pack: Path, manifest: Path, device: int = 0) -> list[str]:
+    """The staging client's command line on a worker (PYTHONPATH must reach sollol_ops: see worker_pythonpath)."""
+    return [
+        python, "-m", "sollol_ops.stage_worker", "--endpoint", endpoint, "--cache-dir", str(cache_dir),
+        "--source", str(pack), "--manifest", str(manifest), "--device", str(device),
+    ]  # fmt: skip
+
+
+def worker_pythonpath() -> str:
+    """The directory holding this sollol_ops package (the staging client needs only the standard library)."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def record(model: str, digest: str, where: str, results: Sequence[StageResult], root: Path | None = None) -> None:
+    """Record staged files in the ledger (one entry per model and rpc-server, replacing an older one)."""
+    with ledger_lock(root):
+        ledger = load_ledger(root)
+        for r in results:
+            files = [LedgerFile(f.tensor, f.file, f.size, f.sha256) for f in r.files]
+            ledger.record(LedgerEntry(model, digest, r.endpoint, r.cache_dir, where, time.time(), files))
+        save_ledger(ledger, root)
+
+
+def result_from_worker(share: WorkerShare, output: str) -> StageResult:
+    """The staging client's JSON output as a StageResult (StageError when it is not what it prints)."""
+    try:
+        data = json.loads(output)
+        files = [StagedFile(**f) for f in data["files"]]
+        return StageResult(share.endpoint, str(data["cache_dir"]), share.layers, share.output, files)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StageError(
+            f"the staging client on {share.endpoint} printed no result ({exc}): {output[:200]!r}"
+        ) from None
 
 
 @dataclass
@@ -291,23 +359,44 @@ def stage_local(
         files = stage_pieces(share.endpoint, dirs[share.endpoint], blob, share.pieces(table), device=share.device)
         return StageResult(share.endpoint, str(dirs[share.endpoint]), share.layers, share.output, files)
 
-    with ledger_lock(root):
-        with ThreadPoolExecutor(max_workers=max(1, len(shares))) as pool:
-            results = list(pool.map(one, shares))
-        ledger = load_ledger(root)
-        for r in results:
-            ledger.record(
-                LedgerEntry(
-                    model,
-                    digest,
-                    r.endpoint,
-                    r.cache_dir,
-                    "this host",
-                    time.time(),
-                    [LedgerFile(f.tensor, f.file, f.size, f.sha256) for f in r.files],
-                )
-            )
-        save_ledger(ledger, root)
+    with ThreadPoolExecutor(max_workers=max(1, len(shares))) as pool:
+        results = list(pool.map(one, shares))
+    record(model, digest, "this host", results, root)
+    return results
+
+
+def stage_via_commands(
+    prepared: Prepared,
+    pack_dir: Path,
+    cache_dirs: dict[str, Path],
+    wrap: Callable[[WorkerShare], list[str]],
+    where: str,
+    root: Path | None = None,
+    timeout: float = 6 * 3600.0,
+) -> list[StageResult]:
+    """Write each worker's pack, run the staging client for every worker at once, each under `wrap(share)`
+    (e.g. `ip netns exec NS`: the worker's own network, so its upload is loopback there), record the results."""
+    import subprocess
+    import sys
+
+    missing = [s.endpoint for s in prepared.shares if s.cached and s.endpoint not in cache_dirs]
+    if missing:
+        raise StageError(f"no cache directory known for {', '.join(missing)}")
+    env = {**os.environ, "PYTHONPATH": worker_pythonpath()}
+
+    def one(share: WorkerShare) -> StageResult:
+        if not share.cached:
+            return StageResult(share.endpoint, str(cache_dirs.get(share.endpoint, "")), share.layers, share.output, [])
+        pack, manifest = write_pack(share, prepared.table, pack_dir)
+        argv = [*wrap(share), *worker_argv(sys.executable, share.endpoint, cache_dirs[share.endpoint], pack, manifest)]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise StageError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"{argv[0]} failed")
+        return result_from_worker(share, proc.stdout)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(prepared.shares))) as pool:
+        results = list(pool.map(one, prepared.shares))
+    record(prepared.model, prepared.digest, where, results, root)
     return results
 
 
