@@ -400,6 +400,62 @@ def stage_via_commands(
     return results
 
 
+def stage_via_ansible(
+    prepared: Prepared,
+    backends: Sequence[Backend],
+    inventory: Path,
+    cache_dirs: dict[str, Path],
+    root: Path | None = None,
+    on_event: Callable[[object], None] | None = None,
+) -> list[StageResult]:
+    """Write each rpc-server's pack here, then playbooks/stage.yml sends every worker its packs in parallel and
+    runs the staging client there against its own rpc-server; the results come back and are recorded."""
+    import tempfile
+
+    from sollol_ops.provision import default_playbook, run_playbook
+
+    host_of = {b.endpoint: b.host for b in backends}
+    with tempfile.TemporaryDirectory(prefix="sollol-stage-") as tmp:
+        packs, results_dir = Path(tmp) / "packs", Path(tmp) / "results"
+        results_dir.mkdir()
+        jobs: dict[str, list[dict[str, object]]] = {}
+        for share in prepared.shares:
+            if not share.cached:
+                continue
+            pack, manifest = write_pack(share, prepared.table, packs)
+            jobs.setdefault(host_of[share.endpoint], []).append(
+                {
+                    "endpoint": share.endpoint,
+                    "port": int(share.endpoint.rpartition(":")[2]),
+                    "pack": str(pack),
+                    "manifest": str(manifest),
+                    "cache_dir": str(cache_dirs.get(share.endpoint, "")),
+                }
+            )
+        extravars = {
+            "stage_jobs": jobs,
+            "stage_client_dir": str(Path(worker_pythonpath()) / "sollol_ops"),
+            "stage_results_dir": str(results_dir),
+        }
+        run = run_playbook(default_playbook("stage"), inventory, extravars=extravars, on_event=on_event)
+        results = []
+        for share in prepared.shares:
+            out = results_dir / f"{share.endpoint.replace(':', '_')}.json"
+            if not share.cached:
+                results.append(StageResult(share.endpoint, "", share.layers, share.output, []))
+            elif out.is_file():
+                results.append(result_from_worker(share, out.read_text()))
+        if run.rc != 0 or len(results) != len(prepared.shares):
+            failed = sorted({host_of[s.endpoint] for s in prepared.shares} - {host_of[r.endpoint] for r in results})
+            raise StageError(
+                f"playbooks/stage.yml failed (exit {run.rc}) on {', '.join(failed) or 'some host'}: "
+                "rerun with -v, or see the host's rpc-server (systemctl status sollol-rpc-server)"
+            )
+    for r in results:
+        record(prepared.model, prepared.digest, f"ansible:{host_of[r.endpoint]}", [r], root)
+    return results
+
+
 @dataclass
 class VerifyRow:
     endpoint: str

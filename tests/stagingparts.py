@@ -123,10 +123,10 @@ class Relay:
             self._listener.close()
 
 
-def inventory(path: Path, endpoints: list[str]) -> str:
+def inventory(path: Path, endpoints: list[str], host_vars: str = "") -> str:
     lines = ["[rpc_servers]"]
     lines += [
-        f"w{i} ansible_host={e.rpartition(':')[0]} sollol_rpc_port={e.rpartition(':')[2]}"
+        f"w{i} ansible_host={e.rpartition(':')[0]} sollol_rpc_port={e.rpartition(':')[2]} {host_vars}".rstrip()
         for i, e in enumerate(endpoints)
     ]
     lines += ["", "[coordinator]", "localhost ansible_connection=local", ""]

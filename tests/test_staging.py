@@ -158,3 +158,27 @@ def test_stage_without_cache_is_one_line(env: dict[str, str], rpc_server: tuple[
     proc = run_cli("-i", inv, "stage", MODEL, "-c", "1024", env=env)
     assert_clean_failure(proc, "without -c")
     assert proc.returncode == 15
+
+
+def test_stage_via_ansible_local_connection(
+    env: dict[str, str], workers: list[Worker], relays: list[Relay], tmp_path: Path
+) -> None:
+    """playbooks/stage.yml with ansible_connection=local: packs copied, the client run per worker, results back."""
+    inv = inventory(
+        tmp_path / "ansible.ini",
+        [w.endpoint for w in workers],
+        "ansible_connection=local ansible_python_interpreter=auto_silent rpc_server_scope=user",
+    )
+    dirs = [f"--cache-dir={w.endpoint}={w.cache}" for w in workers]
+    proc = run_cli("-i", inv, "stage", MODEL, "-c", "1024", "--via-ansible", "--json", *dirs, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    staged = _files(workers)
+    assert all(staged)
+    assert [sorted(f["file"] for f in s["files"]) for s in out["staged"]] == [sorted(s) for s in staged]
+    status = json.loads(run_cli("-i", inv, "status", "--json", env=env).stdout)
+    assert {s["where"] for s in status["staged"]} == {"ansible:w0", "ansible:w1"}
+
+    relayed = inventory(tmp_path / "relayed.ini", [r.endpoint for r in relays])
+    _load(env, relayed)
+    assert _files(workers) == staged, "the first load after staging through Ansible created cache files"

@@ -114,10 +114,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "backends": cfg.backends,
             "links": cfg.links,
             "grid": cfg.grid,
+            "stage": cfg.stage,
             "use_inventory": cfg.use_inventory,
         },
         "models": [m.describe() for m in models],
         "rows": bench.rows,
         "comparisons": bench.comparisons,
+        "staging": bench.staging,
         "notes": bench.notes,
     }

@@ -26,6 +26,7 @@ class BenchConfig:
     ctx: int = 1024
     links: list[str] = field(default_factory=lambda: ["none"])
     grid: bool = False
+    stage: bool = False  # with shaped --links: first load unstaged vs. staged vs. warm (sollol_ops.staging)
     use_inventory: bool = False
     inventory_backends: list[Backend] = field(default_factory=list)
     ollama_models: str | None = None

@@ -29,6 +29,11 @@ from sollol_ops.ui import to_jsonable
     show_default=True,
     help="none (loopback), bridge (namespaces, unshaped) and/or tc rates such as 1gbit,100mbit.",
 )
+@click.option(
+    "--stage",
+    is_flag=True,
+    help="With shaped --links: also the first load unstaged vs. staged (sollol-ops stage) vs. warm.",
+)
 @click.option("--grid", is_flag=True, help="Also compare sollol/upstream defaults and a thread/batch grid.")
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
@@ -47,6 +52,7 @@ def bench(
     prompt_tokens: int,
     n_ctx: int,
     links: str,
+    stage: bool,
     grid: bool,
     use_inventory: bool,
     ollama_models: str | None,
@@ -71,6 +77,7 @@ def bench(
         ctx=n_ctx,
         links=lib.parse_links(links),
         grid=grid,
+        stage=stage,
         use_inventory=use_inventory,
         ollama_models=ollama_models,
         timeout=timeout,

@@ -31,6 +31,11 @@ from sollol_ops.ui import echo_json, echo_table, human_bytes
     metavar="ENDPOINT=DIR",
     help="An rpc-server's cache directory ($LLAMA_CACHE/rpc), when it cannot be read from its process.",
 )
+@click.option(
+    "--via-ansible",
+    is_flag=True,
+    help="Send each worker its pack and stage there (playbooks/stage.yml): for workers on other hosts.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what each rpc-server would receive; send nothing.")
 @click.option("--verify", is_flag=True, help="Re-hash staged files (sha256); remove those whose content changed.")
 @click.option("--prune", is_flag=True, help="Remove cache files no ledger entry needs (16-hex-digit files only).")
@@ -42,6 +47,7 @@ def stage(
     ctx_size: int,
     ollama_models: str | None,
     cache_dirs: tuple[str, ...],
+    via_ansible: bool,
     dry_run: bool,
     verify: bool,
     prune: bool,
@@ -77,9 +83,13 @@ def stage(
                 right=(3, 4, 5, 6),
             )
         if not dry_run:
-            results = staging.stage_local(
-                prepared.model, prepared.digest, prepared.blob, prepared.shares, prepared.table, dirs
-            )
+            if via_ansible:
+                cluster = ctx.cluster()
+                results = staging.stage_via_ansible(prepared, cluster.backends, cluster.inventory, dirs)
+            else:
+                results = staging.stage_local(
+                    prepared.model, prepared.digest, prepared.blob, prepared.shares, prepared.table, dirs
+                )
             out["staged"] = [
                 {
                     "endpoint": r.endpoint,
