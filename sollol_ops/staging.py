@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sollol_ops import statefile
 from sollol_ops.errors import StageError, UsageError
@@ -31,6 +32,9 @@ from sollol_ops.gguf_info import GGUFInfo, TensorEntry, TensorTable, read_gguf, 
 from sollol_ops.inventory import Backend
 from sollol_ops.placement import Plan, is_local_address
 from sollol_ops.stage_worker import HASH_THRESHOLD, Piece, StagedFile, cache_entries, sha256_file, stage_pieces
+
+if TYPE_CHECKING:
+    from sollol_ops.provision import TaskEvent
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 LEDGER_WHAT = "staging ledger"
@@ -406,7 +410,7 @@ def stage_via_ansible(
     inventory: Path,
     cache_dirs: dict[str, Path],
     root: Path | None = None,
-    on_event: Callable[[object], None] | None = None,
+    on_event: Callable[[TaskEvent], None] | None = None,
 ) -> list[StageResult]:
     """Write each rpc-server's pack here, then playbooks/stage.yml sends every worker its packs in parallel and
     runs the staging client there against its own rpc-server; the results come back and are recorded."""
@@ -437,7 +441,15 @@ def stage_via_ansible(
             "stage_client_dir": str(Path(worker_pythonpath()) / "sollol_ops"),
             "stage_results_dir": str(results_dir),
         }
-        run = run_playbook(default_playbook("stage"), inventory, extravars=extravars, on_event=on_event)
+        failures: list[str] = []
+
+        def seen(event: TaskEvent) -> None:
+            if event.kind in ("failed", "unreachable"):
+                failures.append(f"{event.host}: {event.task}: {event.message}")
+            if on_event is not None:
+                on_event(event)
+
+        run = run_playbook(default_playbook("stage"), inventory, extravars=extravars, on_event=seen)
         results = []
         for share in prepared.shares:
             out = results_dir / f"{share.endpoint.replace(':', '_')}.json"
@@ -449,7 +461,7 @@ def stage_via_ansible(
             failed = sorted({host_of[s.endpoint] for s in prepared.shares} - {host_of[r.endpoint] for r in results})
             raise StageError(
                 f"playbooks/stage.yml failed (exit {run.rc}) on {', '.join(failed) or 'some host'}: "
-                "rerun with -v, or see the host's rpc-server (systemctl status sollol-rpc-server)"
+                + (failures[0] if failures else "see the host's rpc-server (systemctl status sollol-rpc-server)")
             )
     for r in results:
         record(prepared.model, prepared.digest, f"ansible:{host_of[r.endpoint]}", [r], root)

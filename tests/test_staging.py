@@ -4,6 +4,7 @@ llama-server load through a counting relay, answers compared token by token."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def test_stage_via_ansible_local_connection(
     inv = inventory(
         tmp_path / "ansible.ini",
         [w.endpoint for w in workers],
-        "ansible_connection=local ansible_python_interpreter=auto_silent rpc_server_scope=user",
+        f"ansible_connection=local ansible_python_interpreter={sys.executable} rpc_server_scope=user",
     )
     dirs = [f"--cache-dir={w.endpoint}={w.cache}" for w in workers]
     proc = run_cli("-i", inv, "stage", MODEL, "-c", "1024", "--via-ansible", "--json", *dirs, env=env)
