@@ -96,7 +96,8 @@ collection: venv
 molecule: venv llama model
 	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh user-scope
 
-# Benchmark (sollol_ops/bench/): sharding vs. one node, coordinator start-up, shaped links, settings grid.
+# Benchmark (sollol_ops/bench/): sharding vs. one node, coordinator start-up, shaped links (and staging on them),
+# settings grid.
 # Two sessions, each measuring its own local-only baseline; together they rewrite their sections of
 # docs/benchmarks.md (other sections are kept) and docs/bench.png.
 BENCH_MODELS ?= smollm2:135m synthetic:4x2048-q8_0 synthetic:8x2048-q8_0
@@ -111,4 +112,4 @@ bench: venv model $(LLAMA_PREFIX)/current/bin/llama-server
 	$(BENCH_ENV) $(BIN)/sollol-ops bench $(BENCH_MODELS) --backends 1,2 --repeats 2 $(BENCH_ARGS) \
 	  --plot docs/bench.png --plot-link bench.png --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m synthetic:4x2048-q8_0 --backends 2 --repeats 1 $(BENCH_ARGS) \
-	  --links 1gbit,100mbit --grid --out-md docs/benchmarks.md
+	  --links 1gbit,100mbit --stage --grid --out-md docs/benchmarks.md
