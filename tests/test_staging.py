@@ -183,3 +183,43 @@ def test_stage_via_ansible_local_connection(
     relayed = inventory(tmp_path / "relayed.ini", [r.endpoint for r in relays])
     _load(env, relayed)
     assert _files(workers) == staged, "the first load after staging through Ansible created cache files"
+
+
+def test_dry_run_plans_without_sending(env: dict[str, str], workers: list[Worker], tmp_path: Path) -> None:
+    direct = inventory(tmp_path / "direct.ini", [w.endpoint for w in workers])
+    proc = run_cli("-i", direct, "stage", MODEL, "-c", "1024", "--dry-run", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)["plan"]
+    # 3 blocks + output over 2 equal servers: blocks 0-1 on the first, block 2 and the (tied) output on the second;
+    # over 10 MiB: three FFN matrices per block, and token_embd as the output.
+    assert [(p["endpoint"], p["layers"], p["output"], p["cached_tensors"]) for p in plan] == [
+        (workers[0].endpoint, "0-1", False, 6),
+        (workers[1].endpoint, "2-2", True, 4),
+    ]
+    assert _files(workers) == [{}, {}]
+    assert not (Path(env["XDG_STATE_HOME"]) / "sollol-ops/staging.json").exists()
+
+
+def test_bad_cache_dir_option_is_one_line(env: dict[str, str]) -> None:
+    assert_clean_failure(run_cli("stage", MODEL, "--cache-dir", "nodir", env=env), "ENDPOINT=DIR")
+    assert_clean_failure(run_cli("stage", env=env), "--verify")
+
+
+def test_stage_playbook_follows_the_rpc_server_role_layout() -> None:
+    """playbooks/stage.yml repeats two facts of roles/rpc_server (it cannot import the role's defaults without
+    overriding the inventory): the system user and the unit's cache directory. They must agree."""
+    import yaml
+    from helpers import REPO
+
+    defaults = yaml.safe_load((REPO / "roles/rpc_server/defaults/main.yml").read_text())
+    unit = (REPO / "roles/rpc_server/templates/sollol-rpc-server.service.j2").read_text()
+    play = (REPO / "playbooks/stage.yml").read_text()
+    system_user = defaults["rpc_server_user"].split("'")[1]
+    assert system_user == "sollol-rpc" and f"'{system_user}' if stage__scope == 'system'" in play
+    assert "Environment=LLAMA_CACHE=%C/sollol-rpc{{ '/%i' if rpc_server__templated else '' }}" in unit
+    # %C is /var/cache for system units and ~/.cache for user units; rpc-server appends /rpc.
+    assert (
+        "'/var/cache/sollol-rpc' if stage__scope == 'system' else ansible_facts['user_dir'] ~ '/.cache/sollol-rpc'"
+        in play
+    )
+    assert "('/' ~ item.port if stage__templated else '') ~ '/rpc'" in play
