@@ -357,9 +357,11 @@ def stage_local(
             f"{', '.join(remote)} {'is' if len(remote) == 1 else 'are'} not on this host: stage remote workers "
             "with playbooks/stage.yml (sollol-ops stage --via-ansible)"
         )
-    dirs = {s.endpoint: cache_dirs.get(s.endpoint) or find_cache_dir(s.endpoint) for s in shares}
+    dirs = {s.endpoint: cache_dirs.get(s.endpoint) or find_cache_dir(s.endpoint) for s in shares if s.cached}
 
     def one(share: WorkerShare) -> StageResult:
+        if not share.cached:
+            return StageResult(share.endpoint, "", share.layers, share.output, [])
         files = stage_pieces(share.endpoint, dirs[share.endpoint], blob, share.pieces(table), device=share.device)
         return StageResult(share.endpoint, str(dirs[share.endpoint]), share.layers, share.output, files)
 
