@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -176,6 +177,39 @@ def stage_pieces(
     return staged
 
 
+def verify_files(cache_dir: Path, files: Sequence[tuple[str, int, str]]) -> list[tuple[str, str]]:
+    """(file, state) per (file, size, sha256) staged: ok, missing, or corrupt (removed) when the file's size or
+    sha256 changed or it is no longer a regular file (llama.cpp would load it unchecked)."""
+    out = []
+    for name, size, sha in files:
+        path = cache_dir / name
+        if not CACHE_NAME.match(name):
+            out.append((name, "not a cache name (skipped)"))
+            continue
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            out.append((name, "missing"))
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == size and sha256_file(path) == sha:
+            out.append((name, "ok"))
+        else:
+            path.unlink()
+            out.append((name, "corrupt (removed)"))
+    return out
+
+
+def prune_files(cache_dir: Path, keep: set[str], dry_run: bool = False) -> list[tuple[str, int]]:
+    """Remove the cache files (regular, 16 hex digits) of `cache_dir` not in `keep`; (file, size) removed."""
+    removed = []
+    for name, st in sorted(cache_entries(cache_dir).items()):
+        if name not in keep:
+            if not dry_run:
+                (cache_dir / name).unlink(missing_ok=True)
+            removed.append((name, st.st_size))
+    return removed
+
+
 def _pieces_from_manifest(data: object) -> list[Piece]:
     if not isinstance(data, dict) or not isinstance(data.get("pieces"), list):
         raise StageError("the manifest is not a staging manifest (no list of pieces)")
@@ -185,28 +219,53 @@ def _pieces_from_manifest(data: object) -> list[Piece]:
         raise StageError(f"a piece of the manifest is malformed: {exc}") from None
 
 
+def _run(args: argparse.Namespace) -> dict[str, object]:
+    try:
+        manifest = json.loads(args.manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise StageError(f"cannot read the manifest {args.manifest}: {exc}") from None
+    out: dict[str, object] = {"endpoint": args.endpoint, "cache_dir": str(args.cache_dir)}
+    try:
+        if args.action == "verify":
+            files = [(str(f["file"]), int(f["size"]), str(f["sha256"])) for f in manifest["files"]]
+            out["verify"] = [{"file": n, "state": st} for n, st in verify_files(args.cache_dir, files)]
+        elif args.action == "prune":
+            keep = {str(n) for n in manifest["keep"]}
+            out["pruned"] = [{"file": n, "size": sz} for n, sz in prune_files(args.cache_dir, keep)]
+        else:
+            if args.source is None:
+                raise StageError("--source is required to stage")
+            staged = stage_pieces(
+                args.endpoint, args.cache_dir, args.source, _pieces_from_manifest(manifest), device=args.device
+            )
+            out["files"] = [asdict(f) for f in staged]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StageError(f"the manifest {args.manifest} is malformed: {exc}") from None
+    except OSError as exc:
+        raise StageError(f"{args.cache_dir}: {exc.strerror or exc}") from None
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m sollol_ops.stage_worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--action", choices=("stage", "verify", "prune"), default="stage")
     parser.add_argument("--endpoint", required=True, help="this worker's rpc-server, e.g. 127.0.0.1:50052")
     parser.add_argument("--cache-dir", required=True, type=Path, help="its cache directory ($LLAMA_CACHE/rpc)")
-    parser.add_argument("--source", required=True, type=Path, help="the GGUF or the pack holding the bytes")
-    parser.add_argument("--manifest", required=True, type=Path, help="JSON: {pieces: [{name, offset, size}]}")
+    parser.add_argument("--source", type=Path, help="stage: the GGUF or the pack holding the bytes")
+    parser.add_argument(
+        "--manifest",
+        required=True,
+        type=Path,
+        help="JSON: stage {pieces: [{name, offset, size}]}, verify {files: [{file, size, sha256}]}, prune {keep: []}",
+    )
     parser.add_argument("--device", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        try:
-            manifest = json.loads(args.manifest.read_text())
-        except (OSError, ValueError) as exc:
-            raise StageError(f"cannot read the manifest {args.manifest}: {exc}") from None
-        staged = stage_pieces(
-            args.endpoint, args.cache_dir, args.source, _pieces_from_manifest(manifest), device=args.device
-        )
+        out = _run(args)
     except StageError as exc:
         print(f"sollol-ops stage: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    json.dump(
-        {"endpoint": args.endpoint, "cache_dir": str(args.cache_dir), "files": [asdict(f) for f in staged]}, sys.stdout
-    )
+    json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

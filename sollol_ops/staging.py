@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,14 @@ from sollol_ops.errors import StageError, UsageError
 from sollol_ops.gguf_info import GGUFInfo, TensorEntry, TensorTable, read_gguf, read_tensor_table
 from sollol_ops.inventory import Backend
 from sollol_ops.placement import Plan, is_local_address
-from sollol_ops.stage_worker import HASH_THRESHOLD, Piece, StagedFile, cache_entries, sha256_file, stage_pieces
+from sollol_ops.stage_worker import (
+    HASH_THRESHOLD,
+    Piece,
+    StagedFile,
+    prune_files,
+    stage_pieces,
+    verify_files,
+)
 
 if TYPE_CHECKING:
     from sollol_ops.provision import TaskEvent
@@ -406,6 +414,73 @@ def stage_via_commands(
     return results
 
 
+@dataclass
+class AnsibleJob:
+    """One rpc-server's part of a run of playbooks/stage.yml."""
+
+    host: str  # inventory host
+    endpoint: str
+    manifest: Path
+    pack: Path | None = None  # stage only
+    cache_dir: str = ""  # "" = the rpc_server role's layout on that host
+
+    def extravar(self) -> dict[str, object]:
+        return {
+            "endpoint": self.endpoint,
+            "port": int(self.endpoint.rpartition(":")[2]),
+            "pack": str(self.pack or ""),
+            "manifest": str(self.manifest),
+            "cache_dir": self.cache_dir,
+        }
+
+
+def run_stage_playbook(
+    action: str,
+    jobs: Sequence[AnsibleJob],
+    inventory: Path,
+    on_event: Callable[[TaskEvent], None] | None = None,
+) -> dict[str, dict[str, object]]:
+    """playbooks/stage.yml with stage_action=`action` (stage | verify | prune): every worker in parallel runs the
+    staging client for its jobs; each job's JSON result by endpoint. StageError naming the host and task when a
+    job brought nothing back."""
+    from sollol_ops.provision import default_playbook, run_playbook
+
+    by_host: dict[str, list[dict[str, object]]] = {}
+    for job in jobs:
+        by_host.setdefault(job.host, []).append(job.extravar())
+    failures: list[str] = []
+
+    def seen(event: TaskEvent) -> None:
+        if event.kind in ("failed", "unreachable"):
+            failures.append(f"{event.host}: {event.task}: {event.message}")
+        if on_event is not None:
+            on_event(event)
+
+    with tempfile.TemporaryDirectory(prefix="sollol-stage-results-") as tmp:
+        extravars = {
+            "stage_action": action,
+            "stage_jobs": by_host,
+            "stage_client_dir": str(Path(worker_pythonpath()) / "sollol_ops"),
+            "stage_results_dir": tmp,
+        }
+        run = run_playbook(default_playbook("stage"), inventory, extravars=extravars, on_event=seen)
+        out: dict[str, dict[str, object]] = {}
+        for job in jobs:
+            path = Path(tmp) / f"{job.endpoint.replace(':', '_')}.json"
+            if path.is_file():
+                try:
+                    out[job.endpoint] = json.loads(path.read_text())
+                except ValueError:
+                    pass
+    missing = sorted({j.host for j in jobs if j.endpoint not in out})
+    if run.rc != 0 or missing:
+        raise StageError(
+            f"playbooks/stage.yml ({action}) failed (exit {run.rc}) on {', '.join(missing) or 'some host'}: "
+            + (failures[0] if failures else "see the host's rpc-server (systemctl status sollol-rpc-server)")
+        )
+    return out
+
+
 def stage_via_ansible(
     prepared: Prepared,
     backends: Sequence[Backend],
@@ -416,55 +491,21 @@ def stage_via_ansible(
 ) -> list[StageResult]:
     """Write each rpc-server's pack here, then playbooks/stage.yml sends every worker its packs in parallel and
     runs the staging client there against its own rpc-server; the results come back and are recorded."""
-    import tempfile
-
-    from sollol_ops.provision import default_playbook, run_playbook
-
     host_of = {b.endpoint: b.host for b in backends}
     with tempfile.TemporaryDirectory(prefix="sollol-stage-") as tmp:
-        packs, results_dir = Path(tmp) / "packs", Path(tmp) / "results"
-        results_dir.mkdir()
-        jobs: dict[str, list[dict[str, object]]] = {}
+        jobs = []
         for share in prepared.shares:
-            if not share.cached:
-                continue
-            pack, manifest = write_pack(share, prepared.table, packs)
-            jobs.setdefault(host_of[share.endpoint], []).append(
-                {
-                    "endpoint": share.endpoint,
-                    "port": int(share.endpoint.rpartition(":")[2]),
-                    "pack": str(pack),
-                    "manifest": str(manifest),
-                    "cache_dir": str(cache_dirs.get(share.endpoint, "")),
-                }
-            )
-        extravars = {
-            "stage_jobs": jobs,
-            "stage_client_dir": str(Path(worker_pythonpath()) / "sollol_ops"),
-            "stage_results_dir": str(results_dir),
-        }
-        failures: list[str] = []
-
-        def seen(event: TaskEvent) -> None:
-            if event.kind in ("failed", "unreachable"):
-                failures.append(f"{event.host}: {event.task}: {event.message}")
-            if on_event is not None:
-                on_event(event)
-
-        run = run_playbook(default_playbook("stage"), inventory, extravars=extravars, on_event=seen)
-        results = []
-        for share in prepared.shares:
-            out = results_dir / f"{share.endpoint.replace(':', '_')}.json"
-            if not share.cached:
-                results.append(StageResult(share.endpoint, "", share.layers, share.output, []))
-            elif out.is_file():
-                results.append(result_from_worker(share, out.read_text()))
-        if run.rc != 0 or len(results) != len(prepared.shares):
-            failed = sorted({host_of[s.endpoint] for s in prepared.shares} - {host_of[r.endpoint] for r in results})
-            raise StageError(
-                f"playbooks/stage.yml failed (exit {run.rc}) on {', '.join(failed) or 'some host'}: "
-                + (failures[0] if failures else "see the host's rpc-server (systemctl status sollol-rpc-server)")
-            )
+            if share.cached:
+                pack, manifest = write_pack(share, prepared.table, Path(tmp))
+                cache = str(cache_dirs.get(share.endpoint, ""))
+                jobs.append(AnsibleJob(host_of[share.endpoint], share.endpoint, manifest, pack, cache))
+        outputs = run_stage_playbook("stage", jobs, inventory, on_event)
+    results = [
+        result_from_worker(s, json.dumps(outputs[s.endpoint]))
+        if s.cached
+        else StageResult(s.endpoint, "", s.layers, s.output, [])
+        for s in prepared.shares
+    ]
     for r in results:
         record(prepared.model, prepared.digest, f"ansible:{host_of[r.endpoint]}", [r], root)
     return results
@@ -476,42 +517,54 @@ class VerifyRow:
     cache_dir: str
     model: str
     file: str
-    state: str  # ok | missing | corrupt (removed) | unreachable
+    state: str  # ok | missing | corrupt (removed) | remote (not checked: no inventory)
 
 
-def verify(root: Path | None = None, model: str | None = None) -> list[VerifyRow]:
-    """Re-hash every staged file of this host (sha256) against the ledger; remove the ones that changed, and
-    drop them and missing ones from the ledger, so that the next load re-sends those tensors."""
+def _remote_host(entry: LedgerEntry) -> str | None:
+    return entry.where.removeprefix("ansible:") if entry.where.startswith("ansible:") else None
+
+
+def verify(root: Path | None = None, model: str | None = None, inventory: Path | None = None) -> list[VerifyRow]:
+    """Re-hash every staged file (sha256) against the ledger: on this host directly, on workers staged through
+    Ansible with playbooks/stage.yml (when `inventory` is given). A file whose content changed is removed; it and
+    missing ones leave the ledger, so that the next load sends those tensors again."""
     rows: list[VerifyRow] = []
     with ledger_lock(root):
         ledger = load_ledger(root)
-        for entry in ledger.entries:
-            if model is not None and entry.model != model:
-                continue
-            if entry.where != "this host":
-                rows += [VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "remote") for f in entry.files]
-                continue
+        entries = [e for e in ledger.entries if model is None or e.model == model]
+        states: dict[tuple[str, str, str], str] = {}
+        groups: dict[tuple[str, str], list[LedgerFile]] = {}
+        for e in entries:
+            groups.setdefault((e.endpoint, e.cache_dir), []).extend(e.files)
+        remote_of = {(e.endpoint, e.cache_dir): _remote_host(e) for e in entries}
+        local = [k for k in groups if remote_of[k] is None]
+        remote = [k for k in groups if remote_of[k] is not None]
+        for endpoint, directory in local:
+            files = [(f.file, f.size, f.sha256) for f in groups[(endpoint, directory)]]
+            for name, state in verify_files(Path(directory), files):
+                states[(endpoint, directory, name)] = state
+        if remote and inventory is not None:
+            with tempfile.TemporaryDirectory(prefix="sollol-verify-") as tmp:
+                jobs = []
+                for endpoint, directory in remote:
+                    manifest = Path(tmp) / f"{endpoint.replace(':', '_')}.json"
+                    files = [
+                        {"file": f.file, "size": f.size, "sha256": f.sha256} for f in groups[(endpoint, directory)]
+                    ]
+                    manifest.write_text(json.dumps({"files": files}))
+                    jobs.append(AnsibleJob(str(remote_of[(endpoint, directory)]), endpoint, manifest, None, directory))
+                outputs = run_stage_playbook("verify", jobs, inventory)
+            for endpoint, directory in remote:
+                for item in outputs[endpoint].get("verify", []):  # type: ignore[union-attr]
+                    states[(endpoint, directory, str(item["file"]))] = str(item["state"])
+        for e in entries:
             keep = []
-            for f in entry.files:
-                path = Path(entry.cache_dir) / f.file
-                try:
-                    st = path.lstat()
-                    ok = (
-                        path.is_file()
-                        and not path.is_symlink()
-                        and st.st_size == f.size
-                        and sha256_file(path) == f.sha256
-                    )
-                except FileNotFoundError:
-                    rows.append(VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "missing"))
-                    continue
-                if ok:
+            for f in e.files:
+                state = states.get((e.endpoint, e.cache_dir, f.file), "remote")
+                rows.append(VerifyRow(e.endpoint, e.cache_dir, e.model, f.file, state))
+                if state in ("ok", "remote"):
                     keep.append(f)
-                    rows.append(VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "ok"))
-                else:
-                    path.unlink()
-                    rows.append(VerifyRow(entry.endpoint, entry.cache_dir, entry.model, f.file, "corrupt (removed)"))
-            entry.files = keep
+            e.files = keep
         save_ledger(ledger, root)
     return rows
 
@@ -524,24 +577,37 @@ class PruneRow:
     size: int
 
 
-def prune(cache_dirs: dict[str, Path], root: Path | None = None, dry_run: bool = False) -> list[PruneRow]:
-    """Remove cache files no ledger entry needs from the given cache directories (endpoint -> dir) and from
-    every cache directory the ledger names on this host. Only regular files named by 16 hex digits."""
+def prune(
+    cache_dirs: dict[str, Path], root: Path | None = None, dry_run: bool = False, inventory: Path | None = None
+) -> list[PruneRow]:
+    """Remove cache files no ledger entry needs from the given cache directories (endpoint -> dir, on this host),
+    from every cache directory the ledger names on this host, and (with `inventory`) from those of workers
+    staged through Ansible. Only regular files named by 16 hex digits are ever removed."""
     removed: list[PruneRow] = []
     with ledger_lock(root):
         ledger = load_ledger(root)
-        dirs = dict(cache_dirs)
+        dirs = {(endpoint, str(d)) for endpoint, d in cache_dirs.items()}
+        remote: dict[tuple[str, str], str] = {}
         for e in ledger.entries:
-            if e.where == "this host":
-                dirs.setdefault(e.endpoint, Path(e.cache_dir))
-        for endpoint, directory in dirs.items():
-            needed = ledger.needed(endpoint, str(directory))
-            for name, st in sorted(cache_entries(directory).items()):
-                if name in needed:
-                    continue
-                if not dry_run:
-                    (directory / name).unlink(missing_ok=True)
-                removed.append(PruneRow(endpoint, str(directory), name, st.st_size))
+            host = _remote_host(e)
+            if host is None:
+                dirs.add((e.endpoint, e.cache_dir))
+            else:
+                remote[(e.endpoint, e.cache_dir)] = host
+        for endpoint, directory in sorted(dirs):
+            for name, size in prune_files(Path(directory), ledger.needed(endpoint, directory), dry_run):
+                removed.append(PruneRow(endpoint, directory, name, size))
+        if remote and inventory is not None and not dry_run:
+            with tempfile.TemporaryDirectory(prefix="sollol-prune-") as tmp:
+                jobs = []
+                for (endpoint, directory), host in sorted(remote.items()):
+                    manifest = Path(tmp) / f"{endpoint.replace(':', '_')}.json"
+                    manifest.write_text(json.dumps({"keep": sorted(ledger.needed(endpoint, directory))}))
+                    jobs.append(AnsibleJob(host, endpoint, manifest, None, directory))
+                outputs = run_stage_playbook("prune", jobs, inventory)
+            for endpoint, directory in sorted(remote):
+                for item in outputs[endpoint].get("pruned", []):  # type: ignore[union-attr]
+                    removed.append(PruneRow(endpoint, directory, str(item["file"]), int(item["size"])))
     return removed
 
 

@@ -181,8 +181,22 @@ def test_stage_via_ansible_local_connection(
     assert {s["where"] for s in status["staged"]} == {"ansible:w0", "ansible:w1"}
 
     relayed = inventory(tmp_path / "relayed.ini", [r.endpoint for r in relays])
-    _load(env, relayed)
+    reference = _load(env, relayed)
     assert _files(workers) == staged, "the first load after staging through Ansible created cache files"
+
+    # verify and prune reach workers staged through Ansible with the same playbook.
+    victim = sorted(workers[1].cache.iterdir())[0]
+    victim.write_bytes(bytes(victim.stat().st_size))
+    foreign = workers[0].cache / "fedcba9876543210"
+    foreign.write_bytes(b"y" * 100)
+    proc = run_cli("-i", inv, "stage", "--verify", "--prune", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    states = {r["file"]: r["state"] for r in result["verify"]}
+    assert states.pop(victim.name) == "corrupt (removed)" and set(states.values()) == {"ok"}
+    assert [r["file"] for r in result["pruned"]] == [foreign.name]
+    assert not victim.exists() and not foreign.exists()
+    assert _load(env, relayed) == reference
 
 
 def test_dry_run_plans_without_sending(env: dict[str, str], workers: list[Worker], tmp_path: Path) -> None:

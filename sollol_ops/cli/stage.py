@@ -3,11 +3,13 @@ ahead of the first load; --verify and --prune look after what is staged (logic i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from sollol_ops import staging
 from sollol_ops.cli.context import Context
-from sollol_ops.errors import UsageError
+from sollol_ops.errors import SollolError, UsageError
 from sollol_ops.ui import echo_json, echo_table, human_bytes
 
 
@@ -106,15 +108,19 @@ def stage(
                         f"({human_bytes(r.new_bytes)} new) in {r.cache_dir}, verified (sha256)"
                     )
     if verify:
-        rows = staging.verify(model=None if model is None else out.get("model"))  # type: ignore[arg-type]
+        rows = staging.verify(model=out.get("model"), inventory=_remote_inventory(ctx))  # type: ignore[arg-type]
         out["verify"] = rows
         if not as_json:
             bad = [r for r in rows if r.state not in ("ok", "remote")]
-            click.echo(f"verified {len(rows)} staged file(s): {len(rows) - len(bad)} ok or remote, {len(bad)} not")
+            remote = sum(r.state == "remote" for r in rows)
+            click.echo(
+                f"verified {len(rows)} staged file(s): {len(rows) - len(bad) - remote} ok, {len(bad)} not, "
+                f"{remote} on workers staged through Ansible not checked (no inventory)"
+            )
             for r in bad:
                 click.echo(f"  {r.endpoint} {r.file}: {r.state}")
     if prune:
-        removed = staging.prune(dirs)
+        removed = staging.prune(dirs, inventory=_remote_inventory(ctx))
         out["pruned"] = removed
         if not as_json:
             click.echo(f"pruned {len(removed)} cache file(s), {human_bytes(sum(r.size for r in removed))}")
@@ -122,3 +128,13 @@ def stage(
                 click.echo(f"  {r.endpoint} {r.cache_dir}/{r.file}")
     if as_json:
         echo_json(out)
+
+
+def _remote_inventory(ctx: Context) -> Path | None:
+    """The inventory, when the ledger has entries staged through Ansible (verify/prune reach them through it)."""
+    if not any(e.where.startswith("ansible:") for e in staging.load_ledger().entries):
+        return None
+    try:
+        return ctx.inventory_path()
+    except SollolError:
+        return None
