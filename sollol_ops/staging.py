@@ -316,6 +316,8 @@ def record(model: str, digest: str, where: str, results: Sequence[StageResult], 
     with ledger_lock(root):
         ledger = load_ledger(root)
         for r in results:
+            if not r.files:  # nothing over 10 MiB goes to this rpc-server: nothing to record
+                continue
             files = [LedgerFile(f.tensor, f.file, f.size, f.sha256) for f in r.files]
             ledger.record(LedgerEntry(model, digest, r.endpoint, r.cache_dir, where, time.time(), files))
         save_ledger(ledger, root)
@@ -565,6 +567,7 @@ def verify(root: Path | None = None, model: str | None = None, inventory: Path |
                 if state in ("ok", "remote"):
                     keep.append(f)
             e.files = keep
+        ledger.entries = [e for e in ledger.entries if e.files]  # nothing of it left: a stale entry
         save_ledger(ledger, root)
     return rows
 
@@ -611,7 +614,7 @@ def prune(
     return removed
 
 
-def staged_summary(ledger: Ledger, digest_of: Callable[[str], str | None] | None = None) -> list[dict[str, object]]:
+def staged_summary(ledger: Ledger) -> list[dict[str, object]]:
     """One row per ledger entry, for `status` and `models`."""
     return [
         {
@@ -629,7 +632,7 @@ def staged_summary(ledger: Ledger, digest_of: Callable[[str], str | None] | None
     ]
 
 
-def describe_plan(info: GGUFInfo, shares: Sequence[WorkerShare]) -> list[dict[str, object]]:
+def describe_plan(shares: Sequence[WorkerShare]) -> list[dict[str, object]]:
     return [
         {
             "endpoint": s.endpoint,

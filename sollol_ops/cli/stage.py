@@ -66,7 +66,7 @@ def stage(
     if model is not None:
         prepared = staging.prepare(model, ctx.cluster().backends, ctx_size, ollama_models)
         out["model"] = prepared.model
-        out["plan"] = staging.describe_plan(prepared.info, prepared.shares)
+        out["plan"] = staging.describe_plan(prepared.shares)
         if not as_json:
             echo_table(
                 ["ENDPOINT", "LAYERS", "OUTPUT", "TENSORS", "CACHED", "CACHED BYTES", "ALWAYS SENT"],
