@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sollol_ops import statefile
-from sollol_ops.errors import StageError, UsageError
+from sollol_ops.errors import BackendError, StageError, UsageError
 from sollol_ops.gguf_info import GGUFInfo, TensorEntry, TensorTable, read_gguf, read_tensor_table
 from sollol_ops.inventory import Backend
 from sollol_ops.placement import Plan, is_local_address
@@ -263,11 +263,21 @@ def prepare(model: str, backends: Sequence[Backend], n_ctx: int, ollama_models: 
 
 def place(model: str, digest: str, blob: Path, info: GGUFInfo, backends: Sequence[Backend], n_ctx: int) -> Prepared:
     """Probe and plan a resolved model exactly as `up` (lifecycle.plan_command) does."""
-    from sollol_ops.lifecycle import Reporter, check_backends
+    from sollol_ops import rpc
+    from sollol_ops.lifecycle import describe_backend_problem
     from sollol_ops.placement import build_slots, plan_placement
 
     table = read_tensor_table(blob)
-    probes, _ = check_backends(backends, False, Reporter())
+    probes = list(zip(backends, rpc.probe_all([b.endpoint for b in backends]), strict=True))
+    bad = [(b, r) for b, r in probes if not r.ok]
+    if bad:
+        busy = any(r.status is rpc.Status.BUSY for _, r in bad)
+        hint = (
+            "rpc-server serves one client at a time: stage before `up`, or run `sollol-ops down` first"
+            if busy
+            else "fix them (systemctl status sollol-rpc-server); staging places the model on every backend, as `up`"
+        )
+        raise BackendError("; ".join(describe_backend_problem(b, r) for b, r in bad) + f"; {hint}")
     plan = plan_placement(info, build_slots(probes), n_ctx, model)
     return Prepared(model, digest, blob, info, plan, table, worker_shares(plan, table))
 

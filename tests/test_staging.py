@@ -148,7 +148,8 @@ def test_stage_refuses_a_held_rpc_server(env: dict[str, str], workers: list[Work
     assert run_cli("-i", direct, "up", MODEL, "--port", str(port), "-c", "1024", env=env).returncode == 0
     try:
         proc = run_cli("-i", direct, "stage", MODEL, "-c", "1024", env=env)
-        assert_clean_failure(proc, "busy")
+        assert_clean_failure(proc, "busy", "stage before `up`")
+        assert proc.returncode == 6
     finally:
         run_cli("down", env=env)
 
