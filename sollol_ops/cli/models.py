@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from sollol_ops.cli.render import echo_staged
 from sollol_ops.errors import StoreError
 from sollol_ops.ollama import InstalledModel, candidate_roots, list_models, store_roots
 from sollol_ops.ui import echo_json, echo_table, human_bytes, to_jsonable
@@ -62,6 +61,8 @@ def models(ollama_models: str | None, as_json: bool) -> None:
         echo_table(headers, [_row(m, with_error) for m in entries], right=(1, 3))
         rows = [r for m in entries for r in staged.get(m.ref, [])]
         if rows:
+            from sollol_ops.cli.render import echo_staged  # only then: it imports the coordinator's modules
+
             click.echo("")
             echo_staged(rows)
         if not entries:
