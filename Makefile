@@ -96,9 +96,9 @@ collection: venv
 molecule: venv llama model
 	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh user-scope
 
-# Benchmark (sollol_ops/bench/): sharding vs. one node, coordinator start-up, shaped links, settings grid, and
-# the gateway (--gateway). Three sessions, each measuring its own baselines; together they rewrite their
-# sections of docs/benchmarks.md (other sections are kept) and docs/bench.png.
+# Benchmark (sollol_ops/bench/): sharding vs. one node, coordinator start-up, shaped links (and staging on them),
+# settings grid, the coordinator as a device, and the gateway (--gateway). Three sessions, each measuring its own
+# baselines; together they rewrite their sections of docs/benchmarks.md (other sections are kept) and docs/bench.png.
 BENCH_MODELS ?= smollm2:135m synthetic:4x2048-q8_0 synthetic:8x2048-q8_0
 BENCH_ARGS ?= --tokens 16 --prompt-tokens 64 --ctx 1024
 # The gateway's sections (issues 11 and 12): gateway vs. direct, pool of 2 vs. 1, loading on demand (~2-3 min on a quiet machine).
@@ -113,6 +113,6 @@ bench: venv model $(LLAMA_PREFIX)/current/bin/llama-server
 	$(BENCH_ENV) $(BIN)/sollol-ops bench $(BENCH_MODELS) --backends 1,2 --repeats 2 $(BENCH_ARGS) \
 	  --plot docs/bench.png --plot-link bench.png --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m synthetic:4x2048-q8_0 --backends 2 --repeats 1 $(BENCH_ARGS) \
-	  --links 1gbit,100mbit --grid --coordinator-device --out-md docs/benchmarks.md
+	  --links 1gbit,100mbit --stage --grid --coordinator-device --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m --gateway --backends 2 $(GATEWAY_BENCH_ARGS) \
 	  --out-md docs/benchmarks.md

@@ -84,3 +84,9 @@ class CheckFailed(SollolError):
     """A health check (`status --check`, `doctor`) found problems; the message names each one."""
 
     exit_code = 14
+
+
+class StageError(SollolError):
+    """Staging a model's weights into an rpc-server's tensor cache failed, or was not verified."""
+
+    exit_code = 15

@@ -511,3 +511,31 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except _PARSE_ERRORS as exc:
         raise GGUFError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TensorTable:
+    """Where each tensor's bytes are in the file: the data section starts at `data_offset`."""
+
+    path: Path
+    data_offset: int
+    tensors: list[TensorEntry]
+
+    def file_offset(self, tensor: TensorEntry) -> int:
+        return self.data_offset + tensor.offset
+
+
+def read_tensor_table(path: str | Path) -> TensorTable:
+    """The tensor table of the GGUF at `path` (same checks and one-line errors as read_gguf)."""
+    path = Path(path)
+    try:
+        header, _size = _parse_file(path)
+    except GGUFError:
+        raise
+    except _Corrupt as exc:
+        raise GGUFError(f"{path} is truncated or corrupt: {exc}") from exc
+    except OSError as exc:
+        raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except _PARSE_ERRORS as exc:
+        raise GGUFError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+    return TensorTable(path, header.data_offset, header.tensors)

@@ -45,8 +45,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, BinaryIO
 
+CMD_ALLOC_BUFFER = 0
+CMD_BUFFER_GET_BASE = 3
+CMD_FREE_BUFFER = 4
+CMD_SET_TENSOR = 6
 CMD_GET_DEVICE_MEMORY = 11
 CMD_HELLO = 14
 CMD_DEVICE_COUNT = 15
@@ -65,6 +69,13 @@ DEFAULT_DEADLINE_S = 10.0
 # probe_all probes this many endpoints at once (more than any inventory here has).
 MAX_PARALLEL = 256
 _RECV_CHUNK = 1 << 20
+
+# struct rpc_tensor of ggml-rpc.cpp (packed): id, type, buffer, ne[4] u32, nb[4] u32, op, op_params[16],
+# flags, src[10], view_src, view_offs, data, name[64], use_count. 296 bytes.
+RPC_TENSOR = struct.Struct("<QIQ4I4II16iiQQQQQQQQQQQQQ64si")
+GGML_TYPE_I8 = 24
+# Bytes per row of the 2-D I8 tensor a raw upload is described as (ne is u32: one row could not say > 4 GiB).
+UPLOAD_ROW = 1 << 16
 
 
 class Status(StrEnum):
@@ -387,6 +398,74 @@ class Session:
 
     def request(self, cmd: int, payload: bytes = b"", size: int | None = None) -> bytes:
         return _request(self.sock, cmd, payload, self.deadline.within(self.reply_timeout), size=size)
+
+    def send_only(self, cmd: int, payload: bytes) -> None:
+        """A command the server does not answer (SET_TENSOR, FREE_BUFFER): a failure closes the connection,
+        which the next request's reply then shows."""
+        _send(self.sock, struct.pack("<BQ", cmd, len(payload)) + payload, self.deadline.within(self.reply_timeout))
+
+    def alloc_buffer(self, device: int, size: int) -> tuple[int, int]:
+        """ALLOC_BUFFER on `device`: (remote buffer, its base address); BufferRefused when it has no room."""
+        ptr, got = struct.unpack("<QQ", self.request(CMD_ALLOC_BUFFER, struct.pack("<IQ", device, size), size=16))
+        if ptr == 0 or got < size:
+            raise BufferRefused(f"could not allocate {size / 2**20:,.1f} MiB on device {device}")
+        (base,) = struct.unpack("<Q", self.request(CMD_BUFFER_GET_BASE, struct.pack("<Q", ptr), size=8))
+        return ptr, base
+
+    def free_buffer(self, ptr: int) -> None:
+        self.send_only(CMD_FREE_BUFFER, struct.pack("<Q", ptr))
+
+    def sync(self) -> None:
+        """A round trip (DEVICE_COUNT): every command sent before it has been carried out (a command the
+        server refuses makes it close the connection, so this then fails)."""
+        self.request(CMD_DEVICE_COUNT, size=4)
+
+    def upload_from_file(
+        self, buffer: int, base: int, source: BinaryIO, offset: int, size: int, *, cache: bool
+    ) -> None:
+        """SET_TENSOR of the `size` bytes at `offset` of the file `source` into the buffer at `base`, streamed with
+        sendfile. With `cache`, the cache flag is set: a server run with -c stores exactly these bytes as
+        <cache dir>/<FNV-1a of them>, as for a weight upload by llama.cpp's client after a cache miss."""
+        rows = -(-size // UPLOAD_ROW)
+        nb = (1, UPLOAD_ROW, UPLOAD_ROW * rows, UPLOAD_ROW * rows)
+        tensor = RPC_TENSOR.pack(
+            1,
+            GGML_TYPE_I8,
+            buffer,
+            UPLOAD_ROW,
+            rows,
+            1,
+            1,
+            *nb,
+            0,
+            *([0] * 16),
+            0,
+            *([0] * 10),
+            0,
+            0,
+            base,
+            b"sollol-stage",
+            0,
+        )
+        header = tensor + struct.pack("<BQ", 1 if cache else 0, 0)
+        limit = self.deadline.within(self.reply_timeout)
+        _send(self.sock, struct.pack("<BQ", CMD_SET_TENSOR, len(header) + size) + header, limit)
+        _settimeout(self.sock, limit)
+        try:
+            sent = self.sock.sendfile(source, offset, size)
+        except TimeoutError:
+            raise _Stalled(0, limit, sending=True) from None
+        if sent != size:
+            raise _Closed()
+
+
+def upload_alloc_size(size: int) -> int:
+    """The buffer `upload_from_file` needs for an upload of `size` bytes (whole rows of UPLOAD_ROW)."""
+    return -(-size // UPLOAD_ROW) * UPLOAD_ROW
+
+
+class BufferRefused(Exception):
+    """ALLOC_BUFFER answered with no buffer (the device has no room)."""
 
 
 @contextlib.contextmanager

@@ -394,3 +394,22 @@ def test_bench_coordinator_device_rows(sollol_env: dict[str, str], tmp_path: Pat
     text = md.read_text()
     assert text.count("## The coordinator as a device: coordinator + 1 worker vs. 2 workers") == 1
     assert "tok/s" in text
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_bench_stage_rows_on_a_shaped_link(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    """--stage: unstaged vs. staged vs. warm first loads, bytes counted on the veths, rendered as its section."""
+    args = ("--backends", "1", "--links", "1gbit", "--stage", "--repeats", "1", "--tokens", "2", "--prompt-tokens", "8")
+    out_md = tmp_path / "bench.md"
+    proc = run_cli("bench", "smollm2:135m", *args, "--ctx", "512", "--json", "--out-md", str(out_md), env=sollol_env)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["staging"]
+    m = row["metrics"]
+    unstaged, staged, warm = (m[p]["sent_mib"]["median"] for p in ("unstaged", "staged", "warm"))
+    # SmolLM2's only tensor over 10 MiB is token_embd (28.7 MiB), loaded again as the output on the rpc-server:
+    # staged, it no longer crosses the link; the rest always does.
+    assert unstaged - staged > 28
+    assert abs(staged - warm) < 1
+    assert row["link_limit_s"] > 0 and row["link_use"] > 0 and row["staged_over_unstaged"] > 0
+    assert "## Staging: first load unstaged vs. staged vs. warm" in out_md.read_text()

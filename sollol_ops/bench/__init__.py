@@ -17,6 +17,10 @@ backends. --links adds setups whose rpc-servers run in network namespaces behind
 each link shaped with `tc tbf` at the given rate on both veth ends ("bridge": namespaces, no
 shaping); those rows add a load without the rpc-server cache (-c off). There is no latency emulation:
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
+--stage (with shaped --links) adds, per rate: the first load on fresh rpc-servers with empty caches of their
+own (unstaged), then on fresh empty caches `sollol-ops stage` run inside each worker's namespace from a pack
+(sollol_ops.staging), the first load (staged) and a warm load; bytes sent into the namespaces are counted on
+the veths, and the unstaged load is compared with the link limit (bytes sent / rate).
 --grid compares sollol-ops defaults, upstream defaults and a small grid on the first model.
 --coordinator-device compares, on the first model, coordinator + 1 worker (the coordinator's CPU keeps layers)
 with 2 workers on the same cores and threads (module coordinator_device), in at least 3 interleaved rounds.
@@ -45,7 +49,7 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
   machine: {cpu_model: str, cores: int, ram_mib: int, kernel: str, llama_cpp_version: str,
             rpc_protocol: str, loadavg_start: [float x3], loadavg_end: [float x3]}
   settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str];
-             grid, gateway, coordinator_device, use_inventory: bool}
+             grid, stage, gateway, coordinator_device, use_inventory: bool}
   models: [{ref: str, synthetic: bool, size_mib: float, layers: int, n_embd: int, file_type: str, params: int}]
   rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "coordinator-device"
                  | "gateway" | "gateway-pool" | "ondemand",
@@ -75,6 +79,12 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
                  met: bool | null}]      # whether the ratio meets it
   notes: [str]                           # about the whole run
   section_notes: {SECTION: [str]}        # how a section was measured (the --gateway sections)
+  staging: [{model: str, size_mib: float, backends: int, link: "<rate>",
+             metrics: {"unstaged" | "staged" | "warm": {load_s | sent_mib: STAT}},  # STAT as in rows
+             stage_s: STAT | null,     # writing the packs + staging on the workers (ahead of time)
+             staged_over_unstaged: float | null,   # staged first load / unstaged first load (medians)
+             link_limit_s: float,      # unstaged MiB sent (median) / link rate
+             link_use: float | null}]  # link_limit_s / unstaged first load (median)
 """
 
 from __future__ import annotations

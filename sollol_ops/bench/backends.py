@@ -143,19 +143,31 @@ class NetnsBackends(SpawnedBackends):
     def shape(self, rate: str | None) -> None:
         self.lab.shape(rate)
 
-    def start(self, k: int, threads: int | None, cache: Path | None) -> list[str]:
+    def start(self, k: int, threads: int | None, cache: Path | None, own_caches: bool = False) -> list[str]:
+        """k rpc-servers; with `own_caches` each gets LLAMA_CACHE=<cache>/ns<i> (see cache_dir), else all share
+        <cache>."""
         self.stop()
         if k > self.lab.count:
             raise BenchError(f"the namespace lab has {self.lab.count} namespaces, {k} asked")
         endpoints, logs = [], []
         for i in range(k):
-            spec = RpcServerSpec(self.lab.address(i), RPC_PORT_NETNS, threads or 1, self.logs / f"rpc-ns{i}.log", cache)
+            home = cache / f"ns{i}" if cache is not None and own_caches else cache
+            spec = RpcServerSpec(self.lab.address(i), RPC_PORT_NETNS, threads or 1, self.logs / f"rpc-ns{i}.log", home)
             argv = self.lab.exec_argv(i, _rpc_argv(self.toolchain, spec, threads))
-            self.pids.append(self.reaper.spawn(argv, spec.log, _rpc_env(cache)))
+            self.pids.append(self.reaper.spawn(argv, spec.log, _rpc_env(home)))
             endpoints.append(f"{self.lab.address(i)}:{RPC_PORT_NETNS}")
             logs.append(spec.log)
         wait_rpc_ready(endpoints, self.pids, logs, self.timeout)
         return endpoints
+
+    @staticmethod
+    def cache_dir(cache: Path, i: int) -> Path:
+        """The tensor cache of server i started with own_caches (rpc-server appends /rpc to LLAMA_CACHE)."""
+        return cache / f"ns{i}" / "rpc"
+
+    def tx_bytes(self, i: int) -> int:
+        """Bytes this machine has sent into namespace i (the host end of its veth)."""
+        return int(Path(f"/sys/class/net/{self.lab.host_veth(i)}/statistics/tx_bytes").read_text())
 
     def down(self) -> None:
         self.stop()

@@ -202,6 +202,7 @@ class GatewayBench:
         self.comparisons: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.section_notes: dict[str, list[str]] = {}
+        self.staging: list[dict[str, Any]] = []  # the staging rows are the sharding bench's (--stage)
         self._salt = 10_000
         self._n = 0
 

@@ -119,6 +119,57 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+STAGING_TITLE = "## Staging: first load unstaged vs. staged vs. warm"
+STAGING_HEADERS = (
+    "MODEL", "MiB", "LINK", "FIRST LOAD UNSTAGED s", "MiB SENT", "LINK LIMIT s", "LINK USE",
+    "STAGING s (ahead)", "FIRST LOAD STAGED s", "MiB SENT", "STAGED x", "WARM LOAD s", "MiB SENT",
+)  # fmt: skip
+
+
+def _stat(stat: dict[str, Any] | None, digits: int = 2) -> str:
+    if not stat:
+        return "-"
+    if stat["n"] == 1 or stat["min"] == stat["max"]:
+        return f"{stat['median']:.{digits}f}"
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def staging_rows(doc: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for r in doc.get("staging", []):
+        m = r["metrics"]
+        out.append(
+            [
+                r["model"],
+                f"{r['size_mib']:,.0f}",
+                f"{r['backends']} rpc ({r['link']})",
+                _stat(m["unstaged"].get("load_s")),
+                _stat(m["unstaged"].get("sent_mib"), 0),
+                f"{r['link_limit_s']:.2f}",
+                "-" if r["link_use"] is None else f"{r['link_use']:.2f}",
+                _stat(r.get("stage_s")),
+                _stat(m["staged"].get("load_s")),
+                _stat(m["staged"].get("sent_mib"), 0),
+                "-" if r["staged_over_unstaged"] is None else f"{r['staged_over_unstaged']:.2f}x",
+                _stat(m["warm"].get("load_s")),
+                _stat(m["warm"].get("sent_mib"), 0),
+            ]
+        )
+    return out
+
+
+STAGING_NOTE = (
+    "UNSTAGED: fresh rpc-servers with empty `-c` caches of their own, first load (every tensor crosses the "
+    "link and fills the cache). STAGED: fresh rpc-servers with empty caches, `sollol-ops stage` run inside each "
+    "worker's namespace from a pack file (loopback there: nothing crosses the link), then the first load. WARM: "
+    "llama-server restarted against the staged servers. MiB SENT: bytes this machine sent into the namespaces "
+    "during the load (veth counters). LINK LIMIT: unstaged MiB sent / link rate (llama.cpp uploads tensors one "
+    "after another, so the links do not add up); LINK USE = limit / unstaged load (goal >= 0.85). STAGED x = "
+    "staged / unstaged first load (goal <= 0.25x at 100 Mbit). STAGING s: the pack write and the upload on the "
+    "workers, done ahead of time, not part of any load."
+)
+
+
 def render_text(doc: dict[str, Any]) -> str:
     from sollol_ops.ui import table
 
@@ -141,6 +192,9 @@ def render_text(doc: dict[str, Any]) -> str:
     if doc["comparisons"]:
         lines += ["", "comparisons (ratio = b / a):"]
         lines += [f"  {_comparison_text(c)}" for c in doc["comparisons"]]
+    if doc.get("staging"):
+        lines += ["", "staging (first load unstaged vs. staged vs. warm):"]
+        lines.append(table(STAGING_HEADERS, staging_rows(doc), right=(1, *range(3, len(STAGING_HEADERS)))))
     lines += [f"note: {n}" for n in doc["notes"]]
     lines.append(f"wall time: {doc['wall_s']:.1f}s")
     return "\n".join(lines)
@@ -235,6 +289,9 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
             body += ["", f"![cost vs. model size]({plot})"]
         body += [f"\n_{n}_" for n in doc["notes"] if key != "links" or n != NO_LATENCY_NOTE]
         sections[title] = "\n".join(body).rstrip() + "\n"
+    if doc.get("staging"):
+        body = [STAGING_TITLE, "", machine, "", _md_table(STAGING_HEADERS, staging_rows(doc)), "", STAGING_NOTE]
+        sections[STAGING_TITLE] = "\n".join(body).rstrip() + "\n"
     return sections
 
 

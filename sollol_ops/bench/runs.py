@@ -47,12 +47,14 @@ class Bench:
         self.baselines: dict[str, dict[str, Stat]] = {}
         self.notes: list[str] = []
         self.section_notes: dict[str, list[str]] = {}
+        self.staging: list[dict[str, Any]] = []
         self._runs = 0
 
     # ---- llama-server
 
     def _port(self) -> int:
-        return procs.free_ports("127.0.0.1", 1, 18700)[0]
+        # Spread by pid: concurrent bench runs on one host would otherwise race for the same first free port.
+        return procs.free_ports("127.0.0.1", 1, 18700 + os.getpid() % 4000)[0]
 
     def load(self, argv: Sequence[str], port: int, tag: str) -> Server:
         self._runs += 1
@@ -67,8 +69,14 @@ class Bench:
         return Server(pid, port, log, ready)
 
     def serve(self, model: BenchModel, endpoints: Sequence[str] | None, settings: Settings, tag: str) -> Server:
-        port = self._port()
-        return self.load(server_argv(self.toolchain, model, port, endpoints, settings, self.cfg.ctx), port, tag)
+        for attempt in range(3):
+            port = self._port()
+            try:
+                return self.load(server_argv(self.toolchain, model, port, endpoints, settings, self.cfg.ctx), port, tag)
+            except BenchError as exc:  # another process took the port between the check and the bind
+                if ("couldn't bind" not in str(exc) and "HTTP server error" not in str(exc)) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def unload(self, server: Server) -> None:
         self.reaper.stop(server.pid)
@@ -223,6 +231,75 @@ class Bench:
             self.unload(server)
         return up_times, raw_times
 
+    def staging_rows(self, model: BenchModel, lab: NetnsBackends, k: int, link: str) -> None:
+        """Per repeat, on fresh rpc-servers with empty caches of their own: the first load unstaged (the cache
+        fills), then on new empty caches: staging (the client inside each worker's namespace, from a pack),
+        the first load staged, and a warm load. Bytes sent into the namespaces are counted on the veths."""
+        from sollol_ops import staging
+        from sollol_ops.inventory import Backend
+
+        settings = Settings()
+        samples: dict[str, dict[str, list[float]]] = {"unstaged": {}, "staged": {}, "warm": {}}
+        stage_s: list[float] = []
+
+        def timed_load(tag: str, endpoints: Sequence[str]) -> tuple[float, int]:
+            before = [lab.tx_bytes(i) for i in range(k)]
+            server = self.serve(model, endpoints, settings, tag)
+            self.unload(server)
+            return server.ready_s, sum(lab.tx_bytes(i) - b for i, b in enumerate(before))
+
+        for r in range(self.cfg.repeats):
+            for phase in ("unstaged", "staged"):
+                self._runs += 1
+                cache = self.work / f"stage-cache-{self._runs:03d}"
+                endpoints = lab.start(k, settings.rpc_threads_for(k), cache, own_caches=True)
+                try:
+                    if phase == "staged":
+                        backends = [Backend(f"bench-{i}", *_split(e)) for i, e in enumerate(endpoints)]
+                        prepared = staging.place(model.resolved_ref, "bench", model.blob, model.info, backends,
+                                                 self.cfg.ctx)  # fmt: skip
+                        dirs = {e: lab.cache_dir(cache, i) for i, e in enumerate(endpoints)}
+                        t0 = time.perf_counter()
+                        staging.stage_via_commands(
+                            prepared, self.work / f"packs-{self._runs:03d}", dirs,
+                            lambda share, eps=endpoints: lab.lab.exec_argv(eps.index(share.endpoint), []),
+                            "bench", root=self.work / "ledger",
+                        )  # fmt: skip
+                        stage_s.append(time.perf_counter() - t0)
+                    load_s, sent = timed_load(phase, endpoints)
+                    samples[phase].setdefault("load_s", []).append(load_s)
+                    samples[phase].setdefault("sent_mib", []).append(sent / (1 << 20))
+                    if phase == "staged":
+                        load_s, sent = timed_load("warm", endpoints)
+                        samples["warm"].setdefault("load_s", []).append(load_s)
+                        samples["warm"].setdefault("sent_mib", []).append(sent / (1 << 20))
+                finally:
+                    lab.stop()
+                    shutil.rmtree(cache, ignore_errors=True)
+                    shutil.rmtree(self.work / f"packs-{self._runs:03d}", ignore_errors=True)
+            last = [f"{p} {m['load_s'][-1]:.2f}s/{m['sent_mib'][-1]:.0f} MiB" for p, m in samples.items()]
+            self.say(f"  staging     rpc x{k} {link:<10} round {r + 1}: " + ", ".join(last))
+        stats = {p: {n: summarize(v) for n, v in m.items()} for p, m in samples.items()}
+        rate = link_rate_bytes(link)
+        unstaged, staged_load = stats["unstaged"]["load_s"], stats["staged"]["load_s"]
+        sent = stats["unstaged"]["sent_mib"]
+        if not (unstaged and staged_load and sent):
+            raise BenchError("the staging rows measured nothing")
+        limit_s = sent.median * (1 << 20) / rate
+        self.staging.append(
+            {
+                "model": model.ref,
+                "size_mib": model.size_mib,
+                "backends": k,
+                "link": link,
+                "metrics": {p: {n: asdict(st) for n, st in m.items() if st} for p, m in stats.items()},
+                "stage_s": asdict(summarize(stage_s)) if summarize(stage_s) else None,
+                "staged_over_unstaged": _round(ratio(staged_load.median, unstaged.median)),
+                "link_limit_s": round(limit_s, 3),
+                "link_use": _round(ratio(limit_s, unstaged.median)),
+            }
+        )
+
     def compare(
         self,
         model: BenchModel,
@@ -296,6 +373,8 @@ class Bench:
                         lab.shape(None if link == "bridge" else link)
                         samples = self.measure(model, lab, kmax, Settings(), nocache=True)
                         self.add_row("links", model, "rpc", kmax, link, "sollol defaults", samples)
+                        if cfg.stage and link != "bridge":
+                            self.staging_rows(model, lab, kmax, link)
                     lab.shape(None)
                 if "none" in cfg.links or cfg.use_inventory:
                     self.coordinator_rows(model, loop, kmax, loop_link)
@@ -315,6 +394,21 @@ class Bench:
             self.reaper.stop_all()
             if lab is not None:
                 lab.down()
+
+
+def link_rate_bytes(link: str) -> float:
+    """Bytes per second of a tc rate such as 100mbit."""
+    from sollol_ops.netlab import RATE
+
+    m = RATE.match(link)
+    if not m:
+        raise BenchError(f"not a shaped link rate: {link!r}")
+    return float(m.group(1)) * {"k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)] / 8
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host, int(port)
 
 
 def _progress_line(row: dict[str, Any]) -> str:

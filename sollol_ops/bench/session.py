@@ -119,6 +119,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "backends": cfg.backends,
             "links": cfg.links,
             "grid": cfg.grid,
+            "stage": cfg.stage,
             "gateway": cfg.gateway,
             "coordinator_device": cfg.coordinator_device,
             "use_inventory": cfg.use_inventory,
@@ -126,6 +127,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
         "models": [m.describe() for m in models],
         "rows": bench.rows,
         "comparisons": bench.comparisons,
+        "staging": bench.staging,
         "notes": bench.notes,
         "section_notes": bench.section_notes,
     }

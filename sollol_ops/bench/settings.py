@@ -26,6 +26,7 @@ class BenchConfig:
     ctx: int = 1024
     links: list[str] = field(default_factory=lambda: ["none"])
     grid: bool = False
+    stage: bool = False  # with shaped --links: first load unstaged vs. staged vs. warm (sollol_ops.staging)
     gateway: bool = False  # the gateway's sections (sollol_ops.bench.gateway) instead of the sharding ones
     coordinator_device: bool = False
     use_inventory: bool = False

@@ -29,6 +29,11 @@ from sollol_ops.ui import to_jsonable
     show_default=True,
     help="none (loopback), bridge (namespaces, unshaped) and/or tc rates such as 1gbit,100mbit.",
 )
+@click.option(
+    "--stage",
+    is_flag=True,
+    help="With shaped --links: also the first load unstaged vs. staged (sollol-ops stage) vs. warm.",
+)
 @click.option("--grid", is_flag=True, help="Also compare sollol/upstream defaults and a thread/batch grid.")
 @click.option(
     "--gateway",
@@ -57,6 +62,7 @@ def bench(
     prompt_tokens: int,
     n_ctx: int,
     links: str,
+    stage: bool,
     grid: bool,
     gateway: bool,
     coordinator_device: bool,
@@ -84,6 +90,7 @@ def bench(
         ctx=n_ctx,
         links=lib.parse_links(links),
         grid=grid,
+        stage=stage,
         gateway=gateway,
         coordinator_device=coordinator_device,
         use_inventory=use_inventory,

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "sollol_ops.cli.doctor:doctor",
     "inventory": "sollol_ops.cli.inventory:inventory",
     "gateway": "sollol_ops.cli.gateway:gateway",
+    "stage": "sollol_ops.cli.stage:stage",
 }
 
 INTERNAL_ERROR_EXIT = 70

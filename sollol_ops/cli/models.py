@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from sollol_ops.errors import StoreError
 from sollol_ops.ollama import InstalledModel, candidate_roots, list_models, store_roots
-from sollol_ops.ui import echo_json, echo_table, human_bytes
+from sollol_ops.ui import echo_json, echo_table, human_bytes, to_jsonable
 
 HEADERS = ("MODEL", "SIZE", "ARCH", "LAYERS", "QUANT", "ROOT")
 
@@ -27,6 +28,16 @@ def _row(m: InstalledModel, with_error: bool) -> tuple[object, ...]:
     return (*row, m.error) if with_error else row
 
 
+def staged_by_model() -> dict[str, list[dict[str, Any]]]:
+    """The staging ledger's rows by model ref (sollol-ops stage)."""
+    from sollol_ops import staging
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in staging.staged_summary(staging.load_ledger()):
+        out.setdefault(str(row["model"]), []).append(row)
+    return out
+
+
 def _broken_summary(entries: Sequence[InstalledModel]) -> StoreError:
     broken = [m for m in entries if m.error]
     return StoreError(
@@ -41,12 +52,19 @@ def models(ollama_models: str | None, as_json: bool) -> None:
     """List models in the Ollama stores (exit status 4 when any entry is broken)."""
     roots = store_roots(ollama_models, os.environ)
     entries = list_models(roots, read_headers=True)
+    staged = staged_by_model()
     if as_json:
-        echo_json(entries)
+        echo_json([{**to_jsonable(m), "staged": staged.get(m.ref, [])} for m in entries])
     else:
         with_error = any(m.error for m in entries)
         headers = (*HEADERS, "ERROR") if with_error else HEADERS
         echo_table(headers, [_row(m, with_error) for m in entries], right=(1, 3))
+        rows = [r for m in entries for r in staged.get(m.ref, [])]
+        if rows:
+            from sollol_ops.cli.render import echo_staged  # only then: it imports the coordinator's modules
+
+            click.echo("")
+            echo_staged(rows)
         if not entries:
             searched = ", ".join(str(p) for p in candidate_roots(ollama_models, os.environ))
             click.echo(f"no models found (searched: {searched})", err=True)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import click
 
 from sollol_ops.lifecycle import Reporter
 from sollol_ops.llama_server import Distribution
 from sollol_ops.placement import Plan
-from sollol_ops.ui import echo_table
+from sollol_ops.ui import echo_table, human_bytes
 
 MIB = 1 << 20
 
@@ -92,3 +94,12 @@ def echo_distribution(dist: Distribution) -> None:
         done, total = dist.offloaded
         rest = "" if done >= total else f"; the other {total - done} stay on the coordinator's CPU"
         click.echo(f"(offloaded {done}/{total} layers to devices{rest})")
+
+
+def echo_staged(rows: Sequence[Mapping[str, Any]]) -> None:
+    """The staging ledger: which model's share is in which rpc-server's cache (sollol-ops stage)."""
+    echo_table(
+        ["STAGED MODEL", "ENDPOINT", "WHERE", "FILES", "BYTES", "CACHE DIR"],
+        [[r["model"], r["endpoint"], r["where"], r["files"], human_bytes(r["bytes"]), r["cache_dir"]] for r in rows],
+        right=(3, 4),
+    )

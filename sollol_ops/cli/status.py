@@ -6,7 +6,7 @@ import click
 
 from sollol_ops import lifecycle
 from sollol_ops.cli.context import Context
-from sollol_ops.cli.render import echo_distribution
+from sollol_ops.cli.render import echo_distribution, echo_staged
 from sollol_ops.ui import echo_json, echo_table
 
 MIB = 1 << 20
@@ -76,3 +76,6 @@ def _render(report: lifecycle.StatusReport) -> None:
             for b in report.backends
         ],
     )
+    if report.staged:
+        click.echo("")
+        echo_staged(report.staged)
