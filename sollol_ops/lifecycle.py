@@ -68,6 +68,9 @@ class Reporter:
     def warn(self, message: str) -> None:
         statefile.warn_stderr(message)
 
+    def phase(self, name: str) -> None:
+        """The phase ``name`` of `up` has just ended (`up --timings` prints each one's duration)."""
+
 
 def describe_backend_problem(backend: Backend, result: rpc.ProbeResult) -> str:
     return f"{backend.host} ({backend.endpoint}) is {result.status.value}: {result.detail}"
@@ -111,9 +114,13 @@ def plan_command(
 ) -> Prepared:
     """Probe the backends, plan placement, build the llama-server command: the one path from a model to
     a sharded llama-server, shared by `up` and the benchmark."""
-    probes, skipped = check_backends(backends, skip_unhealthy, reporter or Reporter())
+    reporter = reporter or Reporter()
+    probes, skipped = check_backends(backends, skip_unhealthy, reporter)
+    reporter.phase("backend probes")
     plan = plan_placement(info, build_slots(probes), opts.n_ctx, model)
-    return Prepared(probes, skipped, plan, llama_server.command(toolchain, blob, opts, plan))
+    prepared = Prepared(probes, skipped, plan, llama_server.command(toolchain, blob, opts, plan))
+    reporter.phase("placement")
+    return prepared
 
 
 def _running(root: Path | None) -> CoordinatorState | None:
@@ -152,6 +159,7 @@ def up(
     if req.dry_run:
         return _up(req, cluster, reporter, root, toolchain, foreground)
     with coordinator.start_lock(req.model, root):
+        reporter.phase("lock")
         return _up(req, cluster, reporter, root, toolchain, foreground)
 
 
@@ -164,6 +172,7 @@ def _up(
     foreground: bool,
 ) -> UpOutcome:
     resolved = resolve_model(req.model, req.ollama_models)
+    reporter.phase("model: manifest + GGUF header")
     model = resolved.ref
     opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
     running = _running(root)
@@ -176,6 +185,7 @@ def _up(
         )
     info = resolved.gguf or read_gguf(resolved.blob)
     toolchain = toolchain or find_toolchain()
+    reporter.phase("state check + toolchain")
     outcome = UpOutcome(Outcome.DRY_RUN, model, resolved=resolved, info=info, opts=opts)
     if running is not None and req.replace and not req.dry_run:
         reporter.step(f"stopping {running.model} (pid {running.pid}) to serve {model}")
@@ -195,14 +205,17 @@ def _up(
         return outcome
     reporter.step(f"starting llama-server on {opts.host}:{opts.port}")
     state = coordinator.start_detached(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, root)
+    reporter.phase("state file + spawn")
     try:
         outcome.ready_s = coordinator.wait_ready(state, timeout=req.timeout, on_progress=reporter.loading)
     except CoordinatorError:
         coordinator.stop(root, timeout=5)
         raise
+    reporter.phase("readiness wait")
     outcome.kind = Outcome.STARTED
     outcome.state = state
     outcome.distribution = coordinator.distribution(state)
+    reporter.phase("distribution from the log")
     return outcome
 
 
