@@ -9,14 +9,11 @@ gateway use it; nothing else builds a llama-server command line or talks to one.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,14 +132,27 @@ def _split(url: str) -> tuple[str, int]:
 
 
 def health(url: str, timeout: float = 1.0) -> int | None:
-    """HTTP status of /health (200 ready, 503 loading), None when nothing answers."""
+    """HTTP status of /health (200 ready, 503 loading), None when nothing answers. A bare GET over a
+    socket: `up` polls this while llama-server loads, and http.client/urllib would cost the command
+    ~25 ms of imports before it can start anything."""
+    host, port = _split(url)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+    head = b""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError, ValueError):
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            while b"\r\n" not in head and len(head) < 1024:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+    except (OSError, ValueError):
         return None
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 def wait_ready(
@@ -152,13 +162,19 @@ def wait_ready(
     timeout: float = 600.0,
     on_progress: Callable[[float, str], None] | None = None,
     started: float | None = None,
-    poll: float = 0.1,
+    poll: float = 0.02,
     error: type[SollolError] = CoordinatorError,
     hint: str = "see `sollol-ops logs`",
 ) -> float:
     """Poll /health until 200; seconds since ``started`` (a perf_counter reading, default now). Raises
-    ``error`` with the log's last error when the process dies, or its last line on time-out."""
+    ``error`` with the log's last error when the process dies, or its last line on time-out.
+
+    The poll is tight (20 ms, a connect that is refused or a 503 costs well under a millisecond) so
+    that readiness is noticed when it happens; the log is read for ``on_progress`` at most every
+    PROGRESS_EVERY seconds, as a -lv 4 log is long and re-reading it each poll would compete with the
+    load for the CPU."""
     t0 = time.perf_counter() if started is None else started
+    shown = float("-inf")
     while True:
         elapsed = time.perf_counter() - t0
         if not alive():
@@ -167,10 +183,13 @@ def wait_ready(
             return time.perf_counter() - t0
         if elapsed > timeout:
             raise error(f"llama-server not ready after {timeout:g}s ({hint}); last: {last_line(log)}")
-        if on_progress is not None:
+        if on_progress is not None and elapsed - shown >= PROGRESS_EVERY:
+            shown = elapsed
             on_progress(elapsed, last_line(log))
         time.sleep(poll)
 
+
+PROGRESS_EVERY = 0.25
 
 _NOISE = re.compile(r"^[\d.]+ [A-Z] ")
 
@@ -279,6 +298,8 @@ def stream_chat(
 ) -> ChatResult:
     """One streamed OpenAI chat completion. Each read waits at most ``stall_timeout`` (then Stalled);
     ``deadline_s`` bounds the whole request; a stream that ends before `[DONE]` is an error."""
+    import http.client  # not at module level: `up` never needs it (see health)
+
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True, **(extra or {})}
     host, port = _split(url)
     conn = http.client.HTTPConnection(host, port, timeout=stall_timeout)
@@ -334,6 +355,9 @@ def stream_chat(
 
 def metrics(url: str, timeout: float) -> dict[str, float] | None:
     """llama-server's Prometheus counters (`--metrics`), or None when they cannot be read."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
             text = resp.read(1 << 20).decode(errors="replace")

@@ -42,7 +42,6 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -527,5 +526,9 @@ def probe_all(endpoints: Sequence[str] | Iterable[str], **kwargs: Any) -> list[P
     items = list(endpoints)
     if not items:
         return []
+    if len(items) == 1:
+        return [probe(items[0], **kwargs)]
+    from concurrent.futures import ThreadPoolExecutor  # ~5 ms of imports (logging among them) `up` pays once
+
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
         return list(pool.map(lambda e: probe(e, **kwargs), items))

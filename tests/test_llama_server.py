@@ -87,3 +87,45 @@ def test_wait_ready_names_the_error_when_the_server_dies(tmp_path: Path) -> None
         llama_server.wait_ready(
             "http://127.0.0.1:1", lambda: procs.is_alive(pid, start), log, timeout=60, error=BenchError
         )
+
+
+def test_health_speaks_http_and_tells_status_from_silence(tmp_path: Path) -> None:
+    """health() is a bare GET over a socket: the status of a real HTTP server (200 and llama-server's 503
+    while loading), None for a closed port or a peer that does not answer HTTP."""
+    import http.server
+    import socketserver
+    import threading
+
+    codes = iter([200, 503])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(next(codes) if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        url = llama_server.base_url("127.0.0.1", httpd.server_address[1])
+        try:
+            assert llama_server.health(url) == 200
+            assert llama_server.health(url) == 503
+        finally:
+            httpd.shutdown()
+    assert llama_server.health(llama_server.base_url("127.0.0.1", free_port(18970))) is None
+
+    with socketserver.TCPServer(("127.0.0.1", 0), socketserver.StreamRequestHandler) as junk:
+        junk.RequestHandlerClass = type(
+            "Junk",
+            (socketserver.StreamRequestHandler,),
+            {"handle": lambda self: self.wfile.write(b"\x00\x01 hello\r\n")},
+        )
+        thread = threading.Thread(target=junk.serve_forever, daemon=True)
+        thread.start()
+        try:
+            assert llama_server.health(llama_server.base_url("127.0.0.1", junk.server_address[1])) is None
+        finally:
+            junk.shutdown()
