@@ -102,6 +102,44 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+UP_PHASES_TITLE = "## Where `up` spends its time"
+
+
+def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    if stat["n"] == 1 or stat["min"] == stat["max"]:
+        return f"{stat['median']:.{digits}f}"
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def up_phases_markdown(doc: dict[str, Any], machine: str) -> str | None:
+    """Each phase of `sollol-ops up` (its SOLLOL_OPS_TRACE lines), before vs. after when --up-before was given."""
+    entries = doc.get("up_phases") or []
+    if not entries:
+        return None
+    body = [UP_PHASES_TITLE, "", machine, ""]
+    body.append(
+        "Each `up` ran traced (`SOLLOL_OPS_TRACE=1`, what `up --timings` prints): one line per phase, back to back; "
+        '"interpreter + imports" runs from the kernel\'s start time of the process (10 ms resolution) to the '
+        "command's first line. \"wall\" is the bench's own clock from spawning the command to its return, the "
+        "figure of the coordinator section; the raw llama-server's wall is spawn to /health 200. Seconds, median "
+        "(min-max)."
+    )
+    for model in dict.fromkeys(e["model"] for e in entries):
+        by_label = {e["label"]: e["phases"] for e in entries if e["model"] == model}
+        labels = [x for x in by_label if x != "raw llama-server --rpc"]
+        names = list(dict.fromkeys(n for x in labels for n in by_label[x]))
+        names = [n for n in names if not n.startswith("wall")] + [n for n in names if n.startswith("wall")]
+        rows = [[n, *(_fmt(by_label[x].get(n)) for x in labels)] for n in names]
+        raw = by_label.get("raw llama-server --rpc", {})
+        if "wall: spawn to return" in raw:  # the reference, the same in every column
+            stat = _fmt(raw["wall: spawn to return"])
+            rows.append(["raw llama-server --rpc: spawn to /health 200", *(stat for _ in labels)])
+        body += ["", f"{model}:", "", _md_table(["phase", *labels], rows)]
+    return "\n".join(body).rstrip() + "\n"
+
+
 SECTION_TITLES = {
     "sharding": "## Sharding vs. a single node",
     "coordinator": "## Persistent coordinator vs. per-query start",
@@ -161,6 +199,8 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
             body += ["", f"![cost vs. model size]({plot})"]
         body += [f"\n_{n}_" for n in doc["notes"] if key != "links" or n != NO_LATENCY_NOTE]
         sections[title] = "\n".join(body).rstrip() + "\n"
+    if (phases := up_phases_markdown(doc, machine)) is not None:
+        sections[UP_PHASES_TITLE] = phases
     return sections
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import procs
+from sollol_ops import procs, timings
 from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, Reaper, RpcBackends
 from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.server import Query, Server, server_argv, stream_chat, upstream_argv, wait_health
@@ -21,6 +21,12 @@ from sollol_ops.bench.settings import NO_LATENCY_NOTE, BenchConfig, Settings, gr
 from sollol_ops.bench.stats import Stat, _round, ratio, row_ratios, summarize
 from sollol_ops.errors import BenchError
 from sollol_ops.toolchain import Toolchain
+
+UP_AFTER = "sollol-ops up"
+UP_BEFORE = "sollol-ops up (before)"
+RAW = "raw llama-server --rpc"
+WALL = "wall: spawn to return"
+INVENTORY_COLD = "inventory, empty cache (ansible-inventory; warm-up run)"
 
 _TEXT = (
     "the quick brown fox jumps over a lazy dog while seven small birds sing about rain and "
@@ -45,6 +51,7 @@ class Bench:
         self.comparisons: list[dict[str, Any]] = []
         self.baselines: dict[str, dict[str, Stat]] = {}
         self.notes: list[str] = []
+        self.up_phases: dict[str, dict[str, dict[str, list[float]]]] = {}  # model -> label -> phase -> samples
         self._runs = 0
 
     # ---- llama-server
@@ -190,36 +197,76 @@ class Bench:
         finally:
             backends.stop()
 
+    def _up_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(XDG_STATE_HOME=str(self.work / "up-state"), XDG_CACHE_HOME=str(self.work / "up-cache"))
+        env.pop("SOLLOL_INVENTORY", None)
+        env[timings.TRACE_ENV] = "1"
+        if env.pop("PYTHONDONTWRITEBYTECODE", None):
+            # An installed sollol-ops has compiled bytecode; without it every `up` would compile its modules.
+            env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
+            note = "`up` ran with a bytecode cache (PYTHONDONTWRITEBYTECODE was set here), as an installed package has"
+            if note not in self.notes:
+                self.notes.append(note)
+        return env
+
     def _up_vs_raw(self, model: BenchModel, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Repeats of `sollol-ops up` (and of the --up-before tree's) and of a raw llama-server --rpc, interleaved;
+        each `up` traced (SOLLOL_OPS_TRACE=1), its phases kept in self.up_phases."""
         inv = self.work / "up-inventory.ini"
         hosts = [e.rsplit(":", 1) for e in endpoints]
         lines = ["[rpc_servers]"] + [
             f"bench-{i} ansible_host={h} sollol_rpc_port={p}" for i, (h, p) in enumerate(hosts)
         ]
         inv.write_text("\n".join([*lines, "", "[coordinator]", "localhost ansible_connection=local", ""]))
-        env = dict(os.environ)
-        env.update(XDG_STATE_HOME=str(self.work / "up-state"), XDG_CACHE_HOME=str(self.work / "up-cache"))
-        env.pop("SOLLOL_INVENTORY", None)
+        env = self._up_env()
         store = str(model.blob.parent.parent)
+        trees: list[tuple[str, dict[str, str]]] = [(UP_AFTER, env)]
+        if self.cfg.up_before is not None:
+            # its own inventory cache, so that its warm-up pays for ansible-inventory as the other one does
+            before = dict(env, PYTHONPATH=str(self.cfg.up_before), XDG_CACHE_HOME=str(self.work / "up-cache-before"))
+            trees.insert(0, (UP_BEFORE, before))
         cli = [sys.executable, "-m", "sollol_ops.cli.main", "-i", str(inv)]
-        up_times, raw_times = [], []
-        for _ in range(self.cfg.repeats):
-            port = self._port()
-            argv = [*cli, "up", model.resolved_ref, "--port", str(port), "-c", str(self.cfg.ctx)]
-            argv += ["--ollama-models", store, "--timeout", str(self.cfg.timeout)]
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=self.cfg.timeout)
-                up_times.append(time.perf_counter() - t0)
-            finally:
-                subprocess.run([*cli, "down"], capture_output=True, env=env, timeout=60, check=False)
+        times: dict[str, list[float]] = {label: [] for label, _ in trees}
+        phases = self.up_phases.setdefault(model.ref, {})
+        for label, tree_env in trees:
+            # Warm-up, as an operator's first look would be: fills the inventory cache (ansible-inventory runs
+            # once) and the bytecode cache. Its inventory phase is kept as the empty-cache figure.
+            argv = [*cli, "up", model.resolved_ref, "--dry-run", "-c", str(self.cfg.ctx), "--ollama-models", store]
+            proc = subprocess.run(argv, capture_output=True, text=True, env=tree_env, timeout=self.cfg.timeout)
             if proc.returncode != 0:
-                raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
+                raise BenchError(f"`sollol-ops up --dry-run` failed in the bench: {proc.stderr.strip()[:300]}")
+            for name, seconds in timings.parse_lines(proc.stderr):
+                if name == "inventory":
+                    phases.setdefault(label, {}).setdefault(INVENTORY_COLD, []).append(seconds)
+        raw_times = []
+        for _ in range(self.cfg.repeats):
+            for label, tree_env in trees:
+                port = self._port()
+                argv = [*cli, "up", model.resolved_ref, "--port", str(port), "-c", str(self.cfg.ctx)]
+                argv += ["--ollama-models", store, "--timeout", str(self.cfg.timeout)]
+                t0 = time.perf_counter()
+                try:
+                    proc = subprocess.run(argv, capture_output=True, text=True, env=tree_env, timeout=self.cfg.timeout)
+                    times[label].append(time.perf_counter() - t0)
+                finally:
+                    subprocess.run([*cli, "down"], capture_output=True, env=tree_env, timeout=60, check=False)
+                if proc.returncode != 0:
+                    raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
+                acc = phases.setdefault(label, {})
+                for name, seconds in timings.parse_lines(proc.stderr):
+                    acc.setdefault(name, []).append(seconds)
+                acc.setdefault(WALL, []).append(times[label][-1])
             port = self._port()
             server = self.load(upstream_argv(self.toolchain, model, port, endpoints, self.cfg.ctx), port, "raw")
             raw_times.append(server.ready_s)
             self.unload(server)
-        return up_times, raw_times
+            phases.setdefault(RAW, {}).setdefault(WALL, []).append(server.ready_s)
+        if UP_BEFORE in times:
+            self.add_row(
+                "coordinator", model, "rpc", len(endpoints), "loopback", UP_BEFORE, {"ready_s": times[UP_BEFORE]}
+            )
+        return times[UP_AFTER], raw_times
 
     def _compare(self, model: BenchModel, what: str, a: dict[str, Any], b: dict[str, Any], metric: str) -> None:
         am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
@@ -286,10 +333,15 @@ class Bench:
             if cfg.grid and models:
                 model = models[0]
                 self.say(f"== grid on {model.ref}, {kmax} backend(s)")
-                for s in grid_settings():
-                    if cfg.use_inventory and s.rpc_threads != 0:
-                        continue  # the inventory's rpc-servers run with their own threads
-                    self.add_row("grid", model, "rpc", kmax, loop_link, s.name, self.measure(model, loop, kmax, s))
+                cells = [s for s in grid_settings() if not (cfg.use_inventory and s.rpc_threads != 0)]
+                # (the inventory's rpc-servers run with their own threads)
+                grid: list[dict[str, list[float]]] = [{} for _ in cells]
+                for r in range(cfg.repeats):  # rounds: a burst of other load hits every cell alike
+                    for s, acc in zip(cells, grid, strict=True):
+                        for name, vals in self.measure(model, loop, kmax, s, rounds=[r]).items():
+                            acc.setdefault(name, []).extend(vals)
+                for s, samples in zip(cells, grid, strict=True):
+                    self.add_row("grid", model, "rpc", kmax, loop_link, s.name, samples)
         finally:
             loop.stop()
             self.reaper.stop_all()

@@ -10,12 +10,14 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sollol_ops.bench.models import resolve_models
 from sollol_ops.bench.runs import Bench
 from sollol_ops.bench.settings import BenchConfig
+from sollol_ops.bench.stats import summarize
 from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.paths import cache_dir
 from sollol_ops.rpc import CLIENT_PROTOCOL
@@ -119,5 +121,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
         "models": [m.describe() for m in models],
         "rows": bench.rows,
         "comparisons": bench.comparisons,
+        "up_phases": [
+            {
+                "model": model,
+                "label": label,
+                "phases": {name: asdict(st) for name, vals in phases.items() if (st := summarize(vals)) is not None},
+            }
+            for model, by_label in bench.up_phases.items()
+            for label, phases in by_label.items()
+        ],
         "notes": bench.notes,
     }

@@ -33,6 +33,11 @@ from sollol_ops.ui import to_jsonable
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
+@click.option(
+    "--up-before",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="A source tree (e.g. a git worktree of main) whose `sollol-ops up` is timed too, phase by phase.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (schema: sollol_ops.bench).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot (needs matplotlib).")
 @click.option("--out-md", type=click.Path(path_type=Path), help="Write/update this run's sections in a markdown file.")
@@ -55,6 +60,7 @@ def bench(
     plot_path: Path | None,
     out_md: Path | None,
     plot_link: str | None,
+    up_before: Path | None,
 ) -> None:
     """Benchmark MODEL(s) sharded over rpc-servers against a local-only llama-server.
 
@@ -75,7 +81,10 @@ def bench(
         ollama_models=ollama_models,
         timeout=timeout,
         command="sollol-ops " + shlex.join(sys.argv[1:]),
+        up_before=up_before,
     )
+    if up_before is not None and not (up_before / "sollol_ops" / "cli" / "main.py").is_file():
+        raise click.BadParameter(f"{up_before} has no sollol_ops/cli/main.py", param_hint="--up-before")
     if use_inventory:
         cfg.inventory_backends = list(ctx.cluster().backends)
     doc = lib.run_bench(cfg, log=lambda line: click.echo(line, err=True))
