@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sollol_ops import procs
 from sollol_ops.errors import CoordinatorError, SollolError, UsageError
 from sollol_ops.placement import Plan
 from sollol_ops.toolchain import Toolchain
@@ -94,7 +95,7 @@ def command(
     where = ["--host", opts.host, "--port", str(opts.port)]
     if plan is None and rpc:
         return [*base, "--rpc", ",".join(rpc), "-ngl", "99", "--ctx-size", str(opts.n_ctx), *where, *opts.extra_args]
-    threads = opts.threads or max(1, os.cpu_count() or 1)
+    threads = opts.threads or default_threads(plan.rpc_endpoints if plan is not None else ())
     if plan is None:
         return [*base, "--ctx-size", str(opts.n_ctx), "--threads", str(threads), *where, *opts.extra_args]
     argv = [
@@ -114,6 +115,20 @@ def command(
     if opts.alias:
         argv += ["--alias", opts.alias]
     return argv + list(opts.extra_args)
+
+
+# llama-server's threads when an rpc-server of its plan runs on the same host (see default_threads).
+COLOCATED_THREADS = 1
+
+
+def default_threads(rpc_endpoints: Sequence[str]) -> int:
+    """llama-server's --threads when none is given: all cores, unless one of its rpc-servers runs on this
+    host; then COLOCATED_THREADS. Every layer is on an RPC device, so llama-server's own CPU work is the
+    input embeddings and sampling; more threads than that need would only spin on cores the rpc-servers
+    here compute on (measured: docs/benchmarks.md, "Defaults vs. tuned settings")."""
+    if any(procs.is_this_host(endpoint.rsplit(":", 1)[0].strip("[]")) for endpoint in rpc_endpoints):
+        return COLOCATED_THREADS
+    return max(1, os.cpu_count() or 1)
 
 
 def base_url(host: str, port: int) -> str:

@@ -41,6 +41,7 @@ def _serve_and_check(cluster: Local, n: int, *extra: str) -> None:
         assert "sollol-ops: timing: total " in proc.stderr
     out = json.loads(proc.stdout)
     assert out["kind"] == "started"
+    assert out["command"][out["command"].index("--threads") + 1] == "1"  # its rpc-servers share this host
     rpc_rows = [d for d in out["distribution"]["devices"] if ":" in d["name"]]
     assert sorted(d["name"] for d in rpc_rows) == sorted(cluster.endpoints)
     assert all(d["layers"] > 0 and d["model_mib"] > 0 for d in rpc_rows), rpc_rows

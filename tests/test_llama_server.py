@@ -129,3 +129,18 @@ def test_health_speaks_http_and_tells_status_from_silence(tmp_path: Path) -> Non
             assert llama_server.health(llama_server.base_url("127.0.0.1", junk.server_address[1])) is None
         finally:
             junk.shutdown()
+
+
+def test_default_threads_leave_the_cores_to_rpc_servers_on_this_host() -> None:
+    """One thread when an rpc-server of the plan runs here (loopback, an address of this host), else all cores."""
+    import os
+    import socket
+
+    cores = max(1, os.cpu_count() or 1)
+    assert llama_server.default_threads(["127.0.0.1:50052"]) == llama_server.COLOCATED_THREADS == 1
+    assert llama_server.default_threads(["[::1]:50052", "198.51.100.7:50052"]) == 1
+    assert llama_server.default_threads([f"{socket.gethostname()}:50052"]) == 1
+    assert llama_server.default_threads(["198.51.100.7:50052", "worker-b.invalid:50052"]) == cores
+    assert llama_server.default_threads([]) == cores
+    plain = llama_server.command(FAKE, Path("/m.gguf"), StartOptions())
+    assert plain[plain.index("--threads") + 1] == str(cores)  # the local-only baseline: all cores
