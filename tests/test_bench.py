@@ -164,6 +164,16 @@ def test_bench_smoke_end_to_end(sollol_env: dict[str, str]) -> None:
     coord = {r["settings"]: r for r in rows if r["section"] == "coordinator"}
     assert set(coord) == {"persistent coordinator", "coordinator per query", "raw llama-server --rpc", "sollol-ops up"}
     assert {c["what"] for c in doc["comparisons"]} == {"TTFT of a repeated query", "start to ready"}
+    # `up` traced phase by phase (SOLLOL_OPS_TRACE), beside the raw llama-server's spawn-to-ready
+    phases = {e["label"]: e["phases"] for e in doc["up_phases"] if e["model"] == "smollm2:135m"}
+    assert {"readiness wait", "backend probes", "interpreter + imports", "wall: spawn to return"} <= set(
+        phases["sollol-ops up"]
+    )
+    assert set(phases["raw llama-server --rpc"]) == {"wall: spawn to return"}
+    for stat in (*phases["sollol-ops up"].values(), *phases["raw llama-server --rpc"].values()):
+        _check_stat(stat)
+    up_wall = phases["sollol-ops up"]["wall: spawn to return"]["median"]
+    assert coord["sollol-ops up"]["metrics"]["ready_s"]["median"] == pytest.approx(up_wall)
     assert all(c["ratio"] > 0 for c in doc["comparisons"])
     # nothing left running or behind
     state = Path(sollol_env["XDG_STATE_HOME"]) / "sollol-ops" / "coordinator.json"
@@ -181,7 +191,11 @@ def test_bench_text_and_markdown(sollol_env: dict[str, str], tmp_path: Path) -> 
     assert "local only" in proc.stdout and "GEN x" in proc.stdout and "comparisons" in proc.stdout
     text = md.read_text()
     assert "other helper's figures" in text
-    for title in ("## Sharding vs. a single node", "## Persistent coordinator vs. per-query start"):
+    for title in (
+        "## Sharding vs. a single node",
+        "## Persistent coordinator vs. per-query start",
+        "## Where `up` spends its time",
+    ):
         assert text.count(title) == 1
     assert f"]({png})" in text and "cores" in text and "sollol-ops bench smollm2:135m" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

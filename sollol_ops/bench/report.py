@@ -102,6 +102,37 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+def grid_summary(rows: Sequence[dict[str, Any]], rounds: int) -> list[str]:
+    """sollol defaults against upstream defaults and the best grid cell, per metric that matters."""
+    grid = [r for r in rows if r["section"] == "grid"]
+    by_name = {r["settings"]: r for r in grid}
+    ours, upstream = by_name.get("sollol defaults"), by_name.get("upstream defaults")
+    if ours is None:
+        return []
+    out = [
+        "",
+        f"Each cell: {rounds} round(s), the cells interleaved round by round (a burst of other load hits every "
+        "cell alike); per round a cold and a warm load with one query each, so each rate has twice as many "
+        "samples. sollol defaults against upstream's and the best cell, by median:",
+        "",
+        "| metric | sollol defaults | upstream defaults | best cell | defaults / best | defaults / upstream |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in (("gen_tps", "GEN tok/s"), ("prompt_tps", "PROMPT tok/s")):
+        scored = [(r["metrics"][name]["median"], r) for r in grid if name in r["metrics"]]
+        if not scored or name not in ours["metrics"]:
+            continue
+        best_value, best = max(scored, key=lambda x: x[0])
+        mine = ours["metrics"][name]["median"]
+        up = upstream["metrics"][name]["median"] if upstream and name in upstream["metrics"] else None
+        out.append(
+            f"| {label} | {fmt_stat(ours, name, 1)} | {fmt_stat(upstream, name, 1) if upstream else '-'} | "
+            f"{best['settings']}: {fmt_stat(best, name, 1)} | {mine / best_value:.2f}x | "
+            f"{'-' if not up else f'{mine / up:.2f}x'} |"
+        )
+    return out
+
+
 UP_PHASES_TITLE = "## Where `up` spends its time"
 
 
@@ -191,6 +222,7 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
         if key == "grid":
             body += ["", "Upstream defaults: rpc-server without `-t` (half the cores), llama-server with `--rpc` "
                      "`-ngl 99` and its own split, threads and batch size."]  # fmt: skip
+            body += grid_summary(rows, s.get("grid_repeats", s["repeats"]))
         if key == "sharding":
             body += ["", "All setups share this host's cores: `N rpc` runs N rpc-servers (cores split between them) "
                      "and llama-server side by side, so on one machine the ratios show what RPC and thread "

@@ -336,7 +336,7 @@ class Bench:
                 cells = [s for s in grid_settings() if not (cfg.use_inventory and s.rpc_threads != 0)]
                 # (the inventory's rpc-servers run with their own threads)
                 grid: list[dict[str, list[float]]] = [{} for _ in cells]
-                for r in range(cfg.repeats):  # rounds: a burst of other load hits every cell alike
+                for r in range(cfg.grid_repeats or cfg.repeats):  # rounds: a burst of other load hits every cell alike
                     for s, acc in zip(cells, grid, strict=True):
                         for name, vals in self.measure(model, loop, kmax, s, rounds=[r]).items():
                             acc.setdefault(name, []).extend(vals)

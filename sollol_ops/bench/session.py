@@ -116,6 +116,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "backends": cfg.backends,
             "links": cfg.links,
             "grid": cfg.grid,
+            "grid_repeats": cfg.grid_repeats or cfg.repeats,
             "use_inventory": cfg.use_inventory,
         },
         "models": [m.describe() for m in models],

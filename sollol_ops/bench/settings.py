@@ -28,6 +28,7 @@ class BenchConfig:
     ctx: int = 1024
     links: list[str] = field(default_factory=lambda: ["none"])
     grid: bool = False
+    grid_repeats: int | None = None  # rounds of the --grid cells (default: repeats)
     use_inventory: bool = False
     inventory_backends: list[Backend] = field(default_factory=list)
     ollama_models: str | None = None

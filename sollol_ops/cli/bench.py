@@ -30,6 +30,7 @@ from sollol_ops.ui import to_jsonable
     help="none (loopback), bridge (namespaces, unshaped) and/or tc rates such as 1gbit,100mbit.",
 )
 @click.option("--grid", is_flag=True, help="Also compare sollol/upstream defaults and a thread/batch grid.")
+@click.option("--grid-repeats", type=click.IntRange(1, 50), help="Rounds of the --grid cells (default: --repeats).")
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
@@ -53,6 +54,7 @@ def bench(
     n_ctx: int,
     links: str,
     grid: bool,
+    grid_repeats: int | None,
     use_inventory: bool,
     ollama_models: str | None,
     timeout: float,
@@ -77,6 +79,7 @@ def bench(
         ctx=n_ctx,
         links=lib.parse_links(links),
         grid=grid,
+        grid_repeats=grid_repeats,
         use_inventory=use_inventory,
         ollama_models=ollama_models,
         timeout=timeout,
