@@ -8,7 +8,6 @@ group_vars/ and host_vars/) and the ANSIBLE_* environment, so repeated read comm
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import ipaddress
 import json
@@ -21,7 +20,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +97,8 @@ def _nearest_ansible_cfg(start: Path, env: Mapping[str, str]) -> Path | None:
 
 
 def _inventory_from_cfg(cfg: Path) -> Path | None:
+    import configparser  # only without -i / $SOLLOL_INVENTORY
+
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
         parser.read(cfg)
@@ -380,6 +380,8 @@ def _first_error(stderr: str) -> str:
 def _run_ansible_inventory(path: Path, run_env: Mapping[str, str]) -> bytes:
     """`ansible-inventory --list` under a memory limit, an output limit and a timeout; its stdout."""
     exe = _ansible_inventory_exe()
+    import tempfile  # only when the cache misses
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.run(
