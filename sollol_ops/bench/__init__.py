@@ -13,11 +13,17 @@ query processes the whole prompt and generates exactly --tokens tokens).
 Also measured, on the largest backend count: TTFT of a repeated query on a persistent coordinator vs.
 a coordinator started per query (spawn llama-server --rpc, wait /health, query, kill: time from spawn
 to first token), and `sollol-ops up` to ready vs. a raw `llama-server --rpc` to ready on the same
-backends. --links adds setups whose rpc-servers run in network namespaces behind veth + a bridge,
+backends, each `up` traced phase by phase (SOLLOL_OPS_TRACE=1; --up-before TREE times that source tree's
+`up` too, interleaved: before vs. after). `up` runs as an operator's would after a first look: one
+`up --dry-run` first fills the inventory cache (its ansible-inventory run is reported as a phase of its
+own) and, where PYTHONDONTWRITEBYTECODE is set, `up` gets a bytecode cache, as an installed package has.
+--links adds setups whose rpc-servers run in network namespaces behind veth + a bridge,
 each link shaped with `tc tbf` at the given rate on both veth ends ("bridge": namespaces, no
 shaping); those rows add a load without the rpc-server cache (-c off). There is no latency emulation:
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
---grid compares sollol-ops defaults, upstream defaults and a small grid on the first model.
+--grid compares sollol-ops defaults, upstream defaults and a small grid (rpc-server/llama-server thread
+pairs, two batch sizes) on the first model, --grid-repeats rounds (default --repeats), the cells
+interleaved round by round.
 
 Models are Ollama refs (the user's stores) or synthetic llama models `synthetic:<layers>x<n_embd>[-f16|-q8_0]`
 (random weights, real 1B-class shapes: n_ff = 2.75 n_embd, 64-wide heads, 8 query heads per KV head,
@@ -33,7 +39,8 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
   schema: str; started_at: float (unix); wall_s: float; command: str
   machine: {cpu_model: str, cores: int, ram_mib: int, kernel: str, llama_cpp_version: str,
             rpc_protocol: str, loadavg_start: [float x3], loadavg_end: [float x3]}
-  settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str]; grid, use_inventory: bool}
+  settings: {repeats, tokens, prompt_tokens, ctx, grid_repeats: int; backends: [int]; links: [str];
+             grid, use_inventory: bool}
   models: [{ref: str, synthetic: bool, size_mib: float, layers: int, n_embd: int, file_type: str, params: int}]
   rows: [{section: "sharding" | "links" | "coordinator" | "grid",
           model: str, size_mib: float,
@@ -47,6 +54,9 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
      The baseline of load_nocache_s is load_cold_s, of ready_s is load_warm_s; others: the same name.
   comparisons: [{model: str, what: str, a: str, b: str, metric: str, a_median: float, b_median: float,
                  ratio: float}]          # ratio = b_median / a_median
+  up_phases: [{model: str, label: "sollol-ops up" | "sollol-ops up (before)" | "raw llama-server --rpc",
+               phases: {PHASE: {median, min, max: float, n: int}}}]   # seconds; PHASE as `up --timings`
+               # prints it, plus "wall: spawn to return" and, from the warm-up, the inventory's empty-cache run
   notes: [str]
 """
 
