@@ -239,3 +239,21 @@ def test_bench_over_shaped_namespace_links(sollol_env: dict[str, str]) -> None:
     assert _our_namespaces() == before  # namespaces and bridge removed
     links_out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=False).stdout
     assert not [ln for ln in links_out.splitlines() if ln.startswith("sb") and "br " in ln]
+
+
+def test_grid_summary_names_the_best_cell_and_the_ratios() -> None:
+    from sollol_ops.bench.report import grid_summary
+
+    def row(settings: str, gen: float, prompt: float) -> dict:
+        stat = lambda v: {"median": v, "min": v * 0.9, "max": v * 1.1, "n": 6}  # noqa: E731
+        metrics = {"gen_tps": stat(gen), "prompt_tps": stat(prompt)}
+        return {"section": "grid", "settings": settings, "metrics": metrics}
+
+    rows = [row("sollol defaults", 45.0, 200.0), row("upstream defaults", 40.0, 250.0), row("rpc -t 1", 50.0, 100.0)]
+    lines = grid_summary(rows, 3)
+    assert "3 round(s)" in lines[1]
+    gen = next(x for x in lines if x.startswith("| GEN tok/s"))
+    assert "rpc -t 1: 50.0 (45.0-55.0)" in gen and "| 0.90x | 1.12x |" in gen
+    prompt = next(x for x in lines if x.startswith("| PROMPT tok/s"))
+    assert "upstream defaults: 250.0" in prompt and "| 0.80x | 0.80x |" in prompt
+    assert grid_summary([row("rpc -t 1", 1.0, 1.0)], 3) == []  # no defaults row: nothing to compare
