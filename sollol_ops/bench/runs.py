@@ -235,7 +235,7 @@ class Bench:
             argv = [*cli, "up", model.resolved_ref, "--dry-run", "-c", str(self.cfg.ctx), "--ollama-models", store]
             proc = subprocess.run(argv, capture_output=True, text=True, env=tree_env, timeout=self.cfg.timeout)
             if proc.returncode != 0:
-                raise BenchError(f"`sollol-ops up --dry-run` failed in the bench: {proc.stderr.strip()[:300]}")
+                raise BenchError(f"`sollol-ops up --dry-run` failed in the bench: {_untimed(proc.stderr)[:300]}")
             for name, seconds in timings.parse_lines(proc.stderr):
                 if name == "inventory":
                     phases.setdefault(label, {}).setdefault(INVENTORY_COLD, []).append(seconds)
@@ -252,7 +252,7 @@ class Bench:
                 finally:
                     subprocess.run([*cli, "down"], capture_output=True, env=tree_env, timeout=60, check=False)
                 if proc.returncode != 0:
-                    raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
+                    raise BenchError(f"`sollol-ops up` failed in the bench: {_untimed(proc.stderr)[:300]}")
                 acc = phases.setdefault(label, {})
                 for name, seconds in timings.parse_lines(proc.stderr):
                     acc.setdefault(name, []).append(seconds)
@@ -347,6 +347,11 @@ class Bench:
             self.reaper.stop_all()
             if lab is not None:
                 lab.down()
+
+
+def _untimed(stderr: str) -> str:
+    """A traced command's stderr without its timing lines (what is left is the error)."""
+    return " ".join(ln for ln in stderr.strip().splitlines() if not ln.startswith(timings.PREFIX))
 
 
 def _progress_line(row: dict[str, Any]) -> str:
