@@ -57,7 +57,9 @@ class Bench:
     # ---- llama-server
 
     def _port(self) -> int:
-        return procs.free_ports("127.0.0.1", 1, 18700)[0]
+        # From a place of this run's own (by pid): two benches on one host (other users, CI) that both took
+        # the lowest free port would race for it between the check and llama-server's bind.
+        return procs.free_ports("127.0.0.1", 1, 18700 + (os.getpid() * 7) % 8000)[0]
 
     def load(self, argv: Sequence[str], port: int, tag: str) -> Server:
         self._runs += 1
