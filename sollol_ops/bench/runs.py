@@ -242,8 +242,8 @@ class Bench:
                 if name == "inventory":
                     phases.setdefault(label, {}).setdefault(INVENTORY_COLD, []).append(seconds)
         raw_times = []
-        for _ in range(self.cfg.repeats):
-            for label, tree_env in trees:
+        for r in range(self.cfg.repeats):
+            for label, tree_env in trees if r % 2 == 0 else trees[::-1]:  # neither always runs first
                 port = self._port()
                 argv = [*cli, "up", model.resolved_ref, "--port", str(port), "-c", str(self.cfg.ctx)]
                 argv += ["--ollama-models", store, "--timeout", str(self.cfg.timeout)]
