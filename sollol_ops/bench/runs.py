@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import sollol_ops
 from sollol_ops import procs, timings
 from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, Reaper, RpcBackends
 from sollol_ops.bench.models import BenchModel
@@ -221,14 +222,16 @@ class Bench:
             f"bench-{i} ansible_host={h} sollol_rpc_port={p}" for i, (h, p) in enumerate(hosts)
         ]
         inv.write_text("\n".join([*lines, "", "[coordinator]", "localhost ansible_connection=local", ""]))
-        env = self._up_env()
+        # Each tree's `up` imports that tree's sollol_ops, and only it: PYTHONPATH names the tree and -P keeps
+        # Python from putting the working directory (a checkout has sollol_ops/ in it) before it.
+        env = dict(self._up_env(), PYTHONPATH=str(Path(sollol_ops.__file__).resolve().parent.parent))
         store = str(model.blob.parent.parent)
         trees: list[tuple[str, dict[str, str]]] = [(UP_AFTER, env)]
         if self.cfg.up_before is not None:
             # its own inventory cache, so that its warm-up pays for ansible-inventory as the other one does
             before = dict(env, PYTHONPATH=str(self.cfg.up_before), XDG_CACHE_HOME=str(self.work / "up-cache-before"))
             trees.insert(0, (UP_BEFORE, before))
-        cli = [sys.executable, "-m", "sollol_ops.cli.main", "-i", str(inv)]
+        cli = [sys.executable, "-P", "-m", "sollol_ops.cli.main", "-i", str(inv)]
         times: dict[str, list[float]] = {label: [] for label, _ in trees}
         phases = self.up_phases.setdefault(model.ref, {})
         for label, tree_env in trees:
