@@ -69,11 +69,25 @@ DEFAULTS: dict[str, object] = {
     **GROUP_VARS,
 }
 
+# Threads of each rpc-server (rpc_server_threads, `sollol-ops local start --threads`): 0 = automatic, the
+# host's cores split evenly across the rpc-servers on it, at least 1 each (rpc_threads below; the role's
+# rpc_server__default_threads computes the same in Jinja, checked by tests/contract.py). Chosen by
+# measurement (docs/benchmarks.md, "Defaults vs. tuned settings"): rpc-servers that share a host's cores
+# with each other, together, never use more threads than it has cores.
+RPC_THREADS_AUTO = 0
+
+
+def rpc_threads(cores: int, instances: int) -> int:
+    """The automatic rpc-server thread count: `cores` split across `instances` rpc-servers, at least 1."""
+    return max(1, cores // max(1, instances))
+
+
 # Other role variables whose default is one of the facts above.
 ROLE_DEFAULTS: dict[str, object] = {
     "llama_cpp_prefix": LLAMA_PREFIX,
     "llama_cpp_version": LLAMA_REF,
     "rpc_server_binary": RPC_SERVER_NAMES[0],
+    "rpc_server_threads": RPC_THREADS_AUTO,
 }
 # The gateway's pool (`sollol-ops gateway`, docs/gateway.md): Ollama (or OpenAI-compatible) nodes that
 # each serve whole models. Read by the CLI only (no role deploys them), so they are not role defaults.

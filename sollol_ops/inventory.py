@@ -8,7 +8,6 @@ group_vars/ and host_vars/) and the ANSIBLE_* environment, so repeated read comm
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import ipaddress
 import json
@@ -21,13 +20,10 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from sollol_ops import cluster_vars
 from sollol_ops.errors import InventoryError
@@ -129,6 +125,8 @@ def _nearest_ansible_cfg(start: Path, env: Mapping[str, str]) -> Path | None:
 
 
 def _inventory_from_cfg(cfg: Path) -> Path | None:
+    import configparser  # only without -i / $SOLLOL_INVENTORY
+
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
         parser.read(cfg)
@@ -250,10 +248,7 @@ def _yaml_candidates(path: Path) -> Iterator[Path]:
             yield from (Path(dirpath) / name for name in sorted(names))
 
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: fast, and caps nesting depth
-
-
-def _alias_expansion(events: Iterator[yaml.Event], limit: int) -> int:
+def _alias_expansion(events: Iterator[Any], limit: int) -> int:
     """How many nodes the aliases of a YAML event stream add once expanded; stops once past `limit`.
 
     Streams parser events (no objects are built): each anchored node's expanded size is recorded when
@@ -262,6 +257,8 @@ def _alias_expansion(events: Iterator[yaml.Event], limit: int) -> int:
     added = 0
     sizes: dict[str, int] = {}  # anchor -> expanded size of its node (capped: past the limit we stop)
     open_anchors: set[str] = set()
+    import yaml  # only when an inventory is read by ansible-inventory: a cached one needs no YAML
+
     stack: list[list[Any]] = [[0, None]]  # per open collection: [expanded size so far, its anchor]
     for event in events:
         if isinstance(event, yaml.DocumentStartEvent):
@@ -312,12 +309,15 @@ def check_yaml_aliases(path: Path, limit: int = MAX_ALIAS_EXPANSION) -> None:
     Only parser events are looked at (nothing is built); a file that does not parse is left to
     Ansible, which names the error. Files without both '&' and '*' cannot alias and are not parsed.
     """
+    import yaml  # see _alias_expansion
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: fast, and caps nesting depth
     for f in _yaml_candidates(path):
         data = _read_yaml(f)
         if data is None or b"&" not in data or b"*" not in data:
             continue
         try:
-            added = _alias_expansion(yaml.parse(data, Loader=_YAML_LOADER), limit)
+            added = _alias_expansion(yaml.parse(data, Loader=loader), limit)
         except ValueError as exc:
             raise InventoryError(f"inventory file {f}: {exc}; YAML aliases must not refer to themselves") from exc
         except (yaml.YAMLError, UnicodeError, RecursionError):
@@ -408,6 +408,8 @@ def _first_error(stderr: str) -> str:
 def _run_ansible_inventory(path: Path, run_env: Mapping[str, str]) -> bytes:
     """`ansible-inventory --list` under a memory limit, an output limit and a timeout; its stdout."""
     exe = _ansible_inventory_exe()
+    import tempfile  # only when the cache misses
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.run(

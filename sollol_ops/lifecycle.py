@@ -71,6 +71,9 @@ class Reporter:
     def warn(self, message: str) -> None:
         statefile.warn_stderr(message)
 
+    def phase(self, name: str) -> None:
+        """The phase ``name`` of `up` has just ended (`up --timings` prints each one's duration)."""
+
 
 def describe_backend_problem(backend: Backend, result: rpc.ProbeResult) -> str:
     return f"{backend.host} ({backend.endpoint}) is {result.status.value}: {result.detail}"
@@ -154,6 +157,7 @@ def plan_command(
         reporter.step(f"the coordinator offers {coordinator.memory_mib:,} MiB of {coordinator.device}")
         if coordinator.device != HOST_DEVICE:
             local_devices = llama_server.list_devices(toolchain)
+    reporter.phase("backend probes")
     slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices)
     try:
         plan = plan_placement(info, slots, opts.n_ctx, model)
@@ -162,7 +166,9 @@ def plan_command(
             raise
         without = ", ".join(lo.describe() for lo in left_out(skipped))
         raise PlacementError(f"{exc} (on the {len(probes)} healthy backend(s), without {without})") from exc
-    return Prepared(probes, skipped, plan, llama_server.command(toolchain, blob, opts, plan))
+    prepared = Prepared(probes, skipped, plan, llama_server.command(toolchain, blob, opts, plan))
+    reporter.phase("placement")
+    return prepared
 
 
 def _running(root: Path | None) -> CoordinatorState | None:
@@ -201,6 +207,7 @@ def up(
     if req.dry_run:
         return _up(req, cluster, reporter, root, toolchain, foreground)
     with coordinator.start_lock(req.model, root):
+        reporter.phase("lock")
         return _up(req, cluster, reporter, root, toolchain, foreground)
 
 
@@ -213,6 +220,7 @@ def _up(
     foreground: bool,
 ) -> UpOutcome:
     resolved = resolve_model(req.model, req.ollama_models)
+    reporter.phase("model: manifest + GGUF header")
     model = resolved.ref
     opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
     running = _running(root)
@@ -225,6 +233,7 @@ def _up(
         )
     info = resolved.gguf or read_gguf(resolved.blob)
     toolchain = toolchain or find_toolchain()
+    reporter.phase("state check + toolchain")
     outcome = UpOutcome(Outcome.DRY_RUN, model, resolved=resolved, info=info, opts=opts)
     if running is not None and req.replace and not req.dry_run:
         reporter.step(f"stopping {running.model} (pid {running.pid}) to serve {model}")
@@ -248,14 +257,17 @@ def _up(
     state = coordinator.start_detached(
         toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, root, left_out(outcome.skipped)
     )
+    reporter.phase("state file + spawn")
     try:
         outcome.ready_s = coordinator.wait_ready(state, timeout=req.timeout, on_progress=reporter.loading)
     except CoordinatorError:
         coordinator.stop(root, timeout=5)
         raise
+    reporter.phase("readiness wait")
     outcome.kind = Outcome.STARTED
     outcome.state = state
     outcome.distribution = coordinator.distribution(state)
+    reporter.phase("distribution from the log")
     return outcome
 
 

@@ -9,20 +9,18 @@ gateway use it; nothing else builds a llama-server command line or talks to one.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sollol_ops import procs
 from sollol_ops.errors import CoordinatorError, SollolError, UsageError
 from sollol_ops.placement import LocalDevice, Plan
 from sollol_ops.toolchain import Toolchain
@@ -98,7 +96,9 @@ def command(
     where = ["--host", opts.host, "--port", str(opts.port)]
     if plan is None and rpc:
         return [*base, "--rpc", ",".join(rpc), "-ngl", "99", "--ctx-size", str(opts.n_ctx), *where, *opts.extra_args]
-    threads = opts.threads or max(1, os.cpu_count() or 1)
+    threads = opts.threads or (
+        default_threads(plan.rpc_endpoints, plan.host_layers) if plan is not None else default_threads(())
+    )
     if plan is None:
         return [*base, "--ctx-size", str(opts.n_ctx), "--threads", str(threads), *where, *opts.extra_args]
     # Every layer offloaded, unless the coordinator's CPU keeps the first ones (plan.n_gpu_layers).
@@ -158,6 +158,24 @@ def last_text(text: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
+# llama-server's threads when an rpc-server of its plan runs on the same host (see default_threads).
+COLOCATED_THREADS = 1
+
+
+def default_threads(rpc_endpoints: Sequence[str], host_layers: int = 0) -> int:
+    """llama-server's --threads when none is given: all cores, unless one of its rpc-servers runs on this
+    host; then COLOCATED_THREADS. Every layer is on an RPC device, so llama-server's own CPU work is the
+    input embeddings and sampling; more threads than that need would only spin on cores the rpc-servers
+    here compute on (measured: docs/benchmarks.md, "Defaults vs. tuned settings"). When the coordinator's
+    CPU keeps layers itself (host_layers > 0), it computes them: the cores are shared evenly between it and
+    the rpc-servers on this host."""
+    cores = max(1, os.cpu_count() or 1)
+    here = sum(1 for e in rpc_endpoints if procs.is_this_host(e.rsplit(":", 1)[0].strip("[]")))
+    if host_layers > 0:
+        return max(1, cores // (1 + here))
+    return COLOCATED_THREADS if here else cores
+
+
 def base_url(host: str, port: int) -> str:
     """Where to connect to a llama-server listening on host:port (0.0.0.0 / :: are reached via loopback)."""
     if host in ("0.0.0.0", ""):
@@ -174,14 +192,27 @@ def _split(url: str) -> tuple[str, int]:
 
 
 def health(url: str, timeout: float = 1.0) -> int | None:
-    """HTTP status of /health (200 ready, 503 loading), None when nothing answers."""
+    """HTTP status of /health (200 ready, 503 loading), None when nothing answers. A bare GET over a
+    socket: `up` polls this while llama-server loads, and http.client/urllib would cost the command
+    ~25 ms of imports before it can start anything."""
+    host, port = _split(url)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+    head = b""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError, ValueError):
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            while b"\r\n" not in head and len(head) < 1024:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+    except (OSError, ValueError):
         return None
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 def wait_ready(
@@ -191,13 +222,19 @@ def wait_ready(
     timeout: float = 600.0,
     on_progress: Callable[[float, str], None] | None = None,
     started: float | None = None,
-    poll: float = 0.1,
+    poll: float = 0.02,
     error: type[SollolError] = CoordinatorError,
     hint: str = "see `sollol-ops logs`",
 ) -> float:
     """Poll /health until 200; seconds since ``started`` (a perf_counter reading, default now). Raises
-    ``error`` with the log's last error when the process dies, or its last line on time-out."""
+    ``error`` with the log's last error when the process dies, or its last line on time-out.
+
+    The poll is tight (20 ms, a connect that is refused or a 503 costs well under a millisecond) so
+    that readiness is noticed when it happens; the log is read for ``on_progress`` at most every
+    PROGRESS_EVERY seconds, as a -lv 4 log is long and re-reading it each poll would compete with the
+    load for the CPU."""
     t0 = time.perf_counter() if started is None else started
+    shown = float("-inf")
     while True:
         elapsed = time.perf_counter() - t0
         if not alive():
@@ -206,10 +243,13 @@ def wait_ready(
             return time.perf_counter() - t0
         if elapsed > timeout:
             raise error(f"llama-server not ready after {timeout:g}s ({hint}); last: {last_line(log)}")
-        if on_progress is not None:
+        if on_progress is not None and elapsed - shown >= PROGRESS_EVERY:
+            shown = elapsed
             on_progress(elapsed, last_line(log))
         time.sleep(poll)
 
+
+PROGRESS_EVERY = 0.25
 
 _NOISE = re.compile(r"^[\d.]+ [A-Z] ")
 
@@ -323,6 +363,8 @@ def stream_chat(
 ) -> ChatResult:
     """One streamed OpenAI chat completion. Each read waits at most ``stall_timeout`` (then Stalled);
     ``deadline_s`` bounds the whole request; a stream that ends before `[DONE]` is an error."""
+    import http.client  # not at module level: `up` never needs it (see health)
+
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True, **(extra or {})}
     host, port = _split(url)
     conn = http.client.HTTPConnection(host, port, timeout=stall_timeout)
@@ -378,6 +420,9 @@ def stream_chat(
 
 def metrics(url: str, timeout: float) -> dict[str, float] | None:
     """llama-server's Prometheus counters (`--metrics`), or None when they cannot be read."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
             text = resp.read(1 << 20).decode(errors="replace")

@@ -136,7 +136,7 @@ def start(
             )
         toolchain = toolchain or find_toolchain()
         ncpu = os.cpu_count() or 1
-        threads = threads or max(1, ncpu // count)
+        threads = threads or cluster_vars.rpc_threads(ncpu, count)
         ports = procs.free_ports(host, count, base_port)
         rpc_cache = cache_dir() / "rpc-cache" if cache else None
         inventory = root / "inventory.ini"

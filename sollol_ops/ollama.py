@@ -6,7 +6,6 @@ Layout: <root>/manifests/<host>/<namespace>/<name>/<tag> (JSON) and <root>/blobs
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -375,6 +374,8 @@ def suggest(ref: ModelRef, installed: Sequence[str], limit: int = 3) -> list[str
     names = list(dict.fromkeys(installed))
     same_name = [n for n in names if _same_model(n, ref)]
     by_lower = {n.lower(): n for n in names}
+    import difflib  # only for a model that is not found
+
     close = difflib.get_close_matches(str(ref).lower(), list(by_lower), n=limit, cutoff=0.6)
     return list(dict.fromkeys(same_name + [by_lower[c] for c in close]))[:limit]
 

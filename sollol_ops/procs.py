@@ -128,6 +128,24 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def is_this_host(host: str) -> bool:
+    """Whether an endpoint's host is this machine: loopback, this machine's name, or an IP address one of
+    its interfaces has (a socket can bind to it). Other names are not resolved (no DNS in `up`'s path)."""
+    if is_loopback(host) or host in (socket.gethostname(), socket.getfqdn() if "." in host else ""):
+        return True
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        socket.inet_pton(family, host)
+    except OSError:
+        return False
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, 0))
+        except OSError:
+            return False
+    return True
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

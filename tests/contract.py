@@ -164,6 +164,7 @@ def check(root: Path) -> list[str]:
                             "{{ sollol_rpc_group | default(...) }} / {{ sollol_coordinator_group | default(...) }}"
                         )
 
+    problems += _check_rpc_threads(root, cv)
     problems += _check_cli_inventory_template(root, cv)
     problems += _check_files_outside_roles(root, cv)
     problems += _check_python(root, cv)
@@ -252,6 +253,27 @@ def _check_files_outside_roles(root: Path, cv: ModuleType) -> list[str]:
         if version is None or declared != version.group(1):
             problems.append(f"collection/galaxy.yml: version {declared!r} != sollol_ops.__version__")
     return problems
+
+
+def _check_rpc_threads(root: Path, cv: ModuleType) -> list[str]:
+    """The rpc_server role's automatic thread count (its Jinja) against cluster_vars.rpc_threads, on a
+    spread of core and instance counts."""
+    vars_file = root / "roles/rpc_server/vars/main.yml"
+    expr = (_yaml(vars_file) or {}).get("rpc_server__default_threads")
+    if not isinstance(expr, str):
+        return [f"{_rel(root, vars_file)}: rpc_server__default_threads missing"]
+    template = jinja2.Environment().from_string(expr)
+    for cores in (1, 2, 3, 8, 64):
+        for count in (1, 2, 3, 5):
+            ctx = {"rpc_server_threads": cv.RPC_THREADS_AUTO, "rpc_server__cpu_count": cores}
+            got = template.render(ctx, rpc_server__instances=[{}] * count).strip()
+            want = cv.rpc_threads(cores, count)
+            if got != str(want):
+                return [
+                    f"{_rel(root, vars_file)}: rpc_server__default_threads gives {got} threads for {cores} cores and "
+                    f"{count} instance(s), cluster_vars.rpc_threads gives {want}"
+                ]
+    return []
 
 
 def _check_python(root: Path, cv: ModuleType) -> list[str]:

@@ -164,6 +164,16 @@ def test_bench_smoke_end_to_end(sollol_env: dict[str, str]) -> None:
     coord = {r["settings"]: r for r in rows if r["section"] == "coordinator"}
     assert set(coord) == {"persistent coordinator", "coordinator per query", "raw llama-server --rpc", "sollol-ops up"}
     assert {c["what"] for c in doc["comparisons"]} == {"TTFT of a repeated query", "start to ready"}
+    # `up` traced phase by phase (SOLLOL_OPS_TRACE), beside the raw llama-server's spawn-to-ready
+    phases = {e["label"]: e["phases"] for e in doc["up_phases"] if e["model"] == "smollm2:135m"}
+    assert {"readiness wait", "backend probes", "interpreter + imports", "wall: spawn to return"} <= set(
+        phases["sollol-ops up"]
+    )
+    assert set(phases["raw llama-server --rpc"]) == {"wall: spawn to return"}
+    for stat in (*phases["sollol-ops up"].values(), *phases["raw llama-server --rpc"].values()):
+        _check_stat(stat)
+    up_wall = phases["sollol-ops up"]["wall: spawn to return"]["median"]
+    assert coord["sollol-ops up"]["metrics"]["ready_s"]["median"] == pytest.approx(up_wall)
     assert all(c["ratio"] > 0 for c in doc["comparisons"])
     # nothing left running or behind
     state = Path(sollol_env["XDG_STATE_HOME"]) / "sollol-ops" / "coordinator.json"
@@ -181,7 +191,11 @@ def test_bench_text_and_markdown(sollol_env: dict[str, str], tmp_path: Path) -> 
     assert "local only" in proc.stdout and "GEN x" in proc.stdout and "comparisons" in proc.stdout
     text = md.read_text()
     assert "other helper's figures" in text
-    for title in ("## Sharding vs. a single node", "## Persistent coordinator vs. per-query start"):
+    for title in (
+        "## Sharding vs. a single node",
+        "## Persistent coordinator vs. per-query start",
+        "## Where `up` spends its time",
+    ):
         assert text.count(title) == 1
     assert f"]({png})" in text and "cores" in text and "sollol-ops bench smollm2:135m" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -413,3 +427,21 @@ def test_bench_stage_rows_on_a_shaped_link(sollol_env: dict[str, str], tmp_path:
     assert abs(staged - warm) < 1
     assert row["link_limit_s"] > 0 and row["link_use"] > 0 and row["staged_over_unstaged"] > 0
     assert "## Staging: first load unstaged vs. staged vs. warm" in out_md.read_text()
+
+
+def test_grid_summary_names_the_best_cell_and_the_ratios() -> None:
+    from sollol_ops.bench.report import grid_summary
+
+    def row(settings: str, gen: float, prompt: float) -> dict:
+        stat = lambda v: {"median": v, "min": v * 0.9, "max": v * 1.1, "n": 6}  # noqa: E731
+        metrics = {"gen_tps": stat(gen), "prompt_tps": stat(prompt)}
+        return {"section": "grid", "settings": settings, "metrics": metrics}
+
+    rows = [row("sollol defaults", 45.0, 200.0), row("upstream defaults", 40.0, 250.0), row("rpc -t 1", 50.0, 100.0)]
+    lines = grid_summary(rows, 3)
+    assert "3 round(s)" in lines[1]
+    gen = next(x for x in lines if x.startswith("| GEN tok/s"))
+    assert "rpc -t 1: 50.0 (45.0-55.0)" in gen and "| 0.90x | 1.12x |" in gen
+    prompt = next(x for x in lines if x.startswith("| PROMPT tok/s"))
+    assert "upstream defaults: 250.0" in prompt and "| 0.80x | 0.80x |" in prompt
+    assert grid_summary([row("rpc -t 1", 1.0, 1.0)], 3) == []  # no defaults row: nothing to compare

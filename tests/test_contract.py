@@ -219,6 +219,18 @@ MUTATIONS = [
         'coordinator_group: str = "coordinator",',
         "literal 'coordinator': use cluster_vars.COORDINATOR_GROUP",
     ),
+    (
+        "roles/rpc_server/vars/main.yml",
+        "else [1, (rpc_server__cpu_count | int) // (rpc_server__instances | length)] | max",
+        "else (rpc_server__cpu_count | int)",
+        "rpc_server__default_threads gives 2 threads for 2 cores and 2 instance(s), cluster_vars.rpc_threads gives 1",
+    ),
+    (
+        "roles/rpc_server/defaults/main.yml",
+        "rpc_server_threads: 0",
+        "rpc_server_threads: 2",
+        "roles/rpc_server/defaults/main.yml: rpc_server_threads is 2, cluster_vars says 0",
+    ),
     ("collection/galaxy.yml", "version: 0.1.0", "version: 0.2.0", "collection/galaxy.yml: version '0.2.0'"),
     (
         "sollol_ops/cluster_vars.py",

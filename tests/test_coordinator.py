@@ -11,17 +11,37 @@ import pytest
 from helpers import Local, assert_clean_failure, free_port, run_cli
 from rpcdouble import RpcDouble
 
-from sollol_ops import procs
+from sollol_ops import procs, timings
 from sollol_ops.devstore import write_store
 from sollol_ops.ollama import resolve_model
 
+UP_PHASES = [
+    "interpreter + imports",
+    "inventory",
+    "lock",
+    "model: manifest + GGUF header",
+    "state check + toolchain",
+    "backend probes",
+    "placement",
+    "state file + spawn",
+    "readiness wait",
+    "distribution from the log",
+    "output",
+]
 
-def _serve_and_check(cluster: Local, n: int) -> None:
+
+def _serve_and_check(cluster: Local, n: int, *extra: str) -> None:
     port = free_port(18100)
-    proc = cluster.cli("up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json")
+    proc = cluster.cli("up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json", *extra)
     assert proc.returncode == 0, proc.stderr
+    if "--timings" in extra:  # every phase once, in order, on stderr; stdout stays the JSON document
+        phases = timings.parse_lines(proc.stderr)
+        assert [name for name, _ in phases] == UP_PHASES
+        assert all(seconds >= 0 for _, seconds in phases)
+        assert "sollol-ops: timing: total " in proc.stderr
     out = json.loads(proc.stdout)
     assert out["kind"] == "started"
+    assert out["command"][out["command"].index("--threads") + 1] == "1"  # its rpc-servers share this host
     rpc_rows = [d for d in out["distribution"]["devices"] if ":" in d["name"]]
     assert sorted(d["name"] for d in rpc_rows) == sorted(cluster.endpoints)
     assert all(d["layers"] > 0 and d["model_mib"] > 0 for d in rpc_rows), rpc_rows
@@ -68,7 +88,7 @@ def _llama_server_running(blob: str, port: int) -> bool:
 
 @pytest.mark.slow
 def test_up_on_two_local_rpc_servers(local2: Local) -> None:
-    _serve_and_check(local2, 2)
+    _serve_and_check(local2, 2, "--timings")
 
 
 @pytest.mark.slow
@@ -164,6 +184,14 @@ def test_dry_run_prints_plan_and_starts_nothing(local2: Local) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--tensor-split" in proc.stdout and "--device RPC0,RPC1" in proc.stdout
     assert not (Path(local2.env["XDG_STATE_HOME"]) / "sollol-ops/coordinator.json").exists()
+    assert "timing:" not in proc.stderr  # only when asked for
+    env = {**local2.env, timings.TRACE_ENV: "1"}
+    traced = run_cli("-i", local2.inventory, "up", "smollm2:135m", "--dry-run", env=env)
+    assert traced.returncode == 0, traced.stderr
+    names = [name for name, _ in timings.parse_lines(traced.stderr)]
+    assert names == [
+        p for p in UP_PHASES if p not in ("lock", "state file + spawn", "readiness wait", "distribution from the log")
+    ]
 
 
 def test_down_and_logs_without_a_coordinator(sollol_env: dict[str, str]) -> None:

@@ -87,3 +87,64 @@ def test_wait_ready_names_the_error_when_the_server_dies(tmp_path: Path) -> None
         llama_server.wait_ready(
             "http://127.0.0.1:1", lambda: procs.is_alive(pid, start), log, timeout=60, error=BenchError
         )
+
+
+def test_health_speaks_http_and_tells_status_from_silence(tmp_path: Path) -> None:
+    """health() is a bare GET over a socket: the status of a real HTTP server (200 and llama-server's 503
+    while loading), None for a closed port or a peer that does not answer HTTP."""
+    import http.server
+    import socketserver
+    import threading
+
+    codes = iter([200, 503])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(next(codes) if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        url = llama_server.base_url("127.0.0.1", httpd.server_address[1])
+        try:
+            assert llama_server.health(url) == 200
+            assert llama_server.health(url) == 503
+        finally:
+            httpd.shutdown()
+    assert llama_server.health(llama_server.base_url("127.0.0.1", free_port(18970))) is None
+
+    with socketserver.TCPServer(("127.0.0.1", 0), socketserver.StreamRequestHandler) as junk:
+        junk.RequestHandlerClass = type(
+            "Junk",
+            (socketserver.StreamRequestHandler,),
+            {"handle": lambda self: self.wfile.write(b"\x00\x01 hello\r\n")},
+        )
+        thread = threading.Thread(target=junk.serve_forever, daemon=True)
+        thread.start()
+        try:
+            assert llama_server.health(llama_server.base_url("127.0.0.1", junk.server_address[1])) is None
+        finally:
+            junk.shutdown()
+
+
+def test_default_threads_leave_the_cores_to_rpc_servers_on_this_host() -> None:
+    """One thread when an rpc-server of the plan runs here (loopback, an address of this host), else all cores."""
+    import os
+    import socket
+
+    cores = max(1, os.cpu_count() or 1)
+    assert llama_server.default_threads(["127.0.0.1:50052"]) == llama_server.COLOCATED_THREADS == 1
+    assert llama_server.default_threads(["[::1]:50052", "198.51.100.7:50052"]) == 1
+    assert llama_server.default_threads([f"{socket.gethostname()}:50052"]) == 1
+    assert llama_server.default_threads(["198.51.100.7:50052", "worker-b.invalid:50052"]) == cores
+    assert llama_server.default_threads([]) == cores
+    # the coordinator's CPU keeps layers: it computes, sharing the cores with the rpc-servers on this host
+    assert llama_server.default_threads(["127.0.0.1:50052"], host_layers=4) == max(1, cores // 2)
+    assert llama_server.default_threads(["127.0.0.1:50052", "127.0.0.1:50053"], host_layers=4) == max(1, cores // 3)
+    assert llama_server.default_threads(["198.51.100.7:50052"], host_layers=4) == cores
+    plain = llama_server.command(FAKE, Path("/m.gguf"), StartOptions())
+    assert plain[plain.index("--threads") + 1] == str(cores)  # the local-only baseline: all cores

@@ -13,7 +13,11 @@ query processes the whole prompt and generates exactly --tokens tokens).
 Also measured, on the largest backend count: TTFT of a repeated query on a persistent coordinator vs.
 a coordinator started per query (spawn llama-server --rpc, wait /health, query, kill: time from spawn
 to first token), and `sollol-ops up` to ready vs. a raw `llama-server --rpc` to ready on the same
-backends. --links adds setups whose rpc-servers run in network namespaces behind veth + a bridge,
+backends, each `up` traced phase by phase (SOLLOL_OPS_TRACE=1; --up-before TREE times that source tree's
+`up` too, interleaved: before vs. after). `up` runs as an operator's would after a first look: one
+`up --dry-run` first fills the inventory cache (its ansible-inventory run is reported as a phase of its
+own) and, where PYTHONDONTWRITEBYTECODE is set, `up` gets a bytecode cache, as an installed package has.
+--links adds setups whose rpc-servers run in network namespaces behind veth + a bridge,
 each link shaped with `tc tbf` at the given rate on both veth ends ("bridge": namespaces, no
 shaping); those rows add a load without the rpc-server cache (-c off). There is no latency emulation:
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
@@ -21,7 +25,9 @@ this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridg
 own (unstaged), then on fresh empty caches `sollol-ops stage` run inside each worker's namespace from a pack
 (sollol_ops.staging), the first load (staged) and a warm load; bytes sent into the namespaces are counted on
 the veths, and the unstaged load is compared with the link limit (bytes sent / rate).
---grid compares sollol-ops defaults, upstream defaults and a small grid on the first model.
+--grid compares sollol-ops defaults, upstream defaults and a small grid (rpc-server/llama-server thread
+pairs, two batch sizes) on the first model, --grid-repeats rounds (default --repeats), the cells
+interleaved round by round.
 --coordinator-device compares, on the first model, coordinator + 1 worker (the coordinator's CPU keeps layers)
 with 2 workers on the same cores and threads (module coordinator_device), in at least 3 interleaved rounds.
 
@@ -48,7 +54,7 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
   schema: str; started_at: float (unix); wall_s: float; command: str
   machine: {cpu_model: str, cores: int, ram_mib: int, kernel: str, llama_cpp_version: str,
             rpc_protocol: str, loadavg_start: [float x3], loadavg_end: [float x3]}
-  settings: {repeats, tokens, prompt_tokens, ctx: int; backends: [int]; links: [str];
+  settings: {repeats, tokens, prompt_tokens, ctx, grid_repeats: int; backends: [int]; links: [str];
              grid, stage, gateway, coordinator_device, use_inventory: bool}
   models: [{ref: str, synthetic: bool, size_mib: float, layers: int, n_embd: int, file_type: str, params: int}]
   rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "coordinator-device"
@@ -85,6 +91,9 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
              staged_over_unstaged: float | null,   # staged first load / unstaged first load (medians)
              link_limit_s: float,      # unstaged MiB sent (median) / link rate
              link_use: float | null}]  # link_limit_s / unstaged first load (median)
+  up_phases: [{model: str, label: "sollol-ops up" | "sollol-ops up (before)" | "raw llama-server --rpc",
+               phases: {PHASE: {median, min, max: float, n: int}}}]   # seconds; PHASE as `up --timings`
+               # prints it, plus "wall: spawn to return" and, from the warm-up, the inventory's empty-cache run
 """
 
 from __future__ import annotations

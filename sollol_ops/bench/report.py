@@ -212,6 +212,75 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+def grid_summary(rows: Sequence[dict[str, Any]], rounds: int) -> list[str]:
+    """sollol defaults against upstream defaults and the best grid cell, per metric that matters."""
+    grid = [r for r in rows if r["section"] == "grid"]
+    by_name = {r["settings"]: r for r in grid}
+    ours, upstream = by_name.get("sollol defaults"), by_name.get("upstream defaults")
+    if ours is None:
+        return []
+    out = [
+        "",
+        f"Each cell: {rounds} round(s), the cells interleaved round by round (a burst of other load hits every "
+        "cell alike); per round a cold and a warm load with one query each, so each rate has twice as many "
+        "samples. sollol defaults against upstream's and the best cell, by median:",
+        "",
+        "| metric | sollol defaults | upstream defaults | best cell | defaults / best | defaults / upstream |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in (("gen_tps", "GEN tok/s"), ("prompt_tps", "PROMPT tok/s")):
+        scored = [(r["metrics"][name]["median"], r) for r in grid if name in r["metrics"]]
+        if not scored or name not in ours["metrics"]:
+            continue
+        best_value, best = max(scored, key=lambda x: x[0])
+        mine = ours["metrics"][name]["median"]
+        up = upstream["metrics"][name]["median"] if upstream and name in upstream["metrics"] else None
+        out.append(
+            f"| {label} | {fmt_stat(ours, name, 1)} | {fmt_stat(upstream, name, 1) if upstream else '-'} | "
+            f"{best['settings']}: {fmt_stat(best, name, 1)} | {mine / best_value:.2f}x | "
+            f"{'-' if not up else f'{mine / up:.2f}x'} |"
+        )
+    return out
+
+
+UP_PHASES_TITLE = "## Where `up` spends its time"
+
+
+def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    if stat["n"] == 1 or stat["min"] == stat["max"]:
+        return f"{stat['median']:.{digits}f}"
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def up_phases_markdown(doc: dict[str, Any], machine: str) -> str | None:
+    """Each phase of `sollol-ops up` (its SOLLOL_OPS_TRACE lines), before vs. after when --up-before was given."""
+    entries = doc.get("up_phases") or []
+    if not entries:
+        return None
+    body = [UP_PHASES_TITLE, "", machine, ""]
+    body.append(
+        "Each `up` ran traced (`SOLLOL_OPS_TRACE=1`, what `up --timings` prints): one line per phase, back to back; "
+        '"interpreter + imports" runs from the kernel\'s start time of the process (10 ms resolution) to the '
+        "command's first line. \"wall\" is the bench's own clock from spawning the command to its return, the "
+        "figure of the coordinator section; the raw llama-server's wall is spawn to /health 200. Seconds, median "
+        "(min-max)."
+    )
+    for model in dict.fromkeys(e["model"] for e in entries):
+        by_label = {e["label"]: e["phases"] for e in entries if e["model"] == model}
+        labels = [x for x in by_label if x != "raw llama-server --rpc"]
+        names = list(dict.fromkeys(n for x in labels for n in by_label[x]))
+        names = [n for n in names if not n.startswith("wall")] + [n for n in names if n.startswith("wall")]
+        rows = [[n, *(_fmt(by_label[x].get(n)) for x in labels)] for n in names]
+        raw = by_label.get("raw llama-server --rpc", {})
+        if "wall: spawn to return" in raw:  # the reference, the same in every column
+            stat = _fmt(raw["wall: spawn to return"])
+            rows.append(["raw llama-server --rpc: spawn to /health 200", *(stat for _ in labels)])
+        body += ["", f"{model}:", "", _md_table(["phase", *labels], rows)]
+    return "\n".join(body).rstrip() + "\n"
+
+
 SECTION_TITLES = {
     "sharding": "## Sharding vs. a single node",
     "coordinator": "## Persistent coordinator vs. per-query start",
@@ -281,6 +350,7 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
         if key == "grid":
             body += ["", "Upstream defaults: rpc-server without `-t` (half the cores), llama-server with `--rpc` "
                      "`-ngl 99` and its own split, threads and batch size."]  # fmt: skip
+            body += grid_summary(rows, s.get("grid_repeats", s["repeats"]))
         if key == "sharding":
             body += ["", "All setups share this host's cores: `N rpc` runs N rpc-servers (cores split between them) "
                      "and llama-server side by side, so on one machine the ratios show what RPC and thread "
@@ -292,6 +362,8 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
     if doc.get("staging"):
         body = [STAGING_TITLE, "", machine, "", _md_table(STAGING_HEADERS, staging_rows(doc)), "", STAGING_NOTE]
         sections[STAGING_TITLE] = "\n".join(body).rstrip() + "\n"
+    if (phases := up_phases_markdown(doc, machine)) is not None:
+        sections[UP_PHASES_TITLE] = phases
     return sections
 
 

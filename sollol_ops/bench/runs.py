@@ -13,7 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import procs
+import sollol_ops
+from sollol_ops import procs, timings
 from sollol_ops.bench import coordinator_device
 from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, Reaper, RpcBackends
 from sollol_ops.bench.models import BenchModel
@@ -22,6 +23,12 @@ from sollol_ops.bench.settings import NO_LATENCY_NOTE, BenchConfig, Settings, gr
 from sollol_ops.bench.stats import Stat, _round, ratio, row_ratios, summarize
 from sollol_ops.errors import BenchError
 from sollol_ops.toolchain import Toolchain
+
+UP_AFTER = "sollol-ops up"
+UP_BEFORE = "sollol-ops up (before)"
+RAW = "raw llama-server --rpc"
+WALL = "wall: spawn to return"
+INVENTORY_COLD = "inventory, empty cache (ansible-inventory; warm-up run)"
 
 _TEXT = (
     "the quick brown fox jumps over a lazy dog while seven small birds sing about rain and "
@@ -48,13 +55,15 @@ class Bench:
         self.notes: list[str] = []
         self.section_notes: dict[str, list[str]] = {}
         self.staging: list[dict[str, Any]] = []
+        self.up_phases: dict[str, dict[str, dict[str, list[float]]]] = {}  # model -> label -> phase -> samples
         self._runs = 0
 
     # ---- llama-server
 
     def _port(self) -> int:
-        # Spread by pid: concurrent bench runs on one host would otherwise race for the same first free port.
-        return procs.free_ports("127.0.0.1", 1, 18700 + os.getpid() % 4000)[0]
+        # From a place of this run's own (by pid): two benches on one host (other users, CI) that both took
+        # the lowest free port would race for it between the check and llama-server's bind.
+        return procs.free_ports("127.0.0.1", 1, 18700 + (os.getpid() * 7) % 8000)[0]
 
     def load(self, argv: Sequence[str], port: int, tag: str) -> Server:
         self._runs += 1
@@ -200,36 +209,78 @@ class Bench:
         finally:
             backends.stop()
 
+    def _up_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(XDG_STATE_HOME=str(self.work / "up-state"), XDG_CACHE_HOME=str(self.work / "up-cache"))
+        env.pop("SOLLOL_INVENTORY", None)
+        env[timings.TRACE_ENV] = "1"
+        if env.pop("PYTHONDONTWRITEBYTECODE", None):
+            # An installed sollol-ops has compiled bytecode; without it every `up` would compile its modules.
+            env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
+            note = "`up` ran with a bytecode cache (PYTHONDONTWRITEBYTECODE was set here), as an installed package has"
+            if note not in self.notes:
+                self.notes.append(note)
+        return env
+
     def _up_vs_raw(self, model: BenchModel, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Repeats of `sollol-ops up` (and of the --up-before tree's) and of a raw llama-server --rpc, interleaved;
+        each `up` traced (SOLLOL_OPS_TRACE=1), its phases kept in self.up_phases."""
         inv = self.work / "up-inventory.ini"
         hosts = [e.rsplit(":", 1) for e in endpoints]
         lines = ["[rpc_servers]"] + [
             f"bench-{i} ansible_host={h} sollol_rpc_port={p}" for i, (h, p) in enumerate(hosts)
         ]
         inv.write_text("\n".join([*lines, "", "[coordinator]", "localhost ansible_connection=local", ""]))
-        env = dict(os.environ)
-        env.update(XDG_STATE_HOME=str(self.work / "up-state"), XDG_CACHE_HOME=str(self.work / "up-cache"))
-        env.pop("SOLLOL_INVENTORY", None)
+        # Each tree's `up` imports that tree's sollol_ops, and only it: PYTHONPATH names the tree and -P keeps
+        # Python from putting the working directory (a checkout has sollol_ops/ in it) before it.
+        env = dict(self._up_env(), PYTHONPATH=str(Path(sollol_ops.__file__).resolve().parent.parent))
         store = str(model.blob.parent.parent)
-        cli = [sys.executable, "-m", "sollol_ops.cli.main", "-i", str(inv)]
-        up_times, raw_times = [], []
-        for _ in range(self.cfg.repeats):
-            port = self._port()
-            argv = [*cli, "up", model.resolved_ref, "--port", str(port), "-c", str(self.cfg.ctx)]
-            argv += ["--ollama-models", store, "--timeout", str(self.cfg.timeout)]
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=self.cfg.timeout)
-                up_times.append(time.perf_counter() - t0)
-            finally:
-                subprocess.run([*cli, "down"], capture_output=True, env=env, timeout=60, check=False)
+        trees: list[tuple[str, dict[str, str]]] = [(UP_AFTER, env)]
+        if self.cfg.up_before is not None:
+            # its own inventory cache, so that its warm-up pays for ansible-inventory as the other one does
+            before = dict(env, PYTHONPATH=str(self.cfg.up_before), XDG_CACHE_HOME=str(self.work / "up-cache-before"))
+            trees.insert(0, (UP_BEFORE, before))
+        cli = [sys.executable, "-P", "-m", "sollol_ops.cli.main", "-i", str(inv)]
+        times: dict[str, list[float]] = {label: [] for label, _ in trees}
+        phases = self.up_phases.setdefault(model.ref, {})
+        for label, tree_env in trees:
+            # Warm-up, as an operator's first look would be: fills the inventory cache (ansible-inventory runs
+            # once) and the bytecode cache. Its inventory phase is kept as the empty-cache figure.
+            argv = [*cli, "up", model.resolved_ref, "--dry-run", "-c", str(self.cfg.ctx), "--ollama-models", store]
+            proc = subprocess.run(argv, capture_output=True, text=True, env=tree_env, timeout=self.cfg.timeout)
             if proc.returncode != 0:
-                raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
+                raise BenchError(f"`sollol-ops up --dry-run` failed in the bench: {_untimed(proc.stderr)[:300]}")
+            for name, seconds in timings.parse_lines(proc.stderr):
+                if name == "inventory":
+                    phases.setdefault(label, {}).setdefault(INVENTORY_COLD, []).append(seconds)
+        raw_times = []
+        for r in range(self.cfg.repeats):
+            for label, tree_env in trees if r % 2 == 0 else trees[::-1]:  # neither always runs first
+                port = self._port()
+                argv = [*cli, "up", model.resolved_ref, "--port", str(port), "-c", str(self.cfg.ctx)]
+                argv += ["--ollama-models", store, "--timeout", str(self.cfg.timeout)]
+                t0 = time.perf_counter()
+                try:
+                    proc = subprocess.run(argv, capture_output=True, text=True, env=tree_env, timeout=self.cfg.timeout)
+                    times[label].append(time.perf_counter() - t0)
+                finally:
+                    subprocess.run([*cli, "down"], capture_output=True, env=tree_env, timeout=60, check=False)
+                if proc.returncode != 0:
+                    raise BenchError(f"`sollol-ops up` failed in the bench: {_untimed(proc.stderr)[:300]}")
+                acc = phases.setdefault(label, {})
+                for name, seconds in timings.parse_lines(proc.stderr):
+                    acc.setdefault(name, []).append(seconds)
+                acc.setdefault(WALL, []).append(times[label][-1])
             port = self._port()
             server = self.load(upstream_argv(self.toolchain, model, port, endpoints, self.cfg.ctx), port, "raw")
             raw_times.append(server.ready_s)
             self.unload(server)
-        return up_times, raw_times
+            phases.setdefault(RAW, {}).setdefault(WALL, []).append(server.ready_s)
+        if UP_BEFORE in times:
+            self.add_row(
+                "coordinator", model, "rpc", len(endpoints), "loopback", UP_BEFORE, {"ready_s": times[UP_BEFORE]}
+            )
+        return times[UP_AFTER], raw_times
 
     def staging_rows(self, model: BenchModel, lab: NetnsBackends, k: int, link: str) -> None:
         """Per repeat, on fresh rpc-servers with empty caches of their own: the first load unstaged (the cache
@@ -385,10 +436,15 @@ class Bench:
             if cfg.grid and models:
                 model = models[0]
                 self.say(f"== grid on {model.ref}, {kmax} backend(s)")
-                for s in grid_settings():
-                    if cfg.use_inventory and s.rpc_threads != 0:
-                        continue  # the inventory's rpc-servers run with their own threads
-                    self.add_row("grid", model, "rpc", kmax, loop_link, s.name, self.measure(model, loop, kmax, s))
+                cells = [s for s in grid_settings() if not (cfg.use_inventory and s.rpc_threads != 0)]
+                # (the inventory's rpc-servers run with their own threads)
+                grid: list[dict[str, list[float]]] = [{} for _ in cells]
+                for r in range(cfg.grid_repeats or cfg.repeats):  # rounds: a burst of other load hits every cell alike
+                    for s, acc in zip(cells, grid, strict=True):
+                        for name, vals in self.measure(model, loop, kmax, s, rounds=[r]).items():
+                            acc.setdefault(name, []).extend(vals)
+                for s, samples in zip(cells, grid, strict=True):
+                    self.add_row("grid", model, "rpc", kmax, loop_link, s.name, samples)
         finally:
             loop.stop()
             self.reaper.stop_all()
@@ -409,6 +465,11 @@ def link_rate_bytes(link: str) -> float:
 def _split(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
     return host, int(port)
+
+
+def _untimed(stderr: str) -> str:
+    """A traced command's stderr without its timing lines (what is left is the error)."""
+    return " ".join(ln for ln in stderr.strip().splitlines() if not ln.startswith(timings.PREFIX))
 
 
 def _progress_line(row: dict[str, Any]) -> str:

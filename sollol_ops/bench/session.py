@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sollol_ops.bench.gateway import GatewayBench
 from sollol_ops.bench.models import resolve_models
 from sollol_ops.bench.runs import Bench
 from sollol_ops.bench.settings import BenchConfig
+from sollol_ops.bench.stats import summarize
 from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.paths import cache_dir
 from sollol_ops.rpc import CLIENT_PROTOCOL
@@ -122,12 +124,22 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "stage": cfg.stage,
             "gateway": cfg.gateway,
             "coordinator_device": cfg.coordinator_device,
+            "grid_repeats": cfg.grid_repeats or cfg.repeats,
             "use_inventory": cfg.use_inventory,
         },
         "models": [m.describe() for m in models],
         "rows": bench.rows,
         "comparisons": bench.comparisons,
         "staging": bench.staging,
+        "up_phases": [
+            {
+                "model": model,
+                "label": label,
+                "phases": {name: asdict(st) for name, vals in phases.items() if (st := summarize(vals)) is not None},
+            }
+            for model, by_label in bench.up_phases.items()
+            for label, phases in by_label.items()
+        ],
         "notes": bench.notes,
         "section_notes": bench.section_notes,
     }

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from sollol_ops import cluster_vars
 from sollol_ops.errors import BenchError
 from sollol_ops.inventory import Backend
 from sollol_ops.netlab import RATE
@@ -29,11 +31,13 @@ class BenchConfig:
     stage: bool = False  # with shaped --links: first load unstaged vs. staged vs. warm (sollol_ops.staging)
     gateway: bool = False  # the gateway's sections (sollol_ops.bench.gateway) instead of the sharding ones
     coordinator_device: bool = False
+    grid_repeats: int | None = None  # rounds of the --grid cells (default: repeats)
     use_inventory: bool = False
     inventory_backends: list[Backend] = field(default_factory=list)
     ollama_models: str | None = None
     timeout: float = 300.0
     command: str = "sollol-ops bench"
+    up_before: Path | None = None  # a source tree (its sollol_ops) whose `up` is measured too: before vs. after
 
 
 def parse_int_list(text: str, what: str, lo: int = 1, hi: int = 16) -> list[int]:
@@ -66,23 +70,28 @@ class Settings:
     """How rpc-servers and llama-server are started for one row."""
 
     name: str = "sollol defaults"
-    rpc_threads: int | None = 0  # 0: sollol default (cores // k); None: upstream default (no -t)
-    server_threads: int | None = None  # None: sollol default (all cores) / upstream: no --threads
+    rpc_threads: int | None = 0  # 0: sollol default (cluster_vars.rpc_threads); None: upstream default (no -t)
+    server_threads: int | None = None  # None: sollol default (llama_server.default_threads) / upstream: no --threads
     batch: int | None = None
     upstream: bool = False  # no --device/--tensor-split/--threads/--fit off: llama-server's own defaults
     backend_mib: int | None = None  # sollol_rpc_memory_mib of every rpc-server (None: their usable memory)
     coordinator_mib: int = 0  # memory the coordinator's CPU offers to layers (0: none)
 
     def rpc_threads_for(self, k: int) -> int | None:
-        if self.rpc_threads == 0:
-            return max(1, (os.cpu_count() or 1) // k)
+        if self.rpc_threads == cluster_vars.RPC_THREADS_AUTO:  # k rpc-servers on this host, as `local start` runs them
+            return cluster_vars.rpc_threads(os.cpu_count() or 1, k)
         return self.rpc_threads
 
 
 def grid_settings() -> list[Settings]:
+    """sollol-ops' defaults, upstream's, every rpc-server/llama-server thread pair up to the host's cores
+    (llama.cpp's own batch sizes), and two batch sizes at one thread each."""
     out = [Settings(), Settings("upstream defaults", rpc_threads=None, upstream=True)]
-    for rt in (1, 2):
-        for st in (1, 2):
-            for b in (256, 512):
-                out.append(Settings(f"rpc -t {rt}, server -t {st}, -b {b}", rt, st, b))
+    cores = max(1, os.cpu_count() or 1)
+    counts = sorted({1, max(1, cores // 2), cores})
+    for rt in counts:
+        for st in counts:
+            out.append(Settings(f"rpc -t {rt}, server -t {st}", rt, st))
+    for b in (256, 512):
+        out.append(Settings(f"rpc -t 1, server -t 1, -b {b}", 1, 1, b))
     return out

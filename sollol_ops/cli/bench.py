@@ -45,9 +45,15 @@ from sollol_ops.ui import to_jsonable
     is_flag=True,
     help="Also compare coordinator + 1 worker (its CPU keeps layers) with 2 workers on the same cores (first model).",
 )
+@click.option("--grid-repeats", type=click.IntRange(1, 50), help="Rounds of the --grid cells (default: --repeats).")
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
+@click.option(
+    "--up-before",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="A source tree (e.g. a git worktree of main) whose `sollol-ops up` is timed too, phase by phase.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (schema: sollol_ops.bench).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot (needs matplotlib).")
 @click.option("--out-md", type=click.Path(path_type=Path), help="Write/update this run's sections in a markdown file.")
@@ -66,6 +72,7 @@ def bench(
     grid: bool,
     gateway: bool,
     coordinator_device: bool,
+    grid_repeats: int | None,
     use_inventory: bool,
     ollama_models: str | None,
     timeout: float,
@@ -73,6 +80,7 @@ def bench(
     plot_path: Path | None,
     out_md: Path | None,
     plot_link: str | None,
+    up_before: Path | None,
 ) -> None:
     """Benchmark MODEL(s) sharded over rpc-servers against a local-only llama-server.
 
@@ -93,11 +101,15 @@ def bench(
         stage=stage,
         gateway=gateway,
         coordinator_device=coordinator_device,
+        grid_repeats=grid_repeats,
         use_inventory=use_inventory,
         ollama_models=ollama_models,
         timeout=timeout,
         command="sollol-ops " + shlex.join(sys.argv[1:]),
+        up_before=up_before,
     )
+    if up_before is not None and not (up_before / "sollol_ops" / "cli" / "main.py").is_file():
+        raise click.BadParameter(f"{up_before} has no sollol_ops/cli/main.py", param_hint="--up-before")
     if use_inventory:
         cfg.inventory_backends = list(ctx.cluster().backends)
     doc = lib.run_bench(cfg, log=lambda line: click.echo(line, err=True))

@@ -12,6 +12,7 @@ import click
 from sollol_ops.lifecycle import Reporter
 from sollol_ops.llama_server import Distribution
 from sollol_ops.placement import Plan
+from sollol_ops.timings import PhaseClock
 from sollol_ops.ui import echo_table, human_bytes
 
 MIB = 1 << 20
@@ -22,7 +23,8 @@ class CliReporter(Reporter):
     stderr is not a terminal (so a failure stays one line in pipes and logs) unless -v asks for it,
     then a line every 5 s."""
 
-    def __init__(self, quiet: bool = False, verbose: int = 0) -> None:
+    def __init__(self, quiet: bool = False, verbose: int = 0, clock: PhaseClock | None = None) -> None:
+        self.clock = clock or PhaseClock()
         self.tty = sys.stderr.isatty()
         self.quiet = quiet or not (self.tty or verbose > 0)
         self._last_plain = 0.0
@@ -43,6 +45,9 @@ class CliReporter(Reporter):
         elif time.monotonic() - self._last_plain > 5:
             self._last_plain = time.monotonic()
             click.echo(f"  loading {elapsed:5.1f}s: {last_log_line[:100]}", err=True)
+
+    def phase(self, name: str) -> None:
+        self.clock.mark(name)
 
     def done(self) -> None:
         if self.tty and not self.quiet:

@@ -10,6 +10,7 @@ from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
 from sollol_ops.errors import UsageError
 from sollol_ops.inventory import device_name_problem
 from sollol_ops.llama_server import StartOptions
+from sollol_ops.timings import FIRST_PHASE, PhaseClock, wanted
 from sollol_ops.ui import echo_json, echo_table
 
 
@@ -51,6 +52,7 @@ from sollol_ops.ui import echo_json, echo_table
     "sollol_coordinator_device, CPU).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option("--timings", is_flag=True, help="Print how long each phase took to stderr (also: SOLLOL_OPS_TRACE=1).")
 @click.pass_obj
 def up(
     ctx: Context,
@@ -70,8 +72,57 @@ def up(
     coordinator_memory: int | None,
     coordinator_device: str | None,
     as_json: bool,
+    timings: bool,
 ) -> None:
     """Serve MODEL (e.g. codellama:13b) from the Ollama store across the inventory's rpc-servers."""
+    clock = PhaseClock(enabled=wanted(timings))
+    clock.mark(FIRST_PHASE)
+    try:
+        _up(
+            ctx,
+            model,
+            host,
+            port,
+            ctx_size,
+            parallel,
+            threads,
+            ollama_models,
+            dry_run,
+            foreground,
+            replace,
+            skip_unhealthy,
+            timeout,
+            server_args,
+            coordinator_memory,
+            coordinator_device,
+            as_json,
+            clock,
+        )
+    finally:
+        clock.mark("output")
+        clock.report()
+
+
+def _up(
+    ctx: Context,
+    model: str,
+    host: str,
+    port: int,
+    ctx_size: int,
+    parallel: int,
+    threads: int | None,
+    ollama_models: str | None,
+    dry_run: bool,
+    foreground: bool,
+    replace: bool,
+    skip_unhealthy: bool | None,
+    timeout: float,
+    server_args: tuple[str, ...],
+    coordinator_memory: int | None,
+    coordinator_device: str | None,
+    as_json: bool,
+    clock: PhaseClock,
+) -> None:
     opts = StartOptions(
         host=host, port=port, n_ctx=ctx_size, parallel=parallel, threads=threads, extra_args=list(server_args)
     )
@@ -80,8 +131,10 @@ def up(
     req = lifecycle.UpRequest(
         model, opts, ollama_models, dry_run, replace, skip_unhealthy, timeout, coordinator_memory, coordinator_device
     )
-    reporter = CliReporter(quiet=as_json, verbose=ctx.verbose)
-    outcome = lifecycle.up(req, ctx.cluster(), reporter, foreground=foreground)
+    reporter = CliReporter(quiet=as_json, verbose=ctx.verbose, clock=clock)
+    cluster = ctx.cluster()
+    clock.mark("inventory")
+    outcome = lifecycle.up(req, cluster, reporter, foreground=foreground)
     reporter.done()
     if as_json:
         echo_json(
