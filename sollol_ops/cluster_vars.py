@@ -82,12 +82,22 @@ def rpc_threads(cores: int, instances: int) -> int:
     return max(1, cores // max(1, instances))
 
 
+# `sollol-ops gateway` defaults that roles/coordinator's sollol-gateway.service repeats (coordinator_gateway_*).
+GATEWAY_PORT = 11435  # next to Ollama's 11434, so both can run on one machine
+GATEWAY_KEEP_ALIVE = "5m"  # Ollama's default keep_alive
+GATEWAY_QUEUE_SIZE = 32  # requests that may wait for a sharded model to load
+# The variable the gateway reads its API key from (the unit's 0600 EnvironmentFile sets it, never the command line).
+GATEWAY_API_KEY_ENV = "SOLLOL_GATEWAY_API_KEY"
+
 # Other role variables whose default is one of the facts above.
 ROLE_DEFAULTS: dict[str, object] = {
     "llama_cpp_prefix": LLAMA_PREFIX,
     "llama_cpp_version": LLAMA_REF,
     "rpc_server_binary": RPC_SERVER_NAMES[0],
     "rpc_server_threads": RPC_THREADS_AUTO,
+    "coordinator_gateway_port": GATEWAY_PORT,
+    "coordinator_gateway_keep_alive": GATEWAY_KEEP_ALIVE,
+    "coordinator_gateway_queue_size": GATEWAY_QUEUE_SIZE,
 }
 # The gateway's pool (`sollol-ops gateway`, docs/gateway.md): Ollama (or OpenAI-compatible) nodes that
 # each serve whole models. Read by the CLI only (no role deploys them), so they are not role defaults.

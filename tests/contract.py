@@ -166,6 +166,7 @@ def check(root: Path) -> list[str]:
 
     problems += _check_rpc_threads(root, cv)
     problems += _check_cli_inventory_template(root, cv)
+    problems += _check_gateway_unit(root, cv)
     problems += _check_files_outside_roles(root, cv)
     problems += _check_python(root, cv)
     return problems
@@ -211,6 +212,17 @@ def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
         if got != value:
             problems.append(f"{_rel(root, path)}: the coordinator's {key} is written as {got!r}, not {value!r}")
     return problems
+
+
+def _check_gateway_unit(root: Path, cv: ModuleType) -> list[str]:
+    """sollol-gateway.service passes the API key in the variable the gateway reads, and the role's defaults for the
+    gateway are the CLI's (coordinator_gateway_* are in ROLE_DEFAULTS, checked above)."""
+    path = root / "roles/coordinator/vars/main.yml"
+    env = (_yaml(path) or {}).get("coordinator__gateway_key_env")
+    if env != cv.GATEWAY_API_KEY_ENV:
+        want = cv.GATEWAY_API_KEY_ENV
+        return [f"{_rel(root, path)}: coordinator__gateway_key_env is {env!r}, cluster_vars says {want!r}"]
+    return []
 
 
 def _check_files_outside_roles(root: Path, cv: ModuleType) -> list[str]:
@@ -281,7 +293,8 @@ def _check_python(root: Path, cv: ModuleType) -> list[str]:
     exact = {cv.RPC_GROUP: "RPC_GROUP", cv.LLAMA_PREFIX: "LLAMA_PREFIX"}
     exact |= {name: "RPC_SERVER_NAMES" for name in cv.RPC_SERVER_NAMES}
     defaults_only = {cv.COORDINATOR_GROUP: "COORDINATOR_GROUP"}  # also a JSON key and a label elsewhere
-    facts = [*exact, *defaults_only, cv.LLAMA_REF, cv.DEFAULT_PORT]
+    ports = {cv.DEFAULT_PORT: "DEFAULT_PORT", cv.GATEWAY_PORT: "GATEWAY_PORT"}
+    facts = [*exact, *defaults_only, cv.LLAMA_REF, *ports]
     problems = []
     for path in sorted((root / "sollol_ops").rglob("*.py")):
         if path.name == "cluster_vars.py" and path.parent == root / "sollol_ops":
@@ -316,8 +329,8 @@ def _check_python(root: Path, cv: ModuleType) -> list[str]:
                     name = defaults_only.get(value)
                 if name is None and (cv.LLAMA_REF in value or (cv.LLAMA_PREFIX in value)):
                     name = "LLAMA_REF" if cv.LLAMA_REF in value else "LLAMA_PREFIX"
-            elif isinstance(value, int) and not isinstance(value, bool) and value == cv.DEFAULT_PORT:
-                name = "DEFAULT_PORT"
+            elif isinstance(value, int) and not isinstance(value, bool) and value in ports:
+                name = ports[value]
             if name:
                 problems.append(f"{_rel(root, path)}:{node.lineno}: literal {value!r}: use cluster_vars.{name}")
     return problems

@@ -15,7 +15,10 @@ from helpers import REPO
 
 from sollol_ops import cluster_vars, toolchain
 from sollol_ops.cli.context import Context
+from sollol_ops.cli.gateway import gateway as gateway_cli
 from sollol_ops.cli.main import cli
+from sollol_ops.gateway import server as gateway_server
+from sollol_ops.gateway.ondemand import OnDemandSettings
 
 _TREES = ["roles", "playbooks", "molecule", "sollol_ops", "collection"]
 _FILES = ["site.yml", "Makefile", "inventory.example.ini"]
@@ -41,6 +44,15 @@ def test_python_side_names_cluster_vars() -> None:
     params = {p.name: p.default for p in cli.params}
     assert params["rpc_group"] == Context(None).rpc_group == cluster_vars.RPC_GROUP
     assert params["coordinator_group"] == Context(None).coordinator_group == cluster_vars.COORDINATOR_GROUP
+
+
+def test_gateway_defaults_name_cluster_vars() -> None:
+    params = {p.name: p.default for p in gateway_cli.params}
+    assert params["port"] == gateway_server.DEFAULT_PORT == cluster_vars.GATEWAY_PORT
+    assert params["keep_alive"] == cluster_vars.GATEWAY_KEEP_ALIVE
+    assert params["queue_size"] == OnDemandSettings().queue_size == cluster_vars.GATEWAY_QUEUE_SIZE
+    api_key = next(p for p in gateway_cli.params if p.name == "api_key")
+    assert api_key.envvar == gateway_server.ENV_API_KEY == cluster_vars.GATEWAY_API_KEY_ENV
 
 
 def test_unmutated_copy_holds(tmp_path: Path) -> None:
@@ -102,7 +114,7 @@ MUTATIONS = [
         "playbooks/reset.yml",
         "\"{{ sollol_coordinator_group | default('coordinator') }}\"",
         "coordinator",
-        "playbooks/reset.yml: play 'Remove the coordinator service and venv' has hosts 'coordinator'",
+        "playbooks/reset.yml: play 'Remove the coordinator services and venv' has hosts 'coordinator'",
     ),
     (
         "playbooks/site.yml",
@@ -230,6 +242,30 @@ MUTATIONS = [
         "rpc_server_threads: 0",
         "rpc_server_threads: 2",
         "roles/rpc_server/defaults/main.yml: rpc_server_threads is 2, cluster_vars says 0",
+    ),
+    (
+        "roles/coordinator/defaults/main.yml",
+        "coordinator_gateway_port: 11435",
+        "coordinator_gateway_port: 11434",
+        "roles/coordinator/defaults/main.yml: coordinator_gateway_port is 11434, cluster_vars says 11435",
+    ),
+    (
+        "roles/coordinator/meta/argument_specs.yml",
+        "default: 5m",
+        "default: 10m",
+        "roles/coordinator/meta/argument_specs.yml: option coordinator_gateway_keep_alive default is '10m'",
+    ),
+    (
+        "roles/coordinator/vars/main.yml",
+        "coordinator__gateway_key_env: SOLLOL_GATEWAY_API_KEY",
+        "coordinator__gateway_key_env: GATEWAY_API_KEY",
+        "roles/coordinator/vars/main.yml: coordinator__gateway_key_env is 'GATEWAY_API_KEY'",
+    ),
+    (
+        "sollol_ops/gateway/server.py",
+        "DEFAULT_PORT = cluster_vars.GATEWAY_PORT",
+        "DEFAULT_PORT = 11435",
+        "sollol_ops/gateway/server.py:19: literal 11435: use cluster_vars.GATEWAY_PORT",
     ),
     ("collection/galaxy.yml", "version: 0.1.0", "version: 0.2.0", "collection/galaxy.yml: version '0.2.0'"),
     (

@@ -7,6 +7,7 @@ import click
 
 from sollol_ops import procs
 from sollol_ops.cli.context import Context
+from sollol_ops.cluster_vars import GATEWAY_KEEP_ALIVE, GATEWAY_QUEUE_SIZE
 from sollol_ops.errors import InventoryError
 from sollol_ops.gateway import server
 from sollol_ops.gateway.errors import ApiError
@@ -61,14 +62,14 @@ def _settings(ctx: Context) -> GatewaySettings:
 )
 @click.option(
     "--keep-alive",
-    default="5m",
+    default=GATEWAY_KEEP_ALIVE,
     show_default=True,
     help="How long a coordinator the gateway started stays loaded when idle (Ollama's keep_alive; -1: forever).",
 )
 @click.option(
     "--queue-size",
     type=click.IntRange(0, 100000),
-    default=32,
+    default=GATEWAY_QUEUE_SIZE,
     show_default=True,
     help="Requests that may wait for a sharded model to load.",
 )

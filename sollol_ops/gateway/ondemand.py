@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import coordinator, lifecycle
+from sollol_ops import cluster_vars, coordinator, lifecycle
 from sollol_ops.coordinator import CoordinatorState
 from sollol_ops.errors import ModelNotFound, SollolError
 from sollol_ops.gateway.errors import ApiError
@@ -61,7 +61,8 @@ def parse_keep_alive(value: Any, default: float | None) -> float | None:
 class OnDemandSettings:
     opts: StartOptions = field(default_factory=StartOptions)  # how a coordinator the gateway starts runs
     keep_alive: float | None = 300.0  # default keep_alive (seconds; None: forever)
-    queue_size: int = 32  # requests waiting for a sharded model (loading or swapping); beyond: 503
+    # Requests waiting for a sharded model (loading or swapping); beyond: 503.
+    queue_size: int = cluster_vars.GATEWAY_QUEUE_SIZE
     load_timeout: float = 600.0  # lifecycle.up's own wait for llama-server to be ready
     skip_unhealthy: bool | None = None  # None: the inventory's sollol_skip_unhealthy
     loading_progress: bool = False  # streamed requests that wait for a load get progress chunks (app.py)

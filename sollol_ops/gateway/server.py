@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sollol_ops import cluster_vars
 from sollol_ops.gateway.app import Gateway, GatewayConfig, create_app
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import GatewayError
@@ -15,8 +16,8 @@ from sollol_ops.gateway.ondemand import OnDemand, OnDemandSettings
 from sollol_ops.gateway.pool import Pool, PoolSettings
 from sollol_ops.inventory import Cluster, GatewaySettings
 
-DEFAULT_PORT = 11435  # next to Ollama's 11434, so both can run on one machine
-ENV_API_KEY = "SOLLOL_GATEWAY_API_KEY"
+DEFAULT_PORT = cluster_vars.GATEWAY_PORT
+ENV_API_KEY = cluster_vars.GATEWAY_API_KEY_ENV
 
 
 @dataclass
