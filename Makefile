@@ -118,11 +118,11 @@ bench: venv model $(LLAMA_PREFIX)/current/bin/llama-server
 	rm -rf $(UP_BEFORE_TREE)
 	if [ -n "$(UP_BEFORE_REF)" ] && git cat-file -e '$(UP_BEFORE_REF)^{commit}' 2>/dev/null; then \
 	  mkdir -p $(UP_BEFORE_TREE) && git archive $(UP_BEFORE_REF) sollol_ops | tar -x -C $(UP_BEFORE_TREE); fi
-	$(BENCH_ENV) $(BIN)/sollol-ops bench $(BENCH_MODELS) --backends 1,2 --repeats 2 $(BENCH_ARGS) \
+	$(BENCH_ENV) $(BIN)/sollol-ops bench $(BENCH_MODELS) --backends 1,2 --repeats 3 $(BENCH_ARGS) \
 	  $$([ -d $(UP_BEFORE_TREE) ] && echo --up-before $(UP_BEFORE_TREE)) \
 	  --plot docs/bench.png --plot-link bench.png --out-md docs/benchmarks.md
 	rm -rf $(UP_BEFORE_TREE)
-	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m synthetic:4x2048-q8_0 --backends 2 --repeats 1 $(BENCH_ARGS) \
+	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m synthetic:4x2048-q8_0 --backends 2 --repeats 3 $(BENCH_ARGS) \
 	  --links 1gbit,100mbit --stage --grid --grid-repeats 3 --coordinator-device --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m --gateway --backends 2 $(GATEWAY_BENCH_ARGS) \
 	  --out-md docs/benchmarks.md
