@@ -234,7 +234,9 @@ def test_cli_backends_json_and_rpc_list(layout: str, layouts: dict[str, Path], s
         for b in out["backends"]
     ]
     assert rows == EXPECTED
-    assert out["coordinators"] == [{"host": "coord", "address": "192.168.1.10"}]
+    assert out["coordinators"] == [
+        {"host": "coord", "address": "192.168.1.10", "memory_mib": 0, "device": "CPU", "local": False}
+    ]
     gpu1 = [b for b in out["backends"] if b["host"] == "gpu1"]
     assert [(b["address"], b["port"]) for b in gpu1] == [("192.168.1.31", 50052), ("192.168.1.31", 50053)]
 
@@ -262,7 +264,9 @@ def test_cli_group_overrides(layouts: dict[str, Path], shared_cache: Path) -> No
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert [b["endpoint"] for b in out["backends"]] == [e[1] for e in EXPECTED if e[0].startswith("gpu")]
-    assert out["coordinators"] == [{"host": "head1", "address": "192.168.1.11"}]
+    assert out["coordinators"] == [
+        {"host": "head1", "address": "192.168.1.11", "memory_mib": 0, "device": "CPU", "local": False}
+    ]
 
     proc = sollol("-i", str(layouts["ini"]), "--rpc-group", "cpu", "rpc-list", cache=shared_cache)
     assert proc.returncode == 0, proc.stderr

@@ -203,6 +203,7 @@ class GatewayBench:
         self.notes: list[str] = []
         self.section_notes: dict[str, list[str]] = {}
         self.staging: list[dict[str, Any]] = []  # the staging rows are the sharding bench's (--stage)
+        self.up_phases: dict[str, dict[str, dict[str, list[float]]]] = {}  # the sharding bench's (`up` traced)
         self._salt = 10_000
         self._n = 0
 
