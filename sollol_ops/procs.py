@@ -164,3 +164,49 @@ def free_ports(host: str, count: int, start: int) -> list[int]:
             return list(range(port, port + count))
         port += 1
     raise OSError(f"no {count} consecutive free ports from {start}")
+
+
+def listen_inodes(port: int) -> set[str]:
+    """The socket inodes listening on TCP `port` (any address), from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes
+
+
+def _holds(pid: int, sockets: set[str]) -> bool:
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in sockets:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds a socket listening on TCP `port` (not another process that took it)."""
+    sockets = {f"socket:[{i}]" for i in listen_inodes(port)}
+    return bool(sockets) and _holds(pid, sockets)
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on TCP `port` (the first found; None when none, or not visible to us)."""
+    sockets = {f"socket:[{i}]" for i in listen_inodes(port)}
+    if not sockets:
+        return None
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit() and _holds(int(pid_dir.name), sockets):
+            return int(pid_dir.name)
+    return None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sollol_ops import statefile
+from sollol_ops import procs, statefile
 from sollol_ops.errors import BackendError, StageError, UsageError
 from sollol_ops.gguf_info import GGUFInfo, TensorEntry, TensorTable, read_gguf, read_tensor_table
 from sollol_ops.inventory import Backend
@@ -162,36 +162,6 @@ def ledger_lock(root: Path | None = None) -> contextlib.AbstractContextManager[N
 # --------------------------------------------------------------------------- where a local rpc-server caches
 
 
-def _listen_inodes(port: int) -> set[str]:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(cols[9])
-    return inodes
-
-
-def _listener_pid(port: int) -> int | None:
-    inodes = {f"socket:[{i}]" for i in _listen_inodes(port)}
-    if not inodes:
-        return None
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            for fd in (pid_dir / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    return int(pid_dir.name)
-        except OSError:
-            continue
-    return None
-
-
 def rpc_cache_dir_of(argv: Sequence[str], environ: dict[str, str]) -> Path | None:
     """rpc-server's cache directory for its command line and environment (tools/rpc/rpc-server.cpp):
     None without -c; else $LLAMA_CACHE/rpc, $XDG_CACHE_HOME/llama.cpp/rpc or ~/.cache/llama.cpp/rpc."""
@@ -207,7 +177,7 @@ def rpc_cache_dir_of(argv: Sequence[str], environ: dict[str, str]) -> Path | Non
 def find_cache_dir(endpoint: str) -> Path:
     """The cache directory of the rpc-server listening on this host at `endpoint`, read from its process."""
     port = int(endpoint.rpartition(":")[2])
-    pid = _listener_pid(port)
+    pid = procs.listener_pid(port)
     hint = f"pass --cache-dir {endpoint}=DIR"
     if pid is None:
         raise StageError(f"cannot find the process listening on {endpoint} on this host (another user's?); {hint}")

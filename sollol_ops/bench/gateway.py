@@ -22,13 +22,14 @@ through the Bench's Reaper."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,34 +132,6 @@ async def stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], api:
     return Streamed(first - t0, total, tokens, gen_tps)
 
 
-def _listens(pid: int, port: int) -> bool:
-    """Whether process pid holds a TCP socket listening on `port` (/proc/net/tcp{,6} and its fds)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f[9])
-    if not inodes:
-        return False
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            return True
-    return False
-
-
 def openai_body(model: str, prompt: str, tokens: int) -> dict[str, Any]:
     messages = [{"role": "user", "content": prompt}]
     return {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True}
@@ -171,6 +144,34 @@ def ollama_body(model: str, prompt: str, tokens: int) -> dict[str, Any]:
 
 def _client(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0))
+
+
+def _threads(pid: int) -> list[int]:
+    """The thread ids of process `pid` (0: only the calling thread, as sched_setaffinity reads 0)."""
+    if pid == 0:
+        return [0]
+    try:
+        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def _pinned(pids: Sequence[int], cores: set[int] | None) -> Iterator[None]:
+    """Every thread of `pids` (0: the calling thread) on `cores` for the block, then back as they were
+    (threads started meanwhile inherit it and keep it); None: leave them alone."""
+    saved: list[tuple[int, set[int]]] = []
+    if cores is not None:
+        for tid in [t for pid in pids for t in _threads(pid)]:
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                saved.append((tid, os.sched_getaffinity(tid)))
+                os.sched_setaffinity(tid, cores)
+    try:
+        yield
+    finally:
+        for tid, before in saved:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, before)
 
 
 @dataclass
@@ -236,7 +237,7 @@ class GatewayBench:
             port = self._port(base)
             pid = self.reaper.spawn(argv(port), log, env)
             deadline = time.monotonic() + self.cfg.timeout
-            while procs.is_alive(pid) and not _listens(pid, port):
+            while procs.is_alive(pid) and not procs.listens(pid, port):
                 if time.monotonic() > deadline:
                     raise BenchError(
                         f"{log.stem} did not listen on port {port} within {self.cfg.timeout:g} s (log {log})"
@@ -378,13 +379,20 @@ class GatewayBench:
             f"the clients share the machine's {cores} cores with them, unpinned"
         )
         try:
-            asyncio.run(self._overhead(model, a_port, gw1))
+            # gateway vs. direct: the client (this thread) and the gateway on core 1, away from the member on
+            # core 0, as a gateway runs on another machine than its pool nodes; both paths alike
+            with _pinned([0, gw1.pid], {1} if pin else None):
+                asyncio.run(self._overhead(model, a_port, gw1))
             asyncio.run(self._pool(model, gw1, gw2))
         finally:
             for pid in (gw1.pid, gw2.pid, a_pid, b_pid):
                 self.reaper.stop(pid)
         self.section_notes["gateway"] = [
-            f"{member}. One client; per repeat one request on each route, the order rotating; one warm-up "
+            f"{member}, except here: the client and the gateway run on core 1 ("
+            + ("pinned" if pin else "not pinned: taskset missing or one core")
+            + "), away from the member on core 0, as a gateway runs on another machine than its pool nodes (on "
+            "a shared core, the gateway's own CPU time is taken from the member it relays). One client; per repeat "
+            "one request on each route, the order rotating; one warm-up "
             "request per route first. Direct: the member's own `/v1/chat/completions`; through the gateway: the "
             "same body on its OpenAI route (relayed as it is) and the same request on its Ollama `/api/chat` route "
             "(translated to OpenAI upstream and back to NDJSON). Times as the client sees them: TTFT = request "
