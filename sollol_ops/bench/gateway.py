@@ -37,9 +37,9 @@ from typing import Any
 import httpx
 
 from sollol_ops import llama_server, procs
-from sollol_ops.bench.backends import LoopbackBackends, Reaper
+from sollol_ops.bench.backends import LoopbackBackends
 from sollol_ops.bench.models import BenchModel
-from sollol_ops.bench.runs import make_prompt
+from sollol_ops.bench.runs import BenchBase, make_prompt
 from sollol_ops.bench.settings import BenchConfig
 from sollol_ops.bench.stats import Stat, _round, ratio, row_ratios, summarize
 from sollol_ops.devstore import write_store
@@ -190,21 +190,13 @@ class Gateway:
         return httpx.get(f"{self.url}/gateway/status", timeout=5).json()
 
 
-class GatewayBench:
+class GatewayBench(BenchBase):
     """The gateway's sections of one bench run; rows, comparisons and notes as in the JSON document."""
 
     def __init__(
         self, cfg: BenchConfig, toolchain: Toolchain, work: Path, log: Callable[[str], None] = lambda _m: None
     ) -> None:
-        self.cfg, self.toolchain, self.work, self.say = cfg, toolchain, work, log
-        self.reaper = Reaper()
-        self.logs = work / "logs"
-        self.rows: list[dict[str, Any]] = []
-        self.comparisons: list[dict[str, Any]] = []
-        self.notes: list[str] = []
-        self.section_notes: dict[str, list[str]] = {}
-        self.staging: list[dict[str, Any]] = []  # the staging rows are the sharding bench's (--stage)
-        self.up_phases: dict[str, dict[str, dict[str, list[float]]]] = {}  # the sharding bench's (`up` traced)
+        super().__init__(cfg, toolchain, work, log)
         self._salt = 10_000
         self._n = 0
 

@@ -42,7 +42,10 @@ def make_prompt(n_tokens: int, salt: int) -> str:
     return f"Request {salt}: continue this text. " + " ".join(words)
 
 
-class Bench:
+class BenchBase:
+    """What every bench of a session collects, the lists of the JSON document (sollol_ops.bench): one
+    constructor for the sharding Bench and the GatewayBench, so the session reads the same fields of both."""
+
     def __init__(
         self, cfg: BenchConfig, toolchain: Toolchain, work: Path, log: Callable[[str], None] = lambda _m: None
     ) -> None:
@@ -51,11 +54,21 @@ class Bench:
         self.logs = work / "logs"
         self.rows: list[dict[str, Any]] = []
         self.comparisons: list[dict[str, Any]] = []
-        self.baselines: dict[str, dict[str, Stat]] = {}
         self.notes: list[str] = []
         self.section_notes: dict[str, list[str]] = {}
         self.staging: list[dict[str, Any]] = []
         self.up_phases: dict[str, dict[str, dict[str, list[float]]]] = {}  # model -> label -> phase -> samples
+
+    def run(self, models: Sequence[BenchModel]) -> None:
+        raise NotImplementedError
+
+
+class Bench(BenchBase):
+    def __init__(
+        self, cfg: BenchConfig, toolchain: Toolchain, work: Path, log: Callable[[str], None] = lambda _m: None
+    ) -> None:
+        super().__init__(cfg, toolchain, work, log)
+        self.baselines: dict[str, dict[str, Stat]] = {}
         self._runs = 0
 
     # ---- llama-server

@@ -16,7 +16,7 @@ from typing import Any
 
 from sollol_ops.bench.gateway import GatewayBench
 from sollol_ops.bench.models import resolve_models
-from sollol_ops.bench.runs import Bench
+from sollol_ops.bench.runs import Bench, BenchBase
 from sollol_ops.bench.settings import BenchConfig
 from sollol_ops.bench.stats import summarize
 from sollol_ops.errors import BenchError, SollolError
@@ -104,7 +104,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
     machine = machine_info(toolchain)
     with _workdir() as work, _sigterm_interrupts():
         models = resolve_models(cfg, work / "store")
-        bench: Bench | GatewayBench = (GatewayBench if cfg.gateway else Bench)(cfg, toolchain, work, log)
+        bench: BenchBase = (GatewayBench if cfg.gateway else Bench)(cfg, toolchain, work, log)
         bench.run(models)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {
