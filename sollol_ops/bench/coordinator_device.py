@@ -50,4 +50,4 @@ def run(bench: Bench, model: BenchModel, backends: RpcBackends, link: str) -> No
         for (k, settings), acc in zip(pairs, samples, strict=True)
     ]
     for metric in ("gen_tps", "prompt_tps", "ttft_s", "load_cold_s"):
-        bench.compare(model, "coordinator + 1 worker vs. 2 workers", rows[0], rows[1], metric, SECTION)
+        bench.add_comparison(SECTION, model, "coordinator + 1 worker vs. 2 workers", rows[0], rows[1], metric)

@@ -41,7 +41,7 @@ from sollol_ops.bench.backends import LoopbackBackends
 from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.runs import BenchBase, make_prompt
 from sollol_ops.bench.settings import BenchConfig
-from sollol_ops.bench.stats import Stat, _round, ratio, row_ratios, summarize
+from sollol_ops.bench.stats import Stat, row_ratios, summarize
 from sollol_ops.devstore import write_store
 from sollol_ops.errors import BenchError
 from sollol_ops.llama_server import StartOptions
@@ -317,40 +317,6 @@ class GatewayBench(BenchBase):
         self.say(f"  {section:<12} {settings:<44} {shown}")
         return row, metrics
 
-    def compare(
-        self,
-        section: str,
-        model: BenchModel,
-        what: str,
-        a: dict[str, Any],
-        b: dict[str, Any],
-        metric: str,
-        goal: tuple[str, float] | None,
-    ) -> None:
-        am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
-        if not am or not bm:
-            return
-        value = _round(ratio(bm["median"], am["median"]))
-        met = None
-        if goal is not None and value is not None:
-            met = value <= goal[1] if goal[0] == "<=" else value >= goal[1]
-        self.comparisons.append(
-            {
-                "section": section,
-                "model": model.ref,
-                "what": what,
-                "a": a["settings"],
-                "b": b["settings"],
-                "metric": metric,
-                "unit": "tok/s" if metric.endswith("_tps") else "s",
-                "a_median": round(am["median"], 6),  # as the rows show them (rounded only for the text)
-                "b_median": round(bm["median"], 6),
-                "ratio": value,
-                "goal": None if goal is None else f"{goal[0]} {goal[1]:g}x",
-                "met": met,
-            }
-        )
-
     # ---------------------------------------------------------------- issue 11
 
     def pool_sections(self, model: BenchModel) -> None:
@@ -436,8 +402,10 @@ class GatewayBench(BenchBase):
         for name in ("gateway-openai", "gateway-ollama"):
             row, _ = self.add_row("gateway", model, "gateway", labels[name], samples[name], ref_m, members=1)
             api = "OpenAI" if name.endswith("openai") else "Ollama"
-            self.compare("gateway", model, f"TTFT through the gateway ({api} route)", base, row, "ttft_s", GOAL_TTFT)
-            self.compare("gateway", model, f"generation tok/s ({api} route)", base, row, "gen_tps", GOAL_GEN)
+            self.add_comparison(
+                "gateway", model, f"TTFT through the gateway ({api} route)", base, row, "ttft_s", GOAL_TTFT
+            )
+            self.add_comparison("gateway", model, f"generation tok/s ({api} route)", base, row, "gen_tps", GOAL_GEN)
 
     async def _pool(self, model: BenchModel, gw1: Gateway, gw2: Gateway) -> None:
         samples: dict[int, dict[str, list[float]]] = {1: {}, 2: {}}
@@ -465,7 +433,7 @@ class GatewayBench(BenchBase):
         two = f"pool of 2 members, {CLIENTS} concurrent clients"
         a, ref_m = self.add_row("gateway-pool", model, "gateway", one, samples[1], None, members=1)
         b, _ = self.add_row("gateway-pool", model, "gateway", two, samples[2], ref_m, members=2)
-        self.compare("gateway-pool", model, f"aggregate tok/s, {CLIENTS} clients", a, b, "agg_tps", GOAL_POOL)
+        self.add_comparison("gateway-pool", model, f"aggregate tok/s, {CLIENTS} clients", a, b, "agg_tps", GOAL_POOL)
 
     # ---------------------------------------------------------------- issue 12
 
@@ -510,10 +478,12 @@ class GatewayBench(BenchBase):
         for key in ("up", "repeat", "new", "swap"):
             setup = "by hand" if key == "up" else "gateway"
             rows[key], _ = self.add_row("ondemand", model, setup, labels[key], samples[key], ref_m, backends=k)
-        self.compare("ondemand", model, "TTFT of the first request", rows["up"], cold, "ttft_s", GOAL_COLD)
-        self.compare("ondemand", model, "TTFT of a repeated request", cold, rows["repeat"], "ttft_s", GOAL_REPEAT)
-        self.compare("ondemand", model, "TTFT of a new request", cold, rows["new"], "ttft_s", None)
-        self.compare("ondemand", model, "swap vs. a cold load", cold, rows["swap"], "ttft_s", None)
+        self.add_comparison("ondemand", model, "TTFT of the first request", rows["up"], cold, "ttft_s", GOAL_COLD)
+        self.add_comparison(
+            "ondemand", model, "TTFT of a repeated request", cold, rows["repeat"], "ttft_s", GOAL_REPEAT
+        )
+        self.add_comparison("ondemand", model, "TTFT of a new request", cold, rows["new"], "ttft_s", None)
+        self.add_comparison("ondemand", model, "swap vs. a cold load", cold, rows["swap"], "ttft_s", None)
         self.section_notes["ondemand"] = [
             f"{k} loopback rpc-servers (`-t {max(1, cores // k)}`, no `-c` cache: every load sends the weights), "
             f"the model's GGUF under two store names ({' and '.join(SWAP_NAMES)}: two sharded models). The gateway "

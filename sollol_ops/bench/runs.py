@@ -59,6 +59,41 @@ class BenchBase:
         self.staging: list[dict[str, Any]] = []
         self.up_phases: dict[str, dict[str, dict[str, list[float]]]] = {}  # model -> label -> phase -> samples
 
+    def add_comparison(
+        self,
+        section: str,
+        model: BenchModel,
+        what: str,
+        a: dict[str, Any],
+        b: dict[str, Any],
+        metric: str,
+        goal: tuple[str, float] | None = None,
+    ) -> None:
+        """b against a on `metric` (ratio of the row medians), with the issue's goal when there is one."""
+        am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
+        if not am or not bm:
+            return
+        value = _round(ratio(bm["median"], am["median"]))
+        met = None
+        if goal is not None and value is not None:
+            met = value <= goal[1] if goal[0] == "<=" else value >= goal[1]
+        self.comparisons.append(
+            {
+                "section": section,
+                "model": model.ref,
+                "what": what,
+                "a": a["settings"],
+                "b": b["settings"],
+                "metric": metric,
+                "unit": "tok/s" if metric.endswith("_tps") else "s",
+                "a_median": round(am["median"], 6),  # as the rows show them (rounded only for the text)
+                "b_median": round(bm["median"], 6),
+                "ratio": value,
+                "goal": None if goal is None else f"{goal[0]} {goal[1]:g}x",
+                "met": met,
+            }
+        )
+
     def run(self, models: Sequence[BenchModel]) -> None:
         raise NotImplementedError
 
@@ -214,11 +249,11 @@ class Bench(BenchBase):
                     self.unload(server)
             a = self.add_row("coordinator", model, "rpc", k, link, "persistent coordinator", persistent)
             b = self.add_row("coordinator", model, "rpc", k, link, "coordinator per query", per_query)
-            self.compare(model, "TTFT of a repeated query", a, b, "ttft_s", "coordinator")
+            self.add_comparison("coordinator", model, "TTFT of a repeated query", a, b, "ttft_s")
             up, raw = self._up_vs_raw(model, endpoints)
             a = self.add_row("coordinator", model, "rpc", k, link, "raw llama-server --rpc", {"ready_s": raw})
             b = self.add_row("coordinator", model, "rpc", k, link, "sollol-ops up", {"ready_s": up})
-            self.compare(model, "start to ready", a, b, "ready_s", "coordinator")
+            self.add_comparison("coordinator", model, "start to ready", a, b, "ready_s")
         finally:
             backends.stop()
 
@@ -363,34 +398,6 @@ class Bench(BenchBase):
                 "link_use": _round(ratio(limit_s, unstaged.median)),
             }
         )
-
-    def compare(
-        self,
-        model: BenchModel,
-        what: str,
-        a: dict[str, Any],
-        b: dict[str, Any],
-        metric: str,
-        section: str,
-    ) -> None:
-        am, bm = a["metrics"].get(metric), b["metrics"].get(metric)
-        if am and bm:
-            self.comparisons.append(
-                {
-                    "section": section,
-                    "model": model.ref,
-                    "what": what,
-                    "a": a["settings"],
-                    "b": b["settings"],
-                    "metric": metric,
-                    "unit": "tok/s" if metric.endswith("_tps") else "s",
-                    "a_median": round(am["median"], 4),
-                    "b_median": round(bm["median"], 4),
-                    "ratio": _round(ratio(bm["median"], am["median"])),
-                    "goal": None,
-                    "met": None,
-                }
-            )
 
     # ---- the whole session
 
