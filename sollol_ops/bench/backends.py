@@ -7,12 +7,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sollol_ops import cluster_vars, llama_server, local_cluster, procs
+from sollol_ops import procs
+from sollol_ops.cluster import facts as cluster_vars
+from sollol_ops.cluster import local as local_cluster
+from sollol_ops.cluster.inventory import Backend
+from sollol_ops.cluster.local import RpcServerSpec
+from sollol_ops.cluster.toolchain import Toolchain
+from sollol_ops.dev.netlab import NetLab
 from sollol_ops.errors import BenchError, SollolError
-from sollol_ops.inventory import Backend
-from sollol_ops.local_cluster import RpcServerSpec
-from sollol_ops.netlab import NetLab
-from sollol_ops.toolchain import Toolchain
+from sollol_ops.serve import llama_server
 
 NETNS_SUBNET = "10.213"
 RPC_PORT_NETNS = cluster_vars.DEFAULT_PORT

@@ -36,16 +36,17 @@ from typing import Any
 
 import httpx
 
-from sollol_ops import llama_server, procs
+from sollol_ops import procs
 from sollol_ops.bench.backends import LoopbackBackends
 from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.runs import BenchBase, make_prompt
 from sollol_ops.bench.settings import BenchConfig
 from sollol_ops.bench.stats import Stat, row_ratios, summarize
-from sollol_ops.devstore import write_store
+from sollol_ops.cluster.toolchain import Toolchain
+from sollol_ops.dev.devstore import write_store
 from sollol_ops.errors import BenchError
-from sollol_ops.llama_server import StartOptions
-from sollol_ops.toolchain import Toolchain
+from sollol_ops.serve import llama_server
+from sollol_ops.serve.llama_server import StartOptions
 
 CLIENTS = 4  # concurrent clients of the pool comparison (issue 11)
 SWAP_NAMES = ("gwbench:a", "gwbench:b")  # the measured model's GGUF under two names: two sharded models

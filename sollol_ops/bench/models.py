@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from sollol_ops.bench.settings import BenchConfig
+from sollol_ops.dev.synthetic import parse_synthetic, synthetic_store
 from sollol_ops.errors import BenchError, SollolError
-from sollol_ops.gguf_info import GGUFInfo, read_gguf
-from sollol_ops.ollama import resolve_model
-from sollol_ops.synthetic import parse_synthetic, synthetic_store
+from sollol_ops.model.gguf_info import GGUFInfo, read_gguf
+from sollol_ops.model.ollama import resolve_model
 
 MIB = 1 << 20
 

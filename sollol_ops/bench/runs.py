@@ -21,8 +21,8 @@ from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.server import Query, Server, server_argv, stream_chat, upstream_argv, wait_health
 from sollol_ops.bench.settings import NO_LATENCY_NOTE, BenchConfig, Settings, grid_settings
 from sollol_ops.bench.stats import Stat, _round, ratio, row_ratios, summarize
+from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.errors import BenchError
-from sollol_ops.toolchain import Toolchain
 
 UP_AFTER = "sollol-ops up"
 UP_BEFORE = "sollol-ops up (before)"
@@ -334,8 +334,8 @@ class Bench(BenchBase):
         """Per repeat, on fresh rpc-servers with empty caches of their own: the first load unstaged (the cache
         fills), then on new empty caches: staging (the client inside each worker's namespace, from a pack),
         the first load staged, and a warm load. Bytes sent into the namespaces are counted on the veths."""
-        from sollol_ops import staging
-        from sollol_ops.inventory import Backend
+        from sollol_ops.cluster.inventory import Backend
+        from sollol_ops.stage import staging
 
         settings = Settings()
         samples: dict[str, dict[str, list[float]]] = {"unstaged": {}, "staged": {}, "warm": {}}
@@ -474,7 +474,7 @@ class Bench(BenchBase):
 
 def link_rate_bytes(link: str) -> float:
     """Bytes per second of a tc rate such as 100mbit."""
-    from sollol_ops.netlab import RATE
+    from sollol_ops.dev.netlab import RATE
 
     m = RATE.match(link)
     if not m:

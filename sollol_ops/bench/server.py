@@ -1,5 +1,5 @@
 """llama-server as the bench runs it: the command line of a row, waiting for /health, one streamed chat,
-all through sollol_ops.llama_server (the module that owns llama-server) and lifecycle.plan_command (the
+all through sollol_ops.serve.llama_server (the module that owns llama-server) and lifecycle.plan_command (the
 same resolve -> probe -> plan -> command path as `sollol-ops up`)."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sollol_ops import lifecycle, llama_server, procs
+from sollol_ops import procs
 from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.settings import Settings
+from sollol_ops.cluster.inventory import Backend, Coordinator
+from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.errors import BenchError, SollolError
-from sollol_ops.inventory import Backend, Coordinator
-from sollol_ops.llama_server import StartOptions
-from sollol_ops.toolchain import Toolchain
+from sollol_ops.serve import lifecycle, llama_server
+from sollol_ops.serve.llama_server import StartOptions
 
 
 def server_argv(

@@ -19,10 +19,10 @@ from sollol_ops.bench.models import resolve_models
 from sollol_ops.bench.runs import Bench, BenchBase
 from sollol_ops.bench.settings import BenchConfig
 from sollol_ops.bench.stats import summarize
+from sollol_ops.cluster.rpc import CLIENT_PROTOCOL
+from sollol_ops.cluster.toolchain import Toolchain, find_toolchain
 from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.paths import cache_dir
-from sollol_ops.rpc import CLIENT_PROTOCOL
-from sollol_ops.toolchain import Toolchain, find_toolchain
 
 SCHEMA = "sollol-ops-bench/1"
 

@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sollol_ops import cluster_vars
+from sollol_ops.cluster import facts as cluster_vars
+from sollol_ops.cluster.inventory import Backend
+from sollol_ops.dev.netlab import RATE
 from sollol_ops.errors import BenchError
-from sollol_ops.inventory import Backend
-from sollol_ops.netlab import RATE
 
 NO_LATENCY_NOTE = (
     "no latency emulation: this kernel has no netem qdisc, so shaped links limit the rate (tc tbf) "
@@ -28,7 +28,7 @@ class BenchConfig:
     ctx: int = 1024
     links: list[str] = field(default_factory=lambda: ["none"])
     grid: bool = False
-    stage: bool = False  # with shaped --links: first load unstaged vs. staged vs. warm (sollol_ops.staging)
+    stage: bool = False  # with shaped --links: first load unstaged vs. staged vs. warm (sollol_ops.stage.staging)
     gateway: bool = False  # the gateway's sections (sollol_ops.bench.gateway) instead of the sharding ones
     coordinator_device: bool = False
     grid_repeats: int | None = None  # rounds of the --grid cells (default: repeats)

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sollol_ops.cluster_vars import COORDINATOR_GROUP, RPC_GROUP
+from sollol_ops.cluster.facts import COORDINATOR_GROUP, RPC_GROUP
 
 if TYPE_CHECKING:
-    from sollol_ops.inventory import Cluster
+    from sollol_ops.cluster.inventory import Cluster
 
 
 @dataclass
@@ -21,13 +21,13 @@ class Context:
     _cluster: Cluster | None = field(default=None, repr=False)
 
     def inventory_path(self) -> Path:
-        from sollol_ops.inventory import locate_inventory
+        from sollol_ops.cluster.inventory import locate_inventory
 
         return locate_inventory(self.inventory_option)
 
     def cluster(self) -> Cluster:
         if self._cluster is None:
-            from sollol_ops.inventory import load_cluster
+            from sollol_ops.cluster.inventory import load_cluster
 
             self._cluster = load_cluster(
                 self.inventory_path(), rpc_group=self.rpc_group, coordinator_group=self.coordinator_group

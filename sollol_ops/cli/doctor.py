@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import doctor as lib
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter
+from sollol_ops.cluster import doctor as lib
 from sollol_ops.ui import echo_json, echo_table
 
 _UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}

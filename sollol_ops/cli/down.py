@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import lifecycle
+from sollol_ops.serve import lifecycle
 
 
 @click.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sollol_ops import importer
+from sollol_ops.cluster import importer
 from sollol_ops.ui import echo_json
 
 

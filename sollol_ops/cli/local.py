@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from sollol_ops import local_cluster, procs, statefile
+from sollol_ops import procs
 from sollol_ops.cli.context import Context
-from sollol_ops.cluster_vars import DEFAULT_PORT
+from sollol_ops.cluster import local as local_cluster
+from sollol_ops.cluster.facts import DEFAULT_PORT
+from sollol_ops.serve import statefile
 from sollol_ops.ui import echo_json, echo_table
 
 

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from sollol_ops import lifecycle
+from sollol_ops.serve import lifecycle
 
 
 @click.command()

@@ -10,7 +10,7 @@ import click
 
 from sollol_ops import __version__
 from sollol_ops.cli.context import Context
-from sollol_ops.cluster_vars import COORDINATOR_GROUP, RPC_GROUP
+from sollol_ops.cluster.facts import COORDINATOR_GROUP, RPC_GROUP
 from sollol_ops.errors import SollolError
 
 # Commands are imported lazily so that fast read commands (rpc-list) do not pay for the heavy ones.

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from sollol_ops.errors import StoreError
-from sollol_ops.ollama import InstalledModel, candidate_roots, list_models, store_roots
+from sollol_ops.model.ollama import InstalledModel, candidate_roots, list_models, store_roots
 from sollol_ops.ui import echo_json, echo_table, human_bytes, to_jsonable
 
 HEADERS = ("MODEL", "SIZE", "ARCH", "LAYERS", "QUANT", "ROOT")
@@ -30,7 +30,7 @@ def _row(m: InstalledModel, with_error: bool) -> tuple[object, ...]:
 
 def staged_by_model() -> dict[str, list[dict[str, Any]]]:
     """The staging ledger's rows by model ref (sollol-ops stage)."""
-    from sollol_ops import staging
+    from sollol_ops.stage import staging
 
     out: dict[str, list[dict[str, Any]]] = {}
     for row in staging.staged_summary(staging.load_ledger()):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from sollol_ops import cluster_vars
 from sollol_ops.cli.context import Context
+from sollol_ops.cluster import facts as cluster_vars
 from sollol_ops.errors import InventoryError, ProvisionError, UsageError
 from sollol_ops.ui import echo_table
 
@@ -58,7 +58,7 @@ def provision(
 
     The playbooks get the CLI's --rpc-group/--coordinator-group as sollol_rpc_group/sollol_coordinator_group.
     """
-    from sollol_ops.provision import TaskEvent, default_playbook, inspect_playbook, run_playbook, summary_rows
+    from sollol_ops.cluster.provision import TaskEvent, default_playbook, inspect_playbook, run_playbook, summary_rows
 
     flags = {"--check": check, "--syntax-check": syntax_check, "--list-hosts": list_hosts}
     modes = [name for name, on in flags.items() if on]
@@ -112,7 +112,7 @@ def _group_vars(ctx: Context, inventory: Path) -> dict[str, str]:
             raise UsageError(f"{option} {name!r} is not an inventory group name (letters, digits, _ and -)")
     renamed = [(option, name) for option, name, default in chosen if name != default]
     if renamed:
-        from sollol_ops.inventory import ansible_inventory_list
+        from sollol_ops.cluster.inventory import ansible_inventory_list
 
         data = ansible_inventory_list(inventory)
         groups = {k for k in data if k != "_meta"}

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from sollol_ops.lifecycle import Reporter
-from sollol_ops.llama_server import Distribution
-from sollol_ops.placement import Plan
+from sollol_ops.cluster.placement import Plan
+from sollol_ops.serve.lifecycle import Reporter
+from sollol_ops.serve.llama_server import Distribution
 from sollol_ops.timings import PhaseClock
 from sollol_ops.ui import echo_table, human_bytes
 

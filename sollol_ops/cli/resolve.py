@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops.ollama import resolve_model
+from sollol_ops.model.ollama import resolve_model
 from sollol_ops.ui import echo_json
 
 

@@ -1,5 +1,5 @@
 """`sollol-ops stage [MODEL]`: put each worker's share of MODEL's weights into its rpc-server's tensor cache
-ahead of the first load; --verify and --prune look after what is staged (logic in sollol_ops.staging)."""
+ahead of the first load; --verify and --prune look after what is staged (logic in sollol_ops.stage.staging)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from sollol_ops import staging
 from sollol_ops.cli.context import Context
 from sollol_ops.errors import SollolError, UsageError
+from sollol_ops.stage import staging
 from sollol_ops.ui import echo_json, echo_table, human_bytes
 
 

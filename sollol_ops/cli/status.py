@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import lifecycle
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import echo_distribution, echo_staged
+from sollol_ops.serve import lifecycle
 from sollol_ops.ui import echo_json, echo_table
 
 MIB = 1 << 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops.toolchain import find_toolchain
+from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.ui import echo_json
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from sollol_ops import lifecycle
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
+from sollol_ops.cluster.inventory import device_name_problem
 from sollol_ops.errors import UsageError
-from sollol_ops.inventory import device_name_problem
-from sollol_ops.llama_server import StartOptions
+from sollol_ops.serve import lifecycle
+from sollol_ops.serve.llama_server import StartOptions
 from sollol_ops.timings import FIRST_PHASE, PhaseClock, wanted
 from sollol_ops.ui import echo_json, echo_table
 

@@ -23,13 +23,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from sollol_ops import __version__
-from sollol_ops.coordinator import CoordinatorState
 from sollol_ops.gateway import translate
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import ApiError, body_for, upstream_message
 from sollol_ops.gateway.metrics import Metrics
 from sollol_ops.gateway.ondemand import Lease, OnDemand, Ticket, parse_keep_alive
 from sollol_ops.gateway.pool import Node, Pool, normalize
+from sollol_ops.serve.coordinator import CoordinatorState
 
 log = logging.getLogger("sollol_ops.gateway")
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import coordinator
-from sollol_ops.coordinator import CoordinatorState
 from sollol_ops.errors import SollolError
 from sollol_ops.gateway.translate import parameter_size
-from sollol_ops.ollama import ResolvedModel, blob_path, list_models, resolve_model, store_roots
+from sollol_ops.model.ollama import ResolvedModel, blob_path, list_models, resolve_model, store_roots
+from sollol_ops.serve import coordinator
+from sollol_ops.serve.coordinator import CoordinatorState
 
 log = logging.getLogger("sollol_ops.gateway")
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sollol_ops import cluster_vars, coordinator, lifecycle
-from sollol_ops.coordinator import CoordinatorState
+from sollol_ops.cluster import facts as cluster_vars
+from sollol_ops.cluster.inventory import Cluster
 from sollol_ops.errors import ModelNotFound, SollolError
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.pool import normalize
-from sollol_ops.inventory import Cluster
-from sollol_ops.llama_server import StartOptions
+from sollol_ops.serve import coordinator, lifecycle
+from sollol_ops.serve.coordinator import CoordinatorState
+from sollol_ops.serve.llama_server import StartOptions
 
 log = logging.getLogger("sollol_ops.gateway")
 

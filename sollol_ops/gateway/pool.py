@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
+from sollol_ops.cluster.inventory import PoolNode
 from sollol_ops.errors import UsageError
-from sollol_ops.inventory import PoolNode
-from sollol_ops.ollama import parse_model_ref
+from sollol_ops.model.ollama import parse_model_ref
 
 log = logging.getLogger("sollol_ops.gateway")
 

@@ -1,0 +1,1 @@
+"""Development fixtures: the demo/test Ollama store, synthetic models and network-namespace test hosts."""

@@ -1,0 +1,295 @@
+"""One definition of each shared fact (sollol_ops/cluster/facts.py), and a check that finds every copy that drifts.
+
+test_contract_holds runs the check on this checkout; the mutation tests run it on a copy in tmp_path with one fact
+changed in one place and assert the check names that place, so the check is shown to fail when it should.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from contract import check
+from helpers import REPO
+
+from sollol_ops.cli.context import Context
+from sollol_ops.cli.gateway import gateway as gateway_cli
+from sollol_ops.cli.main import cli
+from sollol_ops.cluster import facts as cluster_vars
+from sollol_ops.cluster import toolchain
+from sollol_ops.gateway import server as gateway_server
+from sollol_ops.gateway.ondemand import OnDemandSettings
+
+_TREES = ["roles", "playbooks", "molecule", "sollol_ops", "collection"]
+_FILES = ["site.yml", "Makefile", "inventory.example.ini"]
+
+
+def _copy(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for tree in _TREES:
+        if (REPO / tree).is_dir():
+            shutil.copytree(REPO / tree, dest / tree, symlinks=True, ignore=ignore)
+    for name in _FILES:
+        shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_contract_holds() -> None:
+    assert check(REPO) == []
+
+
+def test_python_side_names_cluster_vars() -> None:
+    assert toolchain.RPC_SERVER_NAMES is cluster_vars.RPC_SERVER_NAMES
+    assert str(toolchain.default_prefixes({"HOME": "/h"})[-1]) == cluster_vars.LLAMA_PREFIX
+    params = {p.name: p.default for p in cli.params}
+    assert params["rpc_group"] == Context(None).rpc_group == cluster_vars.RPC_GROUP
+    assert params["coordinator_group"] == Context(None).coordinator_group == cluster_vars.COORDINATOR_GROUP
+
+
+def test_gateway_defaults_name_cluster_vars() -> None:
+    params = {p.name: p.default for p in gateway_cli.params}
+    assert params["port"] == gateway_server.DEFAULT_PORT == cluster_vars.GATEWAY_PORT
+    assert params["keep_alive"] == cluster_vars.GATEWAY_KEEP_ALIVE
+    assert params["queue_size"] == OnDemandSettings().queue_size == cluster_vars.GATEWAY_QUEUE_SIZE
+    api_key = next(p for p in gateway_cli.params if p.name == "api_key")
+    assert api_key.envvar == gateway_server.ENV_API_KEY == cluster_vars.GATEWAY_API_KEY_ENV
+
+
+def test_unmutated_copy_holds(tmp_path: Path) -> None:
+    assert check(_copy(tmp_path)) == []
+
+
+# (file, text, replacement, what the check must report): one fact changed in one place.
+MUTATIONS = [
+    ("Makefile", "LLAMA_REF := 0c1e57098", "LLAMA_REF := 0c1e57099", "Makefile: LLAMA_REF is '0c1e57099'"),
+    (
+        "molecule/user-scope/molecule.yml",
+        "llama_cpp_version: 0c1e57098",
+        "llama_cpp_version: 0c1e57099",
+        "molecule/user-scope/molecule.yml: all: llama_cpp_version",
+    ),
+    (
+        "roles/llama_cpp/defaults/main.yml",
+        "llama_cpp_version: 0c1e57098",
+        "llama_cpp_version: 0c1e57099",
+        "roles/llama_cpp/defaults/main.yml: llama_cpp_version",
+    ),
+    (
+        "roles/llama_cpp/meta/argument_specs.yml",
+        "default: 0c1e57098",
+        "default: 0c1e57099",
+        "roles/llama_cpp/meta/argument_specs.yml: option llama_cpp_version",
+    ),
+    (
+        "roles/sollol_cluster/defaults/main.yml",
+        "sollol_rpc_port: 50052",
+        "sollol_rpc_port: 50053",
+        "roles/sollol_cluster/defaults/main.yml: sollol_rpc_port is 50053",
+    ),
+    (
+        "roles/rpc_server/meta/argument_specs.yml",
+        "default: 50052",
+        "default: 50053",
+        "roles/rpc_server/meta/argument_specs.yml: option sollol_rpc_port",
+    ),
+    (
+        "roles/sollol_cluster/meta/argument_specs.yml",
+        "default: coordinator",
+        "default: coordinators",
+        "roles/sollol_cluster/meta/argument_specs.yml: option sollol_coordinator_group",
+    ),
+    (
+        "roles/llama_cpp/meta/argument_specs.yml",
+        "default: [ggml-rpc-server, llama-server, llama-bench]",
+        "default: [ggml-rpc-server, llama-server]",
+        "option llama_cpp_targets default",
+    ),
+    (
+        "playbooks/site.yml",
+        "default('rpc_servers')",
+        "default('workers')",
+        "playbooks/site.yml: sollol_rpc_group | default('workers')",
+    ),
+    (
+        "playbooks/reset.yml",
+        "\"{{ sollol_coordinator_group | default('coordinator') }}\"",
+        "coordinator",
+        "playbooks/reset.yml: play 'Remove the coordinator services and venv' has hosts 'coordinator'",
+    ),
+    (
+        "playbooks/site.yml",
+        "groups[sollol_rpc_group]",
+        "groups['rpc_servers']",
+        "playbooks/site.yml: groups['rpc_servers'] hard-codes a group",
+    ),
+    (
+        "playbooks/reset.yml",
+        "default('/opt/sollol-ops/llama.cpp')",
+        "default('/opt/llama.cpp')",
+        "playbooks/reset.yml: llama_cpp_prefix | default('/opt/llama.cpp')",
+    ),
+    (
+        "roles/llama_cpp/defaults/main.yml",
+        "llama_cpp_prefix: /opt/sollol-ops/llama.cpp",
+        "llama_cpp_prefix: /opt/llama.cpp",
+        "roles/llama_cpp/defaults/main.yml: llama_cpp_prefix",
+    ),
+    (
+        "roles/rpc_server/defaults/main.yml",
+        "rpc_server_binary: ggml-rpc-server",
+        "rpc_server_binary: rpc-server",
+        "roles/rpc_server/defaults/main.yml: rpc_server_binary",
+    ),
+    (
+        "roles/llama_cpp/vars/main.yml",
+        "llama_cpp__rpc_names: [ggml-rpc-server, rpc-server]",
+        "llama_cpp__rpc_names: [ggml-rpc-server]",
+        "roles/llama_cpp/vars/main.yml: llama_cpp__rpc_names",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "    coordinator:\n      hosts:",
+        "    coordinators:\n      hosts:",
+        "roles/coordinator/templates/inventory.yml.j2: writes groups",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_rpc_memory_mib | default(0)",
+        "sollol_rpc_memory_mib | default(1024)",
+        "an unset sollol_rpc_memory_mib is written as 1024",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_skip_unhealthy | default(false)",
+        "sollol_skip_unhealthy | default(true)",
+        "sollol_skip_unhealthy | default(true), cluster_vars says False",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "    sollol_skip_unhealthy: {{",
+        "    sollol_skip_unhealthy_x: {{",
+        "all.vars.sollol_skip_unhealthy is written as None, not False",
+    ),
+    (
+        "sollol_ops/cluster/facts.py",
+        '"sollol_skip_unhealthy": False,',
+        '"sollol_skip_unhealthy": True,',
+        "roles/sollol_cluster/defaults/main.yml: sollol_skip_unhealthy is False, cluster_vars says True",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_coordinator_memory_mib: {{ sollol_coordinator_memory_mib | int }}",
+        "sollol_coordinator_memory_mib: 512",
+        "the coordinator's sollol_coordinator_memory_mib is written as 512, not 0",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "          sollol_coordinator_device: {{ sollol_coordinator_device | to_json }}\n",
+        "",
+        "the coordinator's sollol_coordinator_device is written as None, not 'CPU'",
+    ),
+    (
+        "roles/sollol_cluster/defaults/main.yml",
+        "sollol_coordinator_memory_mib: 0",
+        "sollol_coordinator_memory_mib: 1024",
+        "roles/sollol_cluster/defaults/main.yml: sollol_coordinator_memory_mib is 1024, cluster_vars says 0",
+    ),
+    (
+        "roles/sollol_cluster/meta/argument_specs.yml",
+        "default: CPU",
+        "default: cpu",
+        "roles/sollol_cluster/meta/argument_specs.yml: option sollol_coordinator_device default is 'cpu'",
+    ),
+    ("inventory.example.ini", "[rpc_servers]", "[workers]", "inventory.example.ini: no [rpc_servers] section"),
+    (
+        "inventory.example.ini",
+        "llama_cpp_version=0c1e57098",
+        "llama_cpp_version=0c1e57099",
+        "inventory.example.ini: llama_cpp_version=0c1e57099",
+    ),
+    (
+        "molecule/default/molecule.yml",
+        "groups: [coordinator]",
+        "groups: [coord]",
+        "molecule: no scenario has a platform in group coordinator",
+    ),
+    (
+        "sollol_ops/cluster/toolchain.py",
+        "Path(LLAMA_PREFIX)]",
+        'Path("/opt/sollol-ops/llama.cpp")]',
+        "sollol_ops/cluster/toolchain.py:22: literal '/opt/sollol-ops/llama.cpp'",
+    ),
+    (
+        "sollol_ops/cli/main.py",
+        "default=RPC_GROUP,",
+        'default="rpc_servers",',
+        "sollol_ops/cli/main.py:",
+    ),
+    (
+        "sollol_ops/cluster/inventory.py",
+        "coordinator_group: str = cluster_vars.COORDINATOR_GROUP,",
+        'coordinator_group: str = "coordinator",',
+        "literal 'coordinator': use cluster_vars.COORDINATOR_GROUP",
+    ),
+    (
+        "roles/rpc_server/vars/main.yml",
+        "else [1, (rpc_server__cpu_count | int) // (rpc_server__instances | length)] | max",
+        "else (rpc_server__cpu_count | int)",
+        "rpc_server__default_threads gives 2 threads for 2 cores and 2 instance(s), cluster_vars.rpc_threads gives 1",
+    ),
+    (
+        "roles/rpc_server/defaults/main.yml",
+        "rpc_server_threads: 0",
+        "rpc_server_threads: 2",
+        "roles/rpc_server/defaults/main.yml: rpc_server_threads is 2, cluster_vars says 0",
+    ),
+    (
+        "roles/coordinator/defaults/main.yml",
+        "coordinator_gateway_port: 11435",
+        "coordinator_gateway_port: 11434",
+        "roles/coordinator/defaults/main.yml: coordinator_gateway_port is 11434, cluster_vars says 11435",
+    ),
+    (
+        "roles/coordinator/meta/argument_specs.yml",
+        "default: 5m",
+        "default: 10m",
+        "roles/coordinator/meta/argument_specs.yml: option coordinator_gateway_keep_alive default is '10m'",
+    ),
+    (
+        "roles/coordinator/vars/main.yml",
+        "coordinator__gateway_key_env: SOLLOL_GATEWAY_API_KEY",
+        "coordinator__gateway_key_env: GATEWAY_API_KEY",
+        "roles/coordinator/vars/main.yml: coordinator__gateway_key_env is 'GATEWAY_API_KEY'",
+    ),
+    (
+        "sollol_ops/gateway/server.py",
+        "DEFAULT_PORT = cluster_vars.GATEWAY_PORT",
+        "DEFAULT_PORT = 11435",
+        "sollol_ops/gateway/server.py:19: literal 11435: use cluster_vars.GATEWAY_PORT",
+    ),
+    ("collection/galaxy.yml", "version: 0.1.0", "version: 0.2.0", "collection/galaxy.yml: version '0.2.0'"),
+    (
+        "sollol_ops/cluster/facts.py",
+        'LLAMA_REF = "0c1e57098"',
+        'LLAMA_REF = "0c1e57099"',
+        "Makefile: LLAMA_REF is '0c1e57098', cluster_vars says '0c1e57099'",
+    ),
+    (
+        "sollol_ops/cluster/facts.py",
+        '"sollol_rpc_memory_mib": 0,',
+        '"sollol_rpc_memory_mib": 512,',
+        "roles/sollol_cluster/defaults/main.yml: sollol_rpc_memory_mib is 0, cluster_vars says 512",
+    ),
+]
+
+
+@pytest.mark.parametrize(("file", "old", "new", "reported"), MUTATIONS, ids=[f"{m[0]}:{m[2]}" for m in MUTATIONS])
+def test_check_reports_drift(tmp_path: Path, file: str, old: str, new: str, reported: str) -> None:
+    root = _copy(tmp_path)
+    path = root / file
+    text = path.read_text()
+    assert old in text, f"mutation target {old!r} is gone from {file}: update the test"
+    path.write_text(text.replace(old, new, 1))
+    problems = check(root)
+    assert any(reported in p for p in problems), problems
