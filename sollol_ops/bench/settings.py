@@ -1,4 +1,4 @@
-"""What a bench run is asked for (BenchConfig, the option parsers, link labels) and how one row starts its
+"""What a bench run is asked for (BenchConfig, the option parsers) and how one row starts its
 servers (Settings, the --grid settings)."""
 
 from __future__ import annotations
@@ -59,10 +59,6 @@ def parse_links(text: str) -> list[str]:
     if not links:
         raise BenchError("--links is empty")
     return list(dict.fromkeys(links))
-
-
-def link_label(link: str) -> str:
-    return "loopback" if link == "none" else link
 
 
 @dataclass

@@ -135,9 +135,6 @@ class Ledger:
         self.entries = [e for e in self.entries if (e.digest, e.endpoint) != (entry.digest, entry.endpoint)]
         self.entries.append(entry)
 
-    def for_model(self, model: str) -> list[LedgerEntry]:
-        return [e for e in self.entries if e.model == model]
-
     def needed(self, endpoint: str, cache_dir: str) -> set[str]:
         return {f.file for e in self.entries if (e.endpoint, e.cache_dir) == (endpoint, cache_dir) for f in e.files}
 
@@ -327,9 +324,6 @@ class StageResult:
     @property
     def new_bytes(self) -> int:
         return sum(f.size for f in self.files if f.new)
-
-
-Stager = Callable[[WorkerShare, Path], list[StagedFile]]
 
 
 def stage_local(
