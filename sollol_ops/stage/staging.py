@@ -31,7 +31,8 @@ from sollol_ops import procs
 from sollol_ops.cluster.inventory import Backend
 from sollol_ops.cluster.placement import Plan, is_local_address
 from sollol_ops.errors import BackendError, StageError, UsageError
-from sollol_ops.model.gguf_info import GGUFInfo, TensorEntry, TensorTable, read_gguf, read_tensor_table
+from sollol_ops.model.gguf_header import TensorEntry, TensorTable, read_tensor_table
+from sollol_ops.model.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.serve import statefile
 from sollol_ops.stage.worker import (
     HASH_THRESHOLD,

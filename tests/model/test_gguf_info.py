@@ -18,7 +18,8 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from helpers import assert_clean_failure, run_bounded, run_cli_bounded
 
 from sollol_ops.errors import GGUFError
-from sollol_ops.model.gguf_info import TensorEntry, file_type_label, read_gguf
+from sollol_ops.model.gguf_header import TensorEntry
+from sollol_ops.model.gguf_info import file_type_label, read_gguf
 from sollol_ops.model.ollama import blob_path
 
 TINY_LAYER = 8 * 4 + 8 * 8 * 4  # attn_norm + attn_q, f32
