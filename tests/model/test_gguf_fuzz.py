@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gguf_fuzz_driver
 import pytest
 from fixtures_gguf import model_blob, snapshot
 from gguf_fuzz_driver import MODELS_EVERY, facts, header_fields, mutation
@@ -31,7 +32,7 @@ COUNT = 300
 CLI_SAMPLE = range(0, COUNT, 25)  # 12 mutations through the real command
 REF = "fuzz:135m"
 ALLOWED = {0, 4, 5, 7}
-DRIVER = Path(__file__).with_name("gguf_fuzz_driver.py")
+DRIVER = Path(gguf_fuzz_driver.__file__)  # tests/support
 BOUND_S = 20.0
 
 
