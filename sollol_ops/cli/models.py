@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from sollol_ops.errors import StoreError
-from sollol_ops.model.ollama import InstalledModel, candidate_roots, list_models, store_roots
+from sollol_ops.model.ollama import InstalledModel, list_models
+from sollol_ops.model.roots import candidate_roots, store_roots
 from sollol_ops.ui import echo_json, echo_table, human_bytes, to_jsonable
 
 HEADERS = ("MODEL", "SIZE", "ARCH", "LAYERS", "QUANT", "ROOT")

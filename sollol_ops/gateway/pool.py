@@ -19,7 +19,7 @@ import httpx
 
 from sollol_ops.cluster.inventory import PoolNode
 from sollol_ops.errors import UsageError
-from sollol_ops.model.ollama import parse_model_ref
+from sollol_ops.model.names import parse_model_ref
 
 log = logging.getLogger("sollol_ops.gateway")
 

