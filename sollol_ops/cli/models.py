@@ -31,10 +31,10 @@ def _row(m: InstalledModel, with_error: bool) -> tuple[object, ...]:
 
 def staged_by_model() -> dict[str, list[dict[str, Any]]]:
     """The staging ledger's rows by model ref (sollol-ops stage)."""
-    from sollol_ops.stage import staging
+    from sollol_ops.stage import ledger
 
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in staging.staged_summary(staging.load_ledger()):
+    for row in ledger.staged_summary(ledger.load_ledger()):
         out.setdefault(str(row["model"]), []).append(row)
     return out
 

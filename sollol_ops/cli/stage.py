@@ -1,5 +1,5 @@
 """`sollol-ops stage [MODEL]`: put each worker's share of MODEL's weights into its rpc-server's tensor cache
-ahead of the first load; --verify and --prune look after what is staged (logic in sollol_ops.stage.staging)."""
+ahead of the first load; --verify and --prune look after what is staged (logic in sollol_ops.stage)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from sollol_ops.cli.context import Context
 from sollol_ops.errors import SollolError, UsageError
-from sollol_ops.stage import staging
+from sollol_ops.stage import cachedir, ledger, shares, staging, upkeep
 from sollol_ops.ui import echo_json, echo_table, human_bytes
 
 
@@ -59,14 +59,14 @@ def stage(
 
     Run it while no coordinator holds the rpc-servers (each serves one client at a time).
     """
-    dirs = staging.parse_cache_dirs(cache_dirs)
+    dirs = cachedir.parse_cache_dirs(cache_dirs)
     if model is None and not (verify or prune):
         raise UsageError("name a MODEL to stage, or pass --verify and/or --prune")
     out: dict[str, object] = {}
     if model is not None:
         prepared = staging.prepare(model, ctx.cluster().backends, ctx_size, ollama_models)
         out["model"] = prepared.model
-        out["plan"] = staging.describe_plan(prepared.shares)
+        out["plan"] = shares.describe_plan(prepared.shares)
         if not as_json:
             echo_table(
                 ["ENDPOINT", "LAYERS", "OUTPUT", "TENSORS", "CACHED", "CACHED BYTES", "ALWAYS SENT"],
@@ -108,7 +108,7 @@ def stage(
                         f"({human_bytes(r.new_bytes)} new) in {r.cache_dir}, verified (sha256)"
                     )
     if verify:
-        rows = staging.verify(model=out.get("model"), inventory=_remote_inventory(ctx))  # type: ignore[arg-type]
+        rows = upkeep.verify(model=out.get("model"), inventory=_remote_inventory(ctx))  # type: ignore[arg-type]
         out["verify"] = rows
         if not as_json:
             bad = [r for r in rows if r.state not in ("ok", "remote")]
@@ -120,7 +120,7 @@ def stage(
             for r in bad:
                 click.echo(f"  {r.endpoint} {r.file}: {r.state}")
     if prune:
-        removed = staging.prune(dirs, inventory=_remote_inventory(ctx))
+        removed = upkeep.prune(dirs, inventory=_remote_inventory(ctx))
         out["pruned"] = removed
         if not as_json:
             click.echo(f"pruned {len(removed)} cache file(s), {human_bytes(sum(r.size for r in removed))}")
@@ -132,7 +132,7 @@ def stage(
 
 def _remote_inventory(ctx: Context) -> Path | None:
     """The inventory, when the ledger has entries staged through Ansible (verify/prune reach them through it)."""
-    if not any(e.where.startswith("ansible:") for e in staging.load_ledger().entries):
+    if not any(e.where.startswith("ansible:") for e in ledger.load_ledger().entries):
         return None
     try:
         return ctx.inventory_path()

@@ -373,7 +373,7 @@ class StatusReport:
     coordinator: CoordinatorStatus
     backends: list[BackendStatus]
     inventory: str | None
-    staged: list[dict[str, Any]] = field(default_factory=list)  # the staging ledger (sollol_ops.stage.staging)
+    staged: list[dict[str, Any]] = field(default_factory=list)  # the staging ledger (sollol_ops.stage.ledger)
 
     def problems(self, require_coordinator: bool = False) -> list[str]:
         """What `status --check` fails on: a coordinator that exists but is not serving (or none, when
@@ -482,6 +482,6 @@ def status(
         if coord.state != "not running" and b.endpoint in {lo.endpoint for lo in coord.skipped}:
             detail = f"{detail}; left out of {coord.model}'s coordinator (degraded)".lstrip("; ")
         rows.append(BackendStatus(b.host, b.endpoint, r.status.value, r.version, r.devices, detail))
-    from sollol_ops.stage import staging
+    from sollol_ops.stage import ledger
 
-    return StatusReport(coord, rows, str(cluster.inventory), staging.staged_summary(staging.load_ledger(root)))
+    return StatusReport(coord, rows, str(cluster.inventory), ledger.staged_summary(ledger.load_ledger(root)))
