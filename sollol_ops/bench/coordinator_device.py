@@ -18,8 +18,8 @@ from sollol_ops.bench.settings import Settings
 
 if TYPE_CHECKING:
     from sollol_ops.bench.backends import RpcBackends
+    from sollol_ops.bench.harness import Harness
     from sollol_ops.bench.models import BenchModel
-    from sollol_ops.bench.runs import Bench
 
 SECTION = "coordinator-device"
 MIN_REPEATS = 3
@@ -37,7 +37,7 @@ def setups(cores: int | None = None) -> list[tuple[int, Settings]]:
     return [(2, workers), (1, coordinator)]
 
 
-def run(bench: Bench, model: BenchModel, backends: RpcBackends, link: str) -> None:
+def run(bench: Harness, model: BenchModel, backends: RpcBackends, link: str) -> None:
     """Rows of both setups and the comparisons coordinator + 1 worker / 2 workers."""
     pairs = setups()
     samples: list[dict[str, list[float]]] = [{} for _ in pairs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sollol_ops.bench.report import _med, _who
+from sollol_ops.bench.tables import median_of, who
 from sollol_ops.errors import BenchError
 
 
@@ -29,7 +29,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     for r in doc["rows"]:
         if r["section"] not in ("sharding", "links") or r["settings"] not in ("plain llama-server", "sollol defaults"):
             continue
-        series.setdefault(_who(r), []).append((r["size_mib"], _med(r, "gen_tps"), _med(r, "load_cold_s")))
+        series.setdefault(who(r), []).append((r["size_mib"], median_of(r, "gen_tps"), median_of(r, "load_cold_s")))
     for label, pts in series.items():
         pts.sort()
         xs = [p[0] for p in pts]

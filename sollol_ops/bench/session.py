@@ -14,9 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sollol_ops.bench.base import BenchBase
 from sollol_ops.bench.gateway import GatewayBench
 from sollol_ops.bench.models import resolve_models
-from sollol_ops.bench.runs import Bench, BenchBase
+from sollol_ops.bench.runs import Bench
 from sollol_ops.bench.settings import BenchConfig
 from sollol_ops.bench.stats import summarize
 from sollol_ops.cluster.rpc import CLIENT_PROTOCOL

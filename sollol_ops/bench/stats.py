@@ -39,9 +39,10 @@ def row_ratios(metrics: dict[str, Stat], baseline: dict[str, Stat] | None) -> di
         if name in ("prompt_n", "gen_n"):
             continue
         base = (baseline or {}).get(BASELINE_OF.get(name, name))
-        out[name] = None if base is None else _round(ratio(stat.median, base.median), 3)
+        out[name] = None if base is None else round_or_none(ratio(stat.median, base.median), 3)
     return out
 
 
-def _round(value: float | None, digits: int = 3) -> float | None:
+def round_or_none(value: float | None, digits: int = 3) -> float | None:
+    """`value` rounded to `digits`, None kept."""
     return None if value is None else round(value, digits)

@@ -264,7 +264,7 @@ GATEWAY_COMPARISONS = {
 
 
 def test_gateway_stream_lines_are_read_as_each_api_sends_them() -> None:
-    from sollol_ops.bench.gateway import _piece
+    from sollol_ops.bench.streaming import _piece
 
     chunk = {"choices": [{"delta": {"content": "Hi"}}]}
     assert _piece("data: " + json.dumps(chunk), "openai", "u") == ("Hi", False, None)
