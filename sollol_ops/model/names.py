@@ -20,6 +20,8 @@ _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,253}(:[0-9]{1,5})?$")
 
 @dataclass(frozen=True)
 class ModelRef:
+    """A model name in its four parts; printed as Ollama prints it (default host and namespace left out)."""
+
     host: str
     namespace: str
     name: str

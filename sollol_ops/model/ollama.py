@@ -50,6 +50,8 @@ class StoreEntry:
 
 @dataclass(frozen=True)
 class ResolvedModel(StoreEntry):
+    """A model name resolved to its blob, checked against the manifest (and hashed when `verified`)."""
+
     blob: Path
     digest: str
     size: int
@@ -62,6 +64,8 @@ class ResolvedModel(StoreEntry):
 
 @dataclass(frozen=True)
 class InstalledModel(StoreEntry):
+    """One manifest of `models`' listing: its blob and GGUF facts, or the `error` that kept it from resolving."""
+
     blob: Path | None = None
     digest: str | None = None
     size: int | None = None

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
+from groups import kill_groups
 from helpers import run_cli
 
 from sollol_ops import procs
@@ -62,8 +62,4 @@ def test_up_across_network_namespaces(sollol_env: dict[str, str], tmp_path: Path
             assert not procs.is_alive(state.pid, state.start_time)
         finally:
             run_cli("down", "--timeout", "5", env=sollol_env)
-            for pid in pids:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_groups(pids)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
+from groups import kill_groups
 from helpers import free_port, run_cli
 from stagingparts import MODEL, answer, inventory, synthetic_store
 
@@ -103,8 +103,4 @@ def test_staging_in_namespaces(sollol_env: dict[str, str], smollm2_store: Path, 
             assert sum(staged_bytes) < 0.5 * sum(unstaged_bytes)
         finally:
             run_cli("down", "--timeout", "5", env=env)
-            for pid in pids:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_groups(pids)
