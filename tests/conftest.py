@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Local, free_port
+from helpers import Local
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster.local import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
@@ -42,14 +43,14 @@ def sollol_env(tmp_path: Path, smollm2_store: Path) -> dict[str, str]:
 
 @pytest.fixture
 def local2(sollol_env: dict[str, str]) -> Iterator[Local]:
-    cluster = Local(sollol_env, 2, free_port(53000))
+    cluster = Local(sollol_env, 2)
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture
 def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
-    cluster = Local(sollol_env, 3, free_port(53100))
+    cluster = Local(sollol_env, 3)
     yield cluster
     cluster.stop()
 
@@ -57,7 +58,7 @@ def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
 @pytest.fixture
 def rpc_server(tmp_path: Path) -> Iterator[tuple[str, LocalServer]]:
     """One real rpc-server on a free loopback port (1 thread), stopped at teardown."""
-    port = free_port(52100)
+    port = free_port()
     server = start_rpc_server(find_toolchain(), RpcServerSpec("127.0.0.1", port, 1, tmp_path / "rpc.log"))
     endpoint = f"127.0.0.1:{port}"
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hostile
 import pytest
+from ports import free_port
 from rpcdouble import RpcDouble
 
 from sollol_ops import procs
@@ -138,7 +139,7 @@ def test_a_hello_queued_by_the_race_is_withdrawn(rpc_server: tuple[str, LocalSer
 
 
 def test_down_on_a_closed_port() -> None:
-    port = procs.free_ports("127.0.0.1", 1, 52200)[0]
+    port = free_port()
     result = rpc.probe(f"127.0.0.1:{port}")
     assert result.status is rpc.Status.DOWN
     assert "refused" in result.detail
@@ -172,7 +173,7 @@ def test_scripted_gpu_devices_are_reported() -> None:
 
 def test_probe_all_is_concurrent_and_ordered(rpc_server: tuple[str, LocalServer]) -> None:
     endpoint, _ = rpc_server
-    closed = f"127.0.0.1:{procs.free_ports('127.0.0.1', 1, 52300)[0]}"
+    closed = f"127.0.0.1:{free_port()}"
     with RpcDouble(version=(6, 0, 0)) as old:
         holder_double = RpcDouble()
         with holder_double:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_cli
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster.local import wait_ready
@@ -42,7 +43,7 @@ def test_up_across_network_namespaces(sollol_env: dict[str, str], tmp_path: Path
                 + "".join(f"ws{i} ansible_host={lab.address(i)}\n" for i in range(3))
                 + "\n[coordinator]\nlocalhost ansible_connection=local\n"
             )
-            port = procs.free_ports("127.0.0.1", 1, 18400)[0]
+            port = free_port()
             proc = run_cli(
                 "-i", str(inv), "up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json", env=sollol_env
             )

@@ -8,7 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import Local, assert_clean_failure, free_port, run_cli
+from helpers import Local, assert_clean_failure, run_cli
+from ports import free_port
 from rpcdouble import RpcDouble
 
 from sollol_ops import procs, timings
@@ -31,7 +32,7 @@ UP_PHASES = [
 
 
 def _serve_and_check(cluster: Local, n: int, *extra: str) -> None:
-    port = free_port(18100)
+    port = free_port()
     proc = cluster.cli("up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json", *extra)
     assert proc.returncode == 0, proc.stderr
     if "--timings" in extra:  # every phase once, in order, on stderr; stdout stays the JSON document
@@ -102,7 +103,7 @@ def test_up_twice_same_model_is_a_noop_and_other_model_needs_replace(local2: Loc
     blob = resolve_model("smollm2:135m", local2.env["OLLAMA_MODELS"]).blob
     write_store(store, "smollm2:other", blob, link="hardlink")
     env = {**local2.env, "OLLAMA_MODELS": str(store)}
-    port = free_port(18200)
+    port = free_port()
     first = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
     assert first.returncode == 0, first.stderr
     again = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
@@ -117,7 +118,7 @@ def test_up_twice_same_model_is_a_noop_and_other_model_needs_replace(local2: Loc
 
 
 def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
-    dead = free_port(53500)
+    dead = free_port()
     inv = tmp_path / "inv.ini"
     inv.write_text(
         "[rpc_servers]\n"
@@ -126,12 +127,12 @@ def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
         )
         + f"ghost ansible_host=127.0.0.1 sollol_rpc_port={dead}\n"
     )
-    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--port", str(free_port(18300)), env=local2.env)
+    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--port", str(free_port()), env=local2.env)
     assert_clean_failure(proc, f"ghost (127.0.0.1:{dead}) is down", "--skip-unhealthy")
     assert proc.returncode == 6
     # --skip-unhealthy serves on the two that are up
     proc = run_cli(
-        "-i", str(inv), "up", "smollm2:135m", "--port", str(free_port(18300)), "-c", "512",
+        "-i", str(inv), "up", "smollm2:135m", "--port", str(free_port()), "-c", "512",
         "--skip-unhealthy", "--json", env=local2.env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -201,7 +202,7 @@ def test_down_and_logs_without_a_coordinator(sollol_env: dict[str, str]) -> None
 
 def test_status_json_with_a_down_backend(sollol_env: dict[str, str], tmp_path: Path) -> None:
     inv = tmp_path / "inv.ini"
-    inv.write_text(f"[rpc_servers]\nw ansible_host=127.0.0.1 sollol_rpc_port={free_port(53600)}\n")
+    inv.write_text(f"[rpc_servers]\nw ansible_host=127.0.0.1 sollol_rpc_port={free_port()}\n")
     proc = run_cli("-i", str(inv), "status", "--json", env=sollol_env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -219,7 +220,7 @@ def test_foreground_runs_attached_and_forwards_sigterm(local2: Local) -> None:
 
     from helpers import REPO
 
-    port = free_port(18700)
+    port = free_port()
     env = {**os.environ, **local2.env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sollol_ops.cli.main", "-i", local2.inventory, "up", "smollm2:135m",

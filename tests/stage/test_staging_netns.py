@@ -10,7 +10,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import free_port, run_cli
+from helpers import run_cli
+from ports import free_port
 from stagingparts import MODEL, answer, inventory, synthetic_store
 
 from sollol_ops import procs
@@ -58,7 +59,7 @@ def test_staging_in_namespaces(sollol_env: dict[str, str], smollm2_store: Path, 
 
             def load() -> tuple[list[int], list[int]]:
                 before = [_tx(lab, i) for i in range(2)]
-                port = free_port(18800)
+                port = free_port()
                 proc = run_cli("-i", inv, "up", MODEL, "--port", str(port), "-c", "1024", env=env)
                 assert proc.returncode == 0, proc.stderr
                 try:
