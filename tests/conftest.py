@@ -1,4 +1,5 @@
-"""Fixtures over real parts: the llama.cpp toolchain built by the role and the SmolLM2 Ollama store."""
+"""Fixtures over real parts (the llama.cpp toolchain built by the role, the SmolLM2 Ollama store) and the
+guard that makes every test needing one of them, or network namespaces, carry its marker."""
 
 from __future__ import annotations
 
@@ -13,7 +14,29 @@ from ports import free_port
 from sollol_ops import procs
 from sollol_ops.cluster.local import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
 from sollol_ops.cluster.toolchain import find_toolchain
+from sollol_ops.dev.netlab import NetLab
 from sollol_ops.paths import cache_dir
+
+# A fixture that needs a real part -> the marker a test using it (directly or through another fixture) carries.
+FIXTURE_MARKERS = {"smollm2_store": "model", "local2": "toolchain", "local3": "toolchain", "rpc_server": "toolchain"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before its fixtures run, a test that uses a real-part fixture without the fixture's marker."""
+    for fixture, marker in FIXTURE_MARKERS.items():
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+            pytest.fail(f"{item.nodeid} uses the {fixture} fixture: mark it @pytest.mark.{marker}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _netlab_needs_the_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without @pytest.mark.netns a NetLab refuses to start."""
+    if request.node.get_closest_marker("netns") is None:
+
+        def refuse(lab: NetLab) -> NetLab:
+            pytest.fail(f"{request.node.nodeid} starts a NetLab: mark it @pytest.mark.netns", pytrace=False)
+
+        monkeypatch.setattr(NetLab, "__enter__", refuse)
 
 
 def test_store_root() -> Path:

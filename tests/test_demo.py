@@ -14,6 +14,8 @@ from ports import free_port
 from sollol_ops import procs
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 def test_demo_script_serves_answers_and_stops(sollol_env: dict[str, str]) -> None:
     port = free_port()

@@ -179,6 +179,7 @@ def local_rpc(tmp_path: Path) -> Iterator[tuple[str, int, Path, dict[str, str]]]
         assert not procs.is_alive(pid, start_time)
 
 
+@pytest.mark.toolchain
 def test_frozen_rpc_server(local_rpc: tuple[str, int, Path, dict[str, str]], leak_mark: str) -> None:
     """SIGSTOP: the kernel still accepts connections, nothing answers. Library probe and `status` say
     busy in bounded time; after SIGCONT the server answers the queued knocks quietly and is ready."""
@@ -202,6 +203,7 @@ def test_frozen_rpc_server(local_rpc: tuple[str, int, Path, dict[str, str]], lea
     assert rpc.probe(endpoint).status is rpc.Status.READY
 
 
+@pytest.mark.toolchain
 def test_rpc_server_frozen_between_knock_and_hello(
     local_rpc: tuple[str, int, Path, dict[str, str]], leak_mark: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

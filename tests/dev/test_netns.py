@@ -18,7 +18,7 @@ from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.dev.netlab import NetLab
 from sollol_ops.serve.coordinator import CoordinatorState, chat
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.toolchain, pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -261,6 +261,8 @@ def _check_prediction(out: dict) -> dict[str, int]:
     return predicted
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("workers", "memory", "coordinator", "via"),
@@ -298,6 +300,8 @@ def test_placement_with_the_coordinator_cpu_predicts_llama_cpp(
     assert run_cli("down", env=local2.env).returncode == 0
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_up_refuses_an_offer_that_does_not_fit(local2: Local, tmp_path: Path) -> None:
     inv = _inventory(tmp_path / "inv.ini", local2.endpoints[:1], [300], "sollol_coordinator_memory_mib=20")
     proc = run_cli("-i", inv, "up", "smollm2:135m", "--port", str(free_port()), "-c", "1024", env=local2.env)
@@ -305,6 +309,8 @@ def test_up_refuses_an_offer_that_does_not_fit(local2: Local, tmp_path: Path) ->
     assert proc.returncode == PlacementError.exit_code
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_doctor_memory_check_counts_the_coordinator(local2: Local, tmp_path: Path) -> None:
     """doctor's memory check plans as `up` does: with the coordinator's offer, and its refusal."""
     for offer, status, needle in ((400, "ok", "fits at -c 1024"), (20, "fail", "coordinator CPU needs")):
@@ -322,6 +328,8 @@ def test_doctor_memory_check_counts_the_coordinator(local2: Local, tmp_path: Pat
     )
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_up_off_by_default_and_with_zero(local2: Local, tmp_path: Path) -> None:
     """The variable unset, set to 0, or --coordinator-memory 0: the same command, every layer on the workers."""
     port = str(free_port())
@@ -364,6 +372,8 @@ def test_assign_layers_in_single_precision_at_a_boundary() -> None:
     assert assign_layers(splits, n_layer) == expected
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 def test_boundary_split_matches_a_real_llama_server(
     local3: Local, tmp_path: Path, smollm2_store: Path, monkeypatch: pytest.MonkeyPatch

@@ -15,7 +15,7 @@ from stagingparts import MODEL, Relay, Worker, answer, inventory, start_workers,
 
 from sollol_ops.serve.coordinator import CoordinatorState
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.toolchain, pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from sollol_ops.serve.coordinator import CoordinatorState
 from sollol_ops.stage import staging
 from sollol_ops.stage.worker import cache_entries
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.toolchain, pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module", autouse=True)
