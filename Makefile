@@ -21,7 +21,7 @@ MODELS ?= $(CACHE)/models/ollama
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv llama model demo demo-stop test lint unit bench molecule wheel collection
+.PHONY: help venv llama model demo demo-stop test lint pytest unit bench molecule wheel collection
 
 help:
 	@echo "make demo    build what is needed and serve SmolLM2 sharded over local rpc-servers"
@@ -29,6 +29,8 @@ help:
 	@echo "make llama   build/install the pinned llama.cpp through roles/llama_cpp (-> $(LLAMA_PREFIX))"
 	@echo "make model   lay out the SmolLM2 test model as an Ollama store (-> $(MODELS))"
 	@echo "make lint    ruff, yamllint, ansible-lint"
+	@echo "make unit    the fast tests: no llama.cpp build, test model or namespaces needed (seconds to minutes)"
+	@echo "make pytest  the whole pytest suite (make test without lint and molecule)"
 	@echo "make bench   run the benchmark and rewrite docs/benchmarks.md"
 	@echo "make wheel   the sollol-ops wheel, playbooks and roles included (-> dist/)"
 	@echo "make collection  the roles and playbooks as the sollol.ops Ansible collection (-> dist/)"
@@ -70,10 +72,15 @@ lint: venv
 	$(BIN)/yamllint -s .
 	PATH=$(BIN):$$PATH $(BIN)/ansible-lint --profile production --offline
 
-unit: venv llama model
+pytest: venv llama model
 	SOLLOL_TEST_MODELS=$(MODELS) PATH=$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint molecule unit
+FAST_TESTS := not toolchain and not model and not netns and not slow
+
+unit: venv
+	PATH=$(BIN):$$PATH $(BIN)/pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)
+
+test: lint molecule pytest
 
 demo: venv llama model
 	PATH=$(BIN):$$PATH OLLAMA_MODELS=$(MODELS) bash scripts/demo.sh

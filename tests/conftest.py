@@ -1,4 +1,5 @@
-"""Fixtures over real parts: the llama.cpp toolchain built by the role and the SmolLM2 Ollama store."""
+"""Fixtures over real parts (the llama.cpp toolchain built by the role, the SmolLM2 Ollama store) and the
+guard that makes every test needing one of them, or network namespaces, carry its marker."""
 
 from __future__ import annotations
 
@@ -7,12 +8,35 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Local, free_port
+from helpers import Local
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster.local import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
 from sollol_ops.cluster.toolchain import find_toolchain
+from sollol_ops.dev.netlab import NetLab
 from sollol_ops.paths import cache_dir
+
+# A fixture that needs a real part -> the marker a test using it (directly or through another fixture) carries.
+FIXTURE_MARKERS = {"smollm2_store": "model", "local2": "toolchain", "local3": "toolchain", "rpc_server": "toolchain"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before its fixtures run, a test that uses a real-part fixture without the fixture's marker."""
+    for fixture, marker in FIXTURE_MARKERS.items():
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+            pytest.fail(f"{item.nodeid} uses the {fixture} fixture: mark it @pytest.mark.{marker}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _netlab_needs_the_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without @pytest.mark.netns a NetLab refuses to start."""
+    if request.node.get_closest_marker("netns") is None:
+
+        def refuse(lab: NetLab) -> NetLab:
+            pytest.fail(f"{request.node.nodeid} starts a NetLab: mark it @pytest.mark.netns", pytrace=False)
+
+        monkeypatch.setattr(NetLab, "__enter__", refuse)
 
 
 def test_store_root() -> Path:
@@ -42,14 +66,14 @@ def sollol_env(tmp_path: Path, smollm2_store: Path) -> dict[str, str]:
 
 @pytest.fixture
 def local2(sollol_env: dict[str, str]) -> Iterator[Local]:
-    cluster = Local(sollol_env, 2, free_port(53000))
+    cluster = Local(sollol_env, 2)
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture
 def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
-    cluster = Local(sollol_env, 3, free_port(53100))
+    cluster = Local(sollol_env, 3)
     yield cluster
     cluster.stop()
 
@@ -57,7 +81,7 @@ def local3(sollol_env: dict[str, str]) -> Iterator[Local]:
 @pytest.fixture
 def rpc_server(tmp_path: Path) -> Iterator[tuple[str, LocalServer]]:
     """One real rpc-server on a free loopback port (1 thread), stopped at teardown."""
-    port = free_port(52100)
+    port = free_port()
     server = start_rpc_server(find_toolchain(), RpcServerSpec("127.0.0.1", port, 1, tmp_path / "rpc.log"))
     endpoint = f"127.0.0.1:{port}"
     try:

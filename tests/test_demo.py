@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO
+from ports import free_port
 
 from sollol_ops import procs
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 def test_demo_script_serves_answers_and_stops(sollol_env: dict[str, str]) -> None:
-    port = procs.free_ports("127.0.0.1", 1, 18600)[0]
+    port = free_port()
     env = {
         **os.environ,
         **sollol_env,

@@ -110,6 +110,7 @@ def test_synthetic_writer_shapes(tmp_path: Path, ftype: str) -> None:
     assert not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_synthetic_store_copies_the_smollm2_tokenizer(tmp_path: Path, smollm2_store: Path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -133,6 +134,8 @@ def _check_stat(stat: dict) -> None:
     assert stat["min"] <= stat["median"] <= stat["max"] and stat["n"] >= 1
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_bench_smoke_end_to_end(sollol_env: dict[str, str]) -> None:
     proc = run_cli("bench", "smollm2:135m", "--backends", "1", "--links", "none", *TINY, env=sollol_env)
     assert proc.returncode == 0, proc.stderr
@@ -182,6 +185,8 @@ def test_bench_smoke_end_to_end(sollol_env: dict[str, str]) -> None:
     assert not list((Path(sollol_env["XDG_CACHE_HOME"]) / "sollol-ops" / "bench").glob("run-*"))
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_bench_text_and_markdown(sollol_env: dict[str, str], tmp_path: Path) -> None:
     md = tmp_path / "benchmarks.md"
     md.write_text("# Benchmarks\n\n## rpc-list vs ansible-inventory\n\nother helper's figures\n")
@@ -202,6 +207,7 @@ def test_bench_text_and_markdown(sollol_env: dict[str, str], tmp_path: Path) -> 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.model
 def test_bench_refuses_bad_options(sollol_env: dict[str, str]) -> None:
     assert_clean_failure(run_cli("bench", "smollm2:135m", "--links", "fast", env=sollol_env), "--links")
     assert_clean_failure(run_cli("bench", "smollm2:135m", "--backends", "0", env=sollol_env), "--backends")
@@ -210,6 +216,7 @@ def test_bench_refuses_bad_options(sollol_env: dict[str, str]) -> None:
     assert_clean_failure(run_cli("bench", "smollm2:135m", "--gateway", "--grid", env=sollol_env), "--gateway")
 
 
+@pytest.mark.model
 def test_plot_without_matplotlib_is_one_line(sollol_env: dict[str, str], tmp_path: Path) -> None:
     fake = tmp_path / "nompl" / "matplotlib"
     fake.mkdir(parents=True)
@@ -224,6 +231,8 @@ def _our_namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.startswith("sb")}
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.netns
 @pytest.mark.slow
 def test_bench_over_shaped_namespace_links(sollol_env: dict[str, str]) -> None:
@@ -296,6 +305,8 @@ def _procs_mentioning(text: str) -> list[str]:
     return out
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 def test_bench_gateway_end_to_end(sollol_env: dict[str, str], tmp_path: Path) -> None:
     md = tmp_path / "benchmarks.md"
@@ -366,6 +377,8 @@ def test_bench_gateway_end_to_end(sollol_env: dict[str, str], tmp_path: Path) ->
     assert not list((Path(sollol_env["XDG_CACHE_HOME"]) / "sollol-ops" / "bench").glob("run-*"))
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_coordinator_device_setups_share_the_cores_and_split_equally(
     rpc_server: tuple[str, object], smollm2_store: Path
 ) -> None:
@@ -390,6 +403,8 @@ def test_coordinator_device_setups_share_the_cores_and_split_equally(
     assert argv[argv.index("--threads") + 1] == "2"
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_bench_coordinator_device_rows(sollol_env: dict[str, str], tmp_path: Path) -> None:
     md = tmp_path / "benchmarks.md"
     args = ("smollm2:135m", "--backends", "1", "--links", "none", "--coordinator-device", "--out-md", str(md))
@@ -411,6 +426,8 @@ def test_bench_coordinator_device_rows(sollol_env: dict[str, str], tmp_path: Pat
     assert "tok/s" in text
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.netns
 @pytest.mark.slow
 def test_bench_stage_rows_on_a_shaped_link(sollol_env: dict[str, str], tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from sollol_ops.cluster.local import wait_ready
 from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.dev.netlab import NetLab
 
-pytestmark = [pytest.mark.toolchain, pytest.mark.slow]
+pytestmark = [pytest.mark.toolchain, pytest.mark.model, pytest.mark.slow]
 
 
 def checks(proc: object) -> dict[tuple[str, str], dict]:

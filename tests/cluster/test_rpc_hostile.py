@@ -16,6 +16,7 @@ import hostile
 import pytest
 from helpers import run_cli
 from hostile import HostilePeer
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster import rpc
@@ -162,7 +163,7 @@ def local_rpc(tmp_path: Path) -> Iterator[tuple[str, int, Path, dict[str, str]]]
     """One real rpc-server started with `sollol-ops local start`: (endpoint, pid, inventory, env)."""
     root = tmp_path / "local"
     env = {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CACHE_HOME": str(tmp_path / "cache"), "SOLLOL_INVENTORY": ""}
-    port = procs.free_ports("127.0.0.1", 1, 52600)[0]
+    port = free_port()
     start = ["local", "start", "1", "--base-port", str(port), "--threads", "1", "--no-cache", "--dir", str(root)]
     proc = run_cli(*start, "--json", env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -178,6 +179,7 @@ def local_rpc(tmp_path: Path) -> Iterator[tuple[str, int, Path, dict[str, str]]]
         assert not procs.is_alive(pid, start_time)
 
 
+@pytest.mark.toolchain
 def test_frozen_rpc_server(local_rpc: tuple[str, int, Path, dict[str, str]], leak_mark: str) -> None:
     """SIGSTOP: the kernel still accepts connections, nothing answers. Library probe and `status` say
     busy in bounded time; after SIGCONT the server answers the queued knocks quietly and is ready."""
@@ -201,6 +203,7 @@ def test_frozen_rpc_server(local_rpc: tuple[str, int, Path, dict[str, str]], lea
     assert rpc.probe(endpoint).status is rpc.Status.READY
 
 
+@pytest.mark.toolchain
 def test_rpc_server_frozen_between_knock_and_hello(
     local_rpc: tuple[str, int, Path, dict[str, str]], leak_mark: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

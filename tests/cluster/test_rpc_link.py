@@ -109,6 +109,7 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.toolchain
 def test_real_server_on_loopback_is_left_as_found(rpc_server: tuple[str, LocalServer], leak_mark: str) -> None:
     endpoint, server = rpc_server
     rss_before = _rss_kib(server.pid)
@@ -127,6 +128,7 @@ def test_real_server_on_loopback_is_left_as_found(rpc_server: tuple[str, LocalSe
     assert hostile.marked_processes(leak_mark) == []
 
 
+@pytest.mark.toolchain
 def test_busy_real_server_is_not_measured(rpc_server: tuple[str, LocalServer]) -> None:
     endpoint, server = rpc_server
     host, port = rpc.split_endpoint(endpoint)

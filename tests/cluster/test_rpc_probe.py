@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hostile
 import pytest
+from ports import free_port
 from rpcdouble import RpcDouble
 
 from sollol_ops import procs
@@ -35,6 +36,7 @@ def _mem_total_bytes() -> int:
     raise AssertionError("no MemTotal")
 
 
+@pytest.mark.toolchain
 def test_ready_with_version_and_memory(rpc_server: tuple[str, LocalServer]) -> None:
     endpoint, _ = rpc_server
     result = rpc.probe(endpoint)
@@ -47,6 +49,7 @@ def test_ready_with_version_and_memory(rpc_server: tuple[str, LocalServer]) -> N
     assert abs(dev.total - _mem_total_bytes()) < 0.05 * _mem_total_bytes()
 
 
+@pytest.mark.toolchain
 def test_busy_while_held_and_server_survives(rpc_server: tuple[str, LocalServer]) -> None:
     endpoint, server = rpc_server
     holder = _hold(endpoint)
@@ -63,6 +66,7 @@ def test_busy_while_held_and_server_survives(rpc_server: tuple[str, LocalServer]
     assert rpc.probe(endpoint).status is rpc.Status.READY
 
 
+@pytest.mark.toolchain
 def test_a_naive_probe_would_kill_the_server(rpc_server: tuple[str, LocalServer]) -> None:
     """Why the probe knocks first: a HELLO left queued by a client that gives up kills rpc-server."""
     endpoint, server = rpc_server
@@ -84,6 +88,7 @@ def _wait_dead(server: LocalServer, seconds: float) -> bool:
     return not procs.is_alive(server.pid, server.start_time)
 
 
+@pytest.mark.toolchain
 def test_a_queued_hello_aborted_with_a_reset_leaves_the_server_alive(rpc_server: tuple[str, LocalServer]) -> None:
     """The other half of the naive probe above: the same queued HELLO, abandoned with a reset (RST, what
     the probe does) instead of a FIN, does not kill the server when it gets to it."""
@@ -100,6 +105,7 @@ def test_a_queued_hello_aborted_with_a_reset_leaves_the_server_alive(rpc_server:
     assert rpc.probe(endpoint).status is rpc.Status.READY
 
 
+@pytest.mark.toolchain
 def test_an_unanswered_request_aborted_mid_session_leaves_the_server_alive(rpc_server: tuple[str, LocalServer]) -> None:
     """A probe that gives up while the server it is talking to has not answered yet (a stalled server,
     the deadline): the server answers into the reset connection later and must live on."""
@@ -118,6 +124,7 @@ def test_an_unanswered_request_aborted_mid_session_leaves_the_server_alive(rpc_s
     assert rpc.probe(endpoint).status is rpc.Status.READY
 
 
+@pytest.mark.toolchain
 def test_a_hello_queued_by_the_race_is_withdrawn(rpc_server: tuple[str, LocalServer], monkeypatch) -> None:
     """The race: the server is taken between knock and HELLO. The probe reports busy within its time
     limits, leaves no process behind, and the server survives reaching the withdrawn HELLO."""
@@ -138,7 +145,7 @@ def test_a_hello_queued_by_the_race_is_withdrawn(rpc_server: tuple[str, LocalSer
 
 
 def test_down_on_a_closed_port() -> None:
-    port = procs.free_ports("127.0.0.1", 1, 52200)[0]
+    port = free_port()
     result = rpc.probe(f"127.0.0.1:{port}")
     assert result.status is rpc.Status.DOWN
     assert "refused" in result.detail
@@ -170,9 +177,10 @@ def test_scripted_gpu_devices_are_reported() -> None:
     assert [(d.free, d.total) for d in result.devices] == [(10 * gib, 12 * gib), (20 * gib, 24 * gib)]
 
 
+@pytest.mark.toolchain
 def test_probe_all_is_concurrent_and_ordered(rpc_server: tuple[str, LocalServer]) -> None:
     endpoint, _ = rpc_server
-    closed = f"127.0.0.1:{procs.free_ports('127.0.0.1', 1, 52300)[0]}"
+    closed = f"127.0.0.1:{free_port()}"
     with RpcDouble(version=(6, 0, 0)) as old:
         holder_double = RpcDouble()
         with holder_double:

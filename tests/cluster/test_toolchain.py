@@ -14,6 +14,7 @@ from sollol_ops.cluster.toolchain import RPC_SERVER_NAMES, find_binary, find_too
 from sollol_ops.errors import ToolchainError
 
 
+@pytest.mark.toolchain
 def test_real_rpc_server_help_runs() -> None:
     tc = find_toolchain()
     assert tc.rpc_server.name in RPC_SERVER_NAMES
@@ -22,6 +23,7 @@ def test_real_rpc_server_help_runs() -> None:
     assert "--port" in text and "--host" in text, text
 
 
+@pytest.mark.toolchain
 def test_real_llama_server_version_is_stamped_with_the_build_id() -> None:
     tc = find_toolchain()
     version = tc.version()
@@ -31,6 +33,7 @@ def test_real_llama_server_version_is_stamped_with_the_build_id() -> None:
     assert build_id in version
 
 
+@pytest.mark.toolchain
 def test_both_rpc_server_names_are_installed() -> None:
     tc = find_toolchain()
     for name in RPC_SERVER_NAMES:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from groups import kill_groups
 from helpers import run_cli
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster.local import wait_ready
@@ -17,7 +18,7 @@ from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.dev.netlab import NetLab
 from sollol_ops.serve.coordinator import CoordinatorState, chat
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.toolchain, pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,7 +43,7 @@ def test_up_across_network_namespaces(sollol_env: dict[str, str], tmp_path: Path
                 + "".join(f"ws{i} ansible_host={lab.address(i)}\n" for i in range(3))
                 + "\n[coordinator]\nlocalhost ansible_connection=local\n"
             )
-            port = procs.free_ports("127.0.0.1", 1, 18400)[0]
+            port = free_port()
             proc = run_cli(
                 "-i", str(inv), "up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json", env=sollol_env
             )

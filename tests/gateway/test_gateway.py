@@ -17,7 +17,8 @@ import ollama
 import openai
 import pytest
 from gatewayparts import MODEL, GatewayProc, Member, pool_inventory, store_env, wait_until
-from helpers import Local, free_port
+from helpers import Local
+from ports import free_port
 
 from sollol_ops.model.ollama import resolve_model
 
@@ -47,9 +48,9 @@ def members(gw_env: dict[str, Any]) -> Iterator[list[Member]]:
 
 @pytest.fixture(scope="module")
 def cluster(gw_env: dict[str, Any]) -> Iterator[Local]:
-    local = Local(gw_env["env"], 2, free_port(53600))
+    local = Local(gw_env["env"], 2)
     try:
-        up = local.cli("up", SHARDED, "--port", str(free_port(18600)), "-c", "1024")
+        up = local.cli("up", SHARDED, "--port", str(free_port()), "-c", "1024")
         assert up.returncode == 0, up.stderr
         yield local
     finally:

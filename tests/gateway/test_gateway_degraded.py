@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from gatewayparts import MODEL, GatewayProc, store_env, wait_until
-from helpers import Local, free_port, run_cli
+from helpers import Local, run_cli
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster import local as local_cluster
@@ -49,7 +50,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[s
 
 @pytest.fixture(scope="module")
 def local(env: dict[str, Any]) -> Iterator[Local]:
-    cluster = Local(env["env"], 3, free_port(54300))
+    cluster = Local(env["env"], 3)
     cluster.revived = []  # type: ignore[attr-defined]
     yield cluster
     cluster.stop()
@@ -69,8 +70,8 @@ def inventories(env: dict[str, Any], local: Local) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def gw(env: dict[str, Any], inventories: dict[str, str]) -> Iterator[GatewayProc]:
-    args = ["--coordinator-port", str(free_port(19100)), "-c", "1024", "-t", "1"]
-    proc = GatewayProc(env["env"], Path(inventories["skip"]), env["root"], "degraded", *args, port_from=21900)
+    args = ["--coordinator-port", str(free_port()), "-c", "1024", "-t", "1"]
+    proc = GatewayProc(env["env"], Path(inventories["skip"]), env["root"], "degraded", *args)
     yield proc
     proc.stop()
 
@@ -171,9 +172,7 @@ def test_without_the_setting_the_refusal_names_the_host(
     assert od(gw)["phase"] == "idle"
     # --no-skip-unhealthy overrides the inventory's true; the strict inventory says false itself
     for inventory, args in ((inventories["skip"], ["--no-skip-unhealthy"]), (inventories["strict"], [])):
-        strict = GatewayProc(
-            env["env"], Path(inventory), env["root"], "strict", *args, "-c", "1024", "-t", "1", port_from=21900
-        )
+        strict = GatewayProc(env["env"], Path(inventory), env["root"], "strict", *args, "-c", "1024", "-t", "1")
         try:
             r = chat(strict)
             err = r.json()["error"]
@@ -186,9 +185,7 @@ def test_without_the_setting_the_refusal_names_the_host(
 def test_a_model_that_does_not_fit_the_rest_is_refused_even_with_the_setting(
     local: Local, env: dict[str, Any], inventories: dict[str, str]
 ) -> None:
-    capped = GatewayProc(
-        env["env"], Path(inventories["capped"]), env["root"], "capped", "-c", "4096", "-t", "1", port_from=21900
-    )
+    capped = GatewayProc(env["env"], Path(inventories["capped"]), env["root"], "capped", "-c", "4096", "-t", "1")
     try:
         r = chat(capped)
         err = r.json()["error"]
@@ -197,7 +194,7 @@ def test_a_model_that_does_not_fit_the_rest_is_refused_even_with_the_setting(
     finally:
         capped.stop()
     # `sollol-ops up` reads the same inventory setting and gives the same refusal (exit 7: placement)
-    port = str(free_port(19200))
+    port = str(free_port())
     up = run_cli("-i", inventories["capped"], "up", MODEL, "-c", "4096", "--port", port, env=env["env"])
     assert up.returncode == 7 and "does not fit" in up.stderr and lost_name(local) in up.stderr, up.stderr
     assert "starting degraded on 2 of 3 backends" in up.stderr

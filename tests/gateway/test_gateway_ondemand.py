@@ -20,7 +20,8 @@ import ollama
 import openai
 import pytest
 from gatewayparts import MODEL, GatewayProc, store_env, wait_until
-from helpers import Local, free_port, run_cli
+from helpers import Local, run_cli
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster import local as local_cluster
@@ -45,7 +46,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[s
 
 @pytest.fixture(scope="module")
 def local(env: dict[str, Any]) -> Iterator[Local]:
-    cluster = Local(env["env"], 2, free_port(53700))
+    cluster = Local(env["env"], 2)
     cluster.revived = []  # type: ignore[attr-defined]
     yield cluster
     cluster.stop()
@@ -72,7 +73,7 @@ def revive(local: Local, env: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def gw(env: dict[str, Any], local: Local) -> Iterator[GatewayProc]:
-    args = ["--coordinator-port", str(free_port(18900)), "-c", "1024", "-np", "2", "-t", "1"]
+    args = ["--coordinator-port", str(free_port()), "-c", "1024", "-np", "2", "-t", "1"]
     proc = GatewayProc(env["env"], Path(local.inventory), env["root"], "ondemand", *args, "--queue-size", str(QUEUE))
     yield proc
     proc.stop()
@@ -274,7 +275,7 @@ def test_a_killed_llama_server_is_an_api_error_and_the_next_request_reloads(
 def test_a_coordinator_started_by_hand_is_adopted(gw: GatewayProc, local: Local, env: dict[str, Any]) -> None:
     if od(gw)["phase"] != "idle":
         unload(gw, od(gw)["model"])
-    port = str(free_port(19000))
+    port = str(free_port())
     up = local.cli("up", OTHER, "--port", port, "-c", "1024", "-t", "1")
     assert up.returncode == 0, up.stderr
     pid = json.loads(state_file(env).read_text())["pid"]

@@ -21,7 +21,8 @@ import ollama
 import openai
 import pytest
 from gatewayparts import MODEL, GatewayProc, store_env, wait_until
-from helpers import Local, free_port, run_cli
+from helpers import Local, run_cli
+from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
 
@@ -37,7 +38,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[s
 
 @pytest.fixture(scope="module")
 def local(env: dict[str, Any]) -> Iterator[Local]:
-    cluster = Local(env["env"], 2, free_port(54500))
+    cluster = Local(env["env"], 2)
     yield cluster
     for state in sorted(env["root"].glob("state-*")):  # a gateway that exits leaves its coordinator running
         run_cli("down", "--timeout", "5", env={**env["env"], "XDG_STATE_HOME": str(state)})
@@ -58,8 +59,8 @@ def gateway(env: dict[str, Any], local: Local, name: str, progress: bool | None)
     """A gateway with its own state directory (so neither adopts the other's coordinator)."""
     own = {**env["env"], "XDG_STATE_HOME": str(env["root"] / f"state-{name}")}
     inv = inventory(env["root"] / f"{name}.ini", local, progress)
-    args = ["--coordinator-port", str(free_port(19300)), "-c", "1024", "-t", "1"]
-    proc = GatewayProc(own, inv, env["root"], name, *args, port_from=21800)
+    args = ["--coordinator-port", str(free_port()), "-c", "1024", "-t", "1"]
+    proc = GatewayProc(own, inv, env["root"], name, *args)
     proc.env = own  # type: ignore[attr-defined]
     proc.inventory = inv  # type: ignore[attr-defined]
     return proc
@@ -140,8 +141,8 @@ def test_streams_carry_loading_progress_only_when_asked_and_the_answer_is_unchan
     for kind, (progress, answer) in off.items():
         assert progress == [] and answer == on[kind][1], (kind, progress, answer, on[kind][1])
     # --no-loading-progress overrides the inventory's yes
-    args = ["--no-loading-progress", "--coordinator-port", str(free_port(19300)), "-c", "1024", "-t", "1"]
-    gw = GatewayProc(gw_on.env, gw_on.inventory, env["root"], "override", *args, port_from=21800)  # type: ignore[attr-defined]
+    args = ["--no-loading-progress", "--coordinator-port", str(free_port()), "-c", "1024", "-t", "1"]
+    gw = GatewayProc(gw_on.env, gw_on.inventory, env["root"], "override", *args)  # type: ignore[attr-defined]
     try:
         client = ollama.Client(host=gw.url)
         parts = list(client.chat(model=MODEL, messages=MESSAGES, options=OPTS, stream=True))
@@ -230,13 +231,13 @@ def test_a_held_up_load_shows_in_the_stream_api_ps_and_status(env: dict[str, Any
 def test_a_refused_load_ends_the_progress_stream_with_the_apis_error(env: dict[str, Any], local: Local) -> None:
     """The status line went out first, so the refusal (an rpc-server down) is the stream's last event, in the
     API's error shape: both official clients raise it with `up`'s message naming the host."""
-    dead = free_port(54600)
+    dead = free_port()
     own = {**env["env"], "XDG_STATE_HOME": str(env["root"] / "state-refused")}
     inv = inventory(env["root"] / "refused.ini", local, True)
     inv.write_text(
         inv.read_text().replace("[all:vars]", f"ghost ansible_host=127.0.0.1 sollol_rpc_port={dead}\n\n[all:vars]")
     )
-    gw = GatewayProc(own, inv, env["root"], "refused", "-t", "1", port_from=21800)
+    gw = GatewayProc(own, inv, env["root"], "refused", "-t", "1")
     try:
         parts: list[Any] = []
         with pytest.raises(ollama.ResponseError) as err:

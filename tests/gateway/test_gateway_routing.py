@@ -41,11 +41,13 @@ def error(r: Router, model: str) -> ApiError:
     return exc.value
 
 
+@pytest.mark.model
 def test_hybrid_sends_a_model_that_fits_a_healthy_node_to_the_pool(store: Path, tmp_path: Path) -> None:
     assert [t.node_name for t in router(store, tmp_path, "hybrid").targets(MODEL)] == ["n1"]
     assert [t.route for t in router(store, tmp_path, "hybrid", cap_mib=200).targets("smollm2:135m")] == ["pool"]
 
 
+@pytest.mark.model
 def test_hybrid_sends_a_model_too_big_for_any_node_to_the_coordinator(store: Path, tmp_path: Path) -> None:
     # the real blob is ~92 MiB: it does not fit n1's 50 MiB, so the shard route is chosen (none is running)
     err = error(router(store, tmp_path, "hybrid", cap_mib=50), MODEL)
@@ -53,6 +55,7 @@ def test_hybrid_sends_a_model_too_big_for_any_node_to_the_coordinator(store: Pat
     assert "pool node n1 (does not fit its sollol_ollama_memory_mib)" in err.message
 
 
+@pytest.mark.model
 def test_pins_override_the_size_rule(store: Path, tmp_path: Path) -> None:
     err = error(router(store, tmp_path, "hybrid", pins={MODEL: "shard"}), MODEL)
     assert err.status == 503 and "coordinator" in err.message and "pool node" not in err.message
@@ -64,6 +67,7 @@ def test_pins_override_the_size_rule(store: Path, tmp_path: Path) -> None:
     assert "store" not in err.message
 
 
+@pytest.mark.model
 def test_unknown_model_is_404_naming_where_it_looked(store: Path, tmp_path: Path) -> None:
     err = error(router(store, tmp_path, "hybrid"), "llama3.1:70b")
     assert err.status == 404
@@ -76,6 +80,7 @@ def test_unknown_model_is_404_naming_where_it_looked(store: Path, tmp_path: Path
     assert error(r, MODEL).status == 404
 
 
+@pytest.mark.model
 def test_names_are_compared_in_ollamas_canonical_form(store: Path, tmp_path: Path) -> None:
     r = router(store, tmp_path, "hybrid")
     r.pool.nodes[0].models = {"smollm2:latest": {"model": "smollm2:latest"}}

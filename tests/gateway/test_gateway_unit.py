@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 from gatewayparts import wait_until
-from helpers import REPO, free_port
+from helpers import REPO
+from ports import free_port
 
 from sollol_ops.cluster import facts as cluster_vars
 
@@ -72,7 +73,7 @@ def _directives(text: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, int, Path]:
     tmp = tmp_path_factory.mktemp("gateway-unit")
-    port = free_port(18900)
+    port = free_port()
     unit, env_file = _render(tmp, port)
     return unit, env_file, port, tmp
 

@@ -8,7 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import Local, assert_clean_failure, free_port, run_cli
+from helpers import Local, assert_clean_failure, run_cli
+from ports import free_port
 from rpcdouble import RpcDouble
 
 from sollol_ops import procs, timings
@@ -31,7 +32,7 @@ UP_PHASES = [
 
 
 def _serve_and_check(cluster: Local, n: int, *extra: str) -> None:
-    port = free_port(18100)
+    port = free_port()
     proc = cluster.cli("up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json", *extra)
     assert proc.returncode == 0, proc.stderr
     if "--timings" in extra:  # every phase once, in order, on stderr; stdout stays the JSON document
@@ -86,23 +87,29 @@ def _llama_server_running(blob: str, port: int) -> bool:
     return False
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 def test_up_on_two_local_rpc_servers(local2: Local) -> None:
     _serve_and_check(local2, 2, "--timings")
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 def test_up_on_three_local_rpc_servers(local3: Local) -> None:
     _serve_and_check(local3, 3)
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_up_twice_same_model_is_a_noop_and_other_model_needs_replace(local2: Local, tmp_path: Path) -> None:
     # a second model name in a second store root (the user's store is never written)
     store = tmp_path / "store2"
     blob = resolve_model("smollm2:135m", local2.env["OLLAMA_MODELS"]).blob
     write_store(store, "smollm2:other", blob, link="hardlink")
     env = {**local2.env, "OLLAMA_MODELS": str(store)}
-    port = free_port(18200)
+    port = free_port()
     first = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
     assert first.returncode == 0, first.stderr
     again = local2.cli("up", "smollm2:135m", "--port", str(port), "-c", "512")
@@ -116,8 +123,10 @@ def test_up_twice_same_model_is_a_noop_and_other_model_needs_replace(local2: Loc
     assert "replaced smollm2:135m" in swapped.stdout
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
-    dead = free_port(53500)
+    dead = free_port()
     inv = tmp_path / "inv.ini"
     inv.write_text(
         "[rpc_servers]\n"
@@ -126,12 +135,12 @@ def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
         )
         + f"ghost ansible_host=127.0.0.1 sollol_rpc_port={dead}\n"
     )
-    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--port", str(free_port(18300)), env=local2.env)
+    proc = run_cli("-i", str(inv), "up", "smollm2:135m", "--port", str(free_port()), env=local2.env)
     assert_clean_failure(proc, f"ghost (127.0.0.1:{dead}) is down", "--skip-unhealthy")
     assert proc.returncode == 6
     # --skip-unhealthy serves on the two that are up
     proc = run_cli(
-        "-i", str(inv), "up", "smollm2:135m", "--port", str(free_port(18300)), "-c", "512",
+        "-i", str(inv), "up", "smollm2:135m", "--port", str(free_port()), "-c", "512",
         "--skip-unhealthy", "--json", env=local2.env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -140,6 +149,7 @@ def test_refuses_a_down_backend_by_name(local2: Local, tmp_path: Path) -> None:
     assert sorted(d["name"] for d in out["distribution"]["devices"] if ":" in d["name"]) == sorted(local2.endpoints)
 
 
+@pytest.mark.model
 def test_refuses_an_incompatible_backend_by_name(sollol_env: dict[str, str], tmp_path: Path) -> None:
     with RpcDouble(version=(6, 2, 0)) as old:
         inv = tmp_path / "inv.ini"
@@ -148,6 +158,8 @@ def test_refuses_an_incompatible_backend_by_name(sollol_env: dict[str, str], tmp
     assert_clean_failure(proc, f"old-box (127.0.0.1:{old.port}) is incompatible", "RPC protocol 6.2.0")
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_refuses_a_port_in_use(local2: Local) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -157,6 +169,7 @@ def test_refuses_a_port_in_use(local2: Local) -> None:
     assert_clean_failure(proc, f"port {port} on 127.0.0.1 is already in use", "--port")
 
 
+@pytest.mark.model
 def test_model_not_found_suggests_near_matches(sollol_env: dict[str, str], tmp_path: Path) -> None:
     inv = tmp_path / "inv.ini"
     inv.write_text("[rpc_servers]\nw ansible_host=127.0.0.1\n")
@@ -164,6 +177,8 @@ def test_model_not_found_suggests_near_matches(sollol_env: dict[str, str], tmp_p
     assert_clean_failure(proc, "smollm2:136m", "ollama pull", "did you mean", "smollm2:135m")
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_model_that_cannot_fit_shows_the_numbers(local2: Local, tmp_path: Path) -> None:
     inv = tmp_path / "inv.ini"
     inv.write_text(
@@ -179,6 +194,8 @@ def test_model_that_cannot_fit_shows_the_numbers(local2: Local, tmp_path: Path) 
     assert proc.returncode == 7
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_dry_run_prints_plan_and_starts_nothing(local2: Local) -> None:
     proc = local2.cli("up", "smollm2:135m", "--dry-run", "-c", "2048")
     assert proc.returncode == 0, proc.stderr
@@ -194,14 +211,16 @@ def test_dry_run_prints_plan_and_starts_nothing(local2: Local) -> None:
     ]
 
 
+@pytest.mark.model
 def test_down_and_logs_without_a_coordinator(sollol_env: dict[str, str]) -> None:
     assert "no coordinator running" in run_cli("down", env=sollol_env).stdout
     assert_clean_failure(run_cli("logs", env=sollol_env), "no coordinator log")
 
 
+@pytest.mark.model
 def test_status_json_with_a_down_backend(sollol_env: dict[str, str], tmp_path: Path) -> None:
     inv = tmp_path / "inv.ini"
-    inv.write_text(f"[rpc_servers]\nw ansible_host=127.0.0.1 sollol_rpc_port={free_port(53600)}\n")
+    inv.write_text(f"[rpc_servers]\nw ansible_host=127.0.0.1 sollol_rpc_port={free_port()}\n")
     proc = run_cli("-i", str(inv), "status", "--json", env=sollol_env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -210,6 +229,8 @@ def test_status_json_with_a_down_backend(sollol_env: dict[str, str], tmp_path: P
     assert os.path.samefile(report["inventory"], inv)
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_foreground_runs_attached_and_forwards_sigterm(local2: Local) -> None:
     """What a systemd unit runs: attached, ready line on stderr, SIGTERM ends llama-server and the state."""
     import signal
@@ -219,7 +240,7 @@ def test_foreground_runs_attached_and_forwards_sigterm(local2: Local) -> None:
 
     from helpers import REPO
 
-    port = free_port(18700)
+    port = free_port()
     env = {**os.environ, **local2.env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sollol_ops.cli.main", "-i", local2.inventory, "up", "smollm2:135m",

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import Local, assert_clean_failure, free_port, run_cli
+from helpers import Local, assert_clean_failure, run_cli
+from ports import free_port
 
 from sollol_ops.cluster import rpc
 from sollol_ops.cluster.inventory import Backend, Cluster, Coordinator, cluster_from_inventory_data
@@ -260,6 +261,8 @@ def _check_prediction(out: dict) -> dict[str, int]:
     return predicted
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("workers", "memory", "coordinator", "via"),
@@ -275,7 +278,7 @@ def test_placement_with_the_coordinator_cpu_predicts_llama_cpp(
     endpoints = local2.endpoints[:workers]
     extra = f"sollol_coordinator_memory_mib={coordinator}" if via == "inventory" else ""
     inv = _inventory(tmp_path / "inv.ini", endpoints, memory, extra)
-    port = free_port(18400)
+    port = free_port()
     args = ["-i", inv, "up", "smollm2:135m", "--port", str(port), "-c", "1024", "--json"]
     if via == "option":
         args += ["--coordinator-memory", str(coordinator)]
@@ -297,13 +300,17 @@ def test_placement_with_the_coordinator_cpu_predicts_llama_cpp(
     assert run_cli("down", env=local2.env).returncode == 0
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_up_refuses_an_offer_that_does_not_fit(local2: Local, tmp_path: Path) -> None:
     inv = _inventory(tmp_path / "inv.ini", local2.endpoints[:1], [300], "sollol_coordinator_memory_mib=20")
-    proc = run_cli("-i", inv, "up", "smollm2:135m", "--port", str(free_port(18450)), "-c", "1024", env=local2.env)
+    proc = run_cli("-i", inv, "up", "smollm2:135m", "--port", str(free_port()), "-c", "1024", env=local2.env)
     assert_clean_failure(proc, "does not fit", "coordinator CPU needs", "sollol_coordinator_memory_mib")
     assert proc.returncode == PlacementError.exit_code
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_doctor_memory_check_counts_the_coordinator(local2: Local, tmp_path: Path) -> None:
     """doctor's memory check plans as `up` does: with the coordinator's offer, and its refusal."""
     for offer, status, needle in ((400, "ok", "fits at -c 1024"), (20, "fail", "coordinator CPU needs")):
@@ -321,9 +328,11 @@ def test_doctor_memory_check_counts_the_coordinator(local2: Local, tmp_path: Pat
     )
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 def test_up_off_by_default_and_with_zero(local2: Local, tmp_path: Path) -> None:
     """The variable unset, set to 0, or --coordinator-memory 0: the same command, every layer on the workers."""
-    port = str(free_port(18460))
+    port = str(free_port())
     commands = []
     for extra, option in (
         ("", []),
@@ -363,6 +372,8 @@ def test_assign_layers_in_single_precision_at_a_boundary() -> None:
     assert assign_layers(splits, n_layer) == expected
 
 
+@pytest.mark.toolchain
+@pytest.mark.model
 @pytest.mark.slow
 def test_boundary_split_matches_a_real_llama_server(
     local3: Local, tmp_path: Path, smollm2_store: Path, monkeypatch: pytest.MonkeyPatch
@@ -388,7 +399,7 @@ def test_boundary_split_matches_a_real_llama_server(
     kv_per_layer = info.kv_cache_bytes(2048) // n_layer
     plan = Plan(_shares(info, build_slots(probes), splits, 2048), 2048, n_layer, info.token_embd_bytes, kv_per_layer)
     assert [s.layers + s.has_output for s in plan.shares] == expected
-    port = free_port(18480)
+    port = free_port()
     argv = command(find_toolchain(), blob, StartOptions(port=port, n_ctx=2048, threads=1), plan)
     log = tmp_path / "server.log"
     pid = procs.spawn_detached(argv, log)

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Local, assert_clean_failure, free_port
+from helpers import REPO, Local, assert_clean_failure
+from ports import free_port
 
 from sollol_ops import procs
 
@@ -59,7 +60,7 @@ def up(cluster: Local, port: int, *extra: str) -> dict:
 
 
 def test_concurrent_ups_have_one_winner(local2: Local) -> None:
-    ports = [free_port(18300 + 10 * i) for i in range(3)]
+    ports = [free_port() for _ in range(3)]
     racers = [popen_cli(local2, "up", "smollm2:135m", "--port", str(p), "-c", "512", "--json") for p in ports]
     results = [(r.wait(timeout=120), *r.communicate()) for r in racers]
     started = [json.loads(out) for rc, out, _ in results if rc == 0 and json.loads(out)["kind"] == "started"]
@@ -80,7 +81,7 @@ def test_concurrent_ups_have_one_winner(local2: Local) -> None:
 def test_a_full_or_read_only_state_dir_spawns_nothing(local2: Local, fault: str, tmp_path: Path) -> None:
     """The coordinator's state directory is a tiny tmpfs, filled up or read-only, in a private mount
     namespace (the local cluster keeps its own state elsewhere)."""
-    port = free_port(18400)
+    port = free_port()
     state_home = tmp_path / "coordinator-state"
     state_dir = state_home / "sollol-ops"
     state_dir.mkdir(parents=True)
@@ -106,7 +107,7 @@ def test_a_full_or_read_only_state_dir_spawns_nothing(local2: Local, fault: str,
 
 
 def test_a_frozen_worker_is_reported_as_a_stall_naming_it(local2: Local) -> None:
-    port = free_port(18500)
+    port = free_port()
     up(local2, port)
     frozen = local2.endpoints[1]
     frozen_pid = local2.pids[1]
@@ -136,7 +137,7 @@ def test_a_frozen_worker_is_reported_as_a_stall_naming_it(local2: Local) -> None
 
 
 def test_kill_9_of_llama_server(local2: Local) -> None:
-    port = free_port(18600)
+    port = free_port()
     up(local2, port)
     pid = int(state(local2)["pid"])
     os.kill(pid, signal.SIGKILL)
@@ -155,7 +156,7 @@ def test_kill_9_of_llama_server(local2: Local) -> None:
 
 
 def test_kill_9_of_a_worker_while_serving(local2: Local) -> None:
-    port = free_port(18700)
+    port = free_port()
     up(local2, port)
     lost = local2.endpoints[0]
     os.kill(local2.pids[0], signal.SIGKILL)
@@ -178,7 +179,7 @@ def test_kill_9_of_a_worker_while_serving(local2: Local) -> None:
 
 
 def test_kill_9_of_up_while_loading_leaves_a_tracked_coordinator(local2: Local) -> None:
-    port = free_port(18800)
+    port = free_port()
     racer = popen_cli(local2, "up", "smollm2:135m", "--port", str(port), "-c", "512")
     state_file = Path(local2.env["XDG_STATE_HOME"]) / "sollol-ops/coordinator.json"
     deadline = time.monotonic() + 60
@@ -211,7 +212,7 @@ def test_status_calls_a_coordinator_held_up_by_a_frozen_backend_at_start_loading
     endpoint, server = rpc_server
     host, port = endpoint.rsplit(":", 1)
     resolved = resolve_model("smollm2:135m", smollm2_store)
-    opts = StartOptions(port=free_port(18500), n_ctx=512, threads=1)
+    opts = StartOptions(port=free_port(), n_ctx=512, threads=1)
     toolchain = find_toolchain()
     prepared = lifecycle.plan_command(
         "smollm2:135m", resolved.blob, read_gguf(resolved.blob), [Backend("w0", host, int(port))], opts, toolchain

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster.toolchain import Toolchain, find_toolchain
@@ -46,7 +46,7 @@ def test_base_url_reaches_wildcard_binds_through_loopback() -> None:
 @pytest.fixture(scope="module")
 def plain_server(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> Iterator[tuple[str, int, Path]]:
     blob = resolve_model("smollm2:135m", str(smollm2_store)).blob
-    port = free_port(18950)
+    port = free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     argv = llama_server.command(find_toolchain(), blob, StartOptions(port=port, n_ctx=512, extra_args=["--metrics"]))
     pid = procs.spawn_detached(argv, log)
@@ -81,7 +81,7 @@ def test_a_real_llama_server_streams_and_reports(plain_server: tuple[str, int, P
 @pytest.mark.toolchain
 def test_wait_ready_names_the_error_when_the_server_dies(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    argv = llama_server.command(find_toolchain(), tmp_path / "missing.gguf", StartOptions(port=free_port(18960)))
+    argv = llama_server.command(find_toolchain(), tmp_path / "missing.gguf", StartOptions(port=free_port()))
     pid = procs.spawn_detached(argv, log)
     start = procs.process_start_time(pid)
     with pytest.raises(BenchError, match="llama-server exited while loading"):
@@ -116,7 +116,7 @@ def test_health_speaks_http_and_tells_status_from_silence(tmp_path: Path) -> Non
             assert llama_server.health(url) == 503
         finally:
             httpd.shutdown()
-    assert llama_server.health(llama_server.base_url("127.0.0.1", free_port(18970))) is None
+    assert llama_server.health(llama_server.base_url("127.0.0.1", free_port())) is None
 
     with socketserver.TCPServer(("127.0.0.1", 0), socketserver.StreamRequestHandler) as junk:
         junk.RequestHandlerClass = type(

@@ -86,6 +86,7 @@ def test_a_symlink_as_state_file_is_set_aside_not_followed(tmp_path: Path) -> No
     assert target.read_text() == json.dumps(GOOD_STATE)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("case", ["non-integer pid", "binary", "fifo", "deep nesting"])
 def test_cli_commands_survive_a_corrupt_state_file(sollol_env: dict[str, str], case: str) -> None:
     state_file = Path(sollol_env["XDG_STATE_HOME"]) / "sollol-ops" / "coordinator.json"
@@ -112,6 +113,7 @@ LOCAL_CORRUPT = {
 }
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("case", sorted(LOCAL_CORRUPT))
 def test_a_local_cluster_file_of_the_wrong_shape_is_set_aside(sollol_env: dict[str, str], case: str) -> None:
     state_file = Path(sollol_env["XDG_STATE_HOME"]) / "sollol-ops" / "local" / "cluster.json"
@@ -129,6 +131,7 @@ def _sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sleep", "300"], start_new_session=True)
 
 
+@pytest.mark.model
 def test_down_never_signals_a_pid_it_cannot_prove_is_ours(sollol_env: dict[str, str]) -> None:
     """A state file naming a reused pid (no start time, or another start time or program) must not make
     `down` kill that unrelated process."""

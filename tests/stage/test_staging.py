@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_clean_failure, free_port, run_cli
+from helpers import assert_clean_failure, run_cli
+from ports import free_port
 from stagingparts import MODEL, Relay, Worker, answer, inventory, start_workers, stop_workers, synthetic_store
 
 from sollol_ops.serve.coordinator import CoordinatorState
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.toolchain, pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def relays(workers: list[Worker]) -> Iterator[list[Relay]]:
 
 def _load(env: dict[str, str], inv: str) -> list[int]:
     """`up` (through the relays), the greedy answer, `down`."""
-    port = free_port(18700)
+    port = free_port()
     proc = run_cli("-i", inv, "up", MODEL, "--port", str(port), "-c", "1024", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     try:
@@ -144,7 +145,7 @@ def test_prune_removes_only_unneeded_cache_files(env: dict[str, str], workers: l
 
 def test_stage_refuses_a_held_rpc_server(env: dict[str, str], workers: list[Worker], tmp_path: Path) -> None:
     direct = inventory(tmp_path / "direct.ini", [w.endpoint for w in workers])
-    port = free_port(18750)
+    port = free_port()
     assert run_cli("-i", direct, "up", MODEL, "--port", str(port), "-c", "1024", env=env).returncode == 0
     try:
         proc = run_cli("-i", direct, "stage", MODEL, "-c", "1024", env=env)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from groups import kill_groups
-from helpers import free_port, run_cli
+from helpers import run_cli
+from ports import free_port
 from stagingparts import MODEL, answer, inventory, synthetic_store
 
 from sollol_ops import procs
@@ -22,7 +23,7 @@ from sollol_ops.serve.coordinator import CoordinatorState
 from sollol_ops.stage import staging
 from sollol_ops.stage.worker import cache_entries
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.toolchain, pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,7 +59,7 @@ def test_staging_in_namespaces(sollol_env: dict[str, str], smollm2_store: Path, 
 
             def load() -> tuple[list[int], list[int]]:
                 before = [_tx(lab, i) for i in range(2)]
-                port = free_port(18800)
+                port = free_port()
                 proc = run_cli("-i", inv, "up", MODEL, "--port", str(port), "-c", "1024", env=env)
                 assert proc.returncode == 0, proc.stderr
                 try:

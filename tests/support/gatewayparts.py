@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from helpers import REPO, free_port
+from helpers import REPO
+from ports import free_port
 
 from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.dev.devstore import CHATML_TEMPLATE, SMOLLM2_PARAMS, write_store
@@ -45,7 +46,7 @@ class Member:
     def __init__(self, blob: Path, log_dir: Path, name: str, port: int | None = None) -> None:
         self.blob = blob
         self.name = name
-        self.port = port or free_port(18700)
+        self.port = port or free_port()
         self.log = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -101,10 +102,9 @@ class GatewayProc:
         name: str,
         *args: str,
         api_key: str | None = None,
-        port_from: int = 18800,
     ) -> None:
         self.name = name
-        self.port = free_port(port_from)  # modules that run beside others start from their own base
+        self.port = free_port()
         self.log = log_dir / f"gateway-{name}.log"
         self.api_key = api_key
         full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from sollol_ops import procs
+from ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,15 +80,12 @@ def assert_clean_failure(proc: subprocess.CompletedProcess[str], *needles: str) 
     return err
 
 
-def free_port(start: int) -> int:
-    return procs.free_ports("127.0.0.1", 1, start)[0]
-
-
 class Local:
     """`sollol-ops local start N` in an isolated state dir; stopped (with any coordinator) at teardown."""
 
-    def __init__(self, env: dict[str, str], count: int, base_port: int) -> None:
+    def __init__(self, env: dict[str, str], count: int) -> None:
         self.env = env
+        base_port = free_ports(count)[0]
         proc = run_cli("local", "start", str(count), "--base-port", str(base_port), "--json", env=env)
         assert proc.returncode == 0, proc.stderr
         data = json.loads(proc.stdout)

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import free_port
+from ports import free_port
 
 from sollol_ops import procs
 from sollol_ops.cluster.local import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
@@ -51,7 +51,7 @@ class Worker:
 def start_workers(tmp: Path, count: int) -> list[Worker]:
     out = []
     for i in range(count):
-        port = free_port(52400 + 40 * i)
+        port = free_port()
         home = tmp / f"worker{i}"
         spec = RpcServerSpec("127.0.0.1", port, 1, tmp / f"rpc{i}.log", cache_dir=home)
         out.append(Worker(f"127.0.0.1:{port}", start_rpc_server(find_toolchain(), spec), home))
