@@ -45,8 +45,8 @@ from sollol_ops.bench.stats import Stat, row_ratios, summarize
 from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.dev.devstore import write_store
 from sollol_ops.errors import BenchError
-from sollol_ops.serve import llama_server
-from sollol_ops.serve.llama_server import StartOptions
+from sollol_ops.serve import command, server_http, server_log
+from sollol_ops.serve.command import StartOptions
 
 CLIENTS = 4  # concurrent clients of the pool comparison (issue 11)
 SWAP_NAMES = ("gwbench:a", "gwbench:b")  # the measured model's GGUF under two names: two sharded models
@@ -239,7 +239,7 @@ class GatewayBench(BenchBase):
             if procs.is_alive(pid):
                 return pid, port
             self.reaper.stop(pid)
-        raise BenchError(f"{log.stem} exited: {llama_server.last_line(log)} (log {log})")
+        raise BenchError(f"{log.stem} exited: {server_log.last_line(log)} (log {log})")
 
     def member(self, model: BenchModel, core: int | None) -> tuple[int, int]:
         """A pool member: plain llama-server, 1 thread, CLIENTS slots, prompt cache off and EOS ignored (every
@@ -249,14 +249,14 @@ class GatewayBench(BenchBase):
 
         def argv(port: int) -> list[str]:
             opts = StartOptions(port=port, n_ctx=self.cfg.ctx * CLIENTS, threads=1, extra_args=extra)
-            cmd = llama_server.command(self.toolchain, model.blob, opts)
+            cmd = command.command(self.toolchain, model.blob, opts)
             return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
         self._n += 1
         log = self.logs / f"member-{self._n}-core{core}.log"
         pid, port = self.start(argv, log, None, 21700)
-        llama_server.wait_ready(
-            llama_server.base_url("127.0.0.1", port),
+        server_http.wait_ready(
+            server_http.base_url("127.0.0.1", port),
             lambda: procs.is_alive(pid),
             log,
             self.cfg.timeout,
@@ -275,7 +275,7 @@ class GatewayBench(BenchBase):
         deadline = time.monotonic() + 60
         while True:
             if not procs.is_alive(gw.pid):
-                raise BenchError(f"the gateway ({name}) exited: {llama_server.last_line(log)} (log {log})")
+                raise BenchError(f"the gateway ({name}) exited: {server_log.last_line(log)} (log {log})")
             try:
                 if all(n["healthy"] for n in gw.status()["pool"]):
                     return gw
@@ -368,7 +368,7 @@ class GatewayBench(BenchBase):
         ]
 
     async def _overhead(self, model: BenchModel, port: int, gw: Gateway) -> None:
-        direct = llama_server.base_url("127.0.0.1", port)
+        direct = server_http.base_url("127.0.0.1", port)
         ref = model.resolved_ref
         routes = [
             ("direct", f"{direct}{OPENAI_CHAT}", "openai"),
@@ -539,7 +539,7 @@ class GatewayBench(BenchBase):
                 raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
             try:
                 async with _client(self.cfg.timeout) as client:
-                    url = f"{llama_server.base_url('127.0.0.1', port)}{OPENAI_CHAT}"
+                    url = f"{server_http.base_url('127.0.0.1', port)}{OPENAI_CHAT}"
                     t1 = time.perf_counter()
                     s = await stream(client, url, body(name, self._next_salt()), "openai")
                 take("up", t1 - t0 + s.ttft_s)
@@ -566,7 +566,7 @@ class GatewayBench(BenchBase):
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
                 pass
             if not procs.is_alive(gw.pid):
-                raise BenchError(f"the gateway exited: {llama_server.last_line(gw.log)} (log {gw.log})")
+                raise BenchError(f"the gateway exited: {server_log.last_line(gw.log)} (log {gw.log})")
             if time.monotonic() > deadline:
                 raise BenchError(f"the gateway's coordinator was not unloaded within 60 s (log {gw.log})")
             time.sleep(0.05)
