@@ -15,7 +15,7 @@ from sollol_ops.cluster.local import RpcServerSpec
 from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.dev.netlab import NetLab
 from sollol_ops.errors import BenchError, SollolError
-from sollol_ops.serve import llama_server
+from sollol_ops.serve import server_log
 
 NETNS_SUBNET = "10.213"
 RPC_PORT_NETNS = cluster_vars.DEFAULT_PORT
@@ -68,7 +68,7 @@ def wait_rpc_ready(endpoints: list[str], pids: Sequence[int], logs: Sequence[Pat
         local_cluster.wait_ready(endpoints, timeout)
     except SollolError as exc:
         dead = [(e, log) for e, pid, log in zip(endpoints, pids, logs, strict=True) if not procs.is_alive(pid)]
-        detail = "; ".join(f"{e} exited: {llama_server.last_line(log)} (log {log})" for e, log in dead)
+        detail = "; ".join(f"{e} exited: {server_log.last_line(log)} (log {log})" for e, log in dead)
         raise BenchError(f"{exc}{'; ' + detail if detail else ''}") from exc
 
 

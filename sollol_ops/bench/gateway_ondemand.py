@@ -19,7 +19,7 @@ from sollol_ops.bench.models import BenchModel
 from sollol_ops.bench.streaming import OPENAI_CHAT, openai_body, stream, stream_client
 from sollol_ops.dev.devstore import write_store
 from sollol_ops.errors import BenchError
-from sollol_ops.serve import llama_server
+from sollol_ops.serve import server_http
 
 SWAP_NAMES = ("gwbench:a", "gwbench:b")  # the measured model's GGUF under two names: two sharded models
 # Goals of the issue: (operator, bound) on ratio = b / a.
@@ -127,7 +127,7 @@ def _rounds(bench: GatewayParts, gw: Gateway, inv: Path, store: Path, port: int)
             raise BenchError(f"`sollol-ops up` failed in the bench: {proc.stderr.strip()[:300]}")
         try:
             async with stream_client(bench.cfg.timeout) as client:
-                url = f"{llama_server.base_url('127.0.0.1', port)}{OPENAI_CHAT}"
+                url = f"{server_http.base_url('127.0.0.1', port)}{OPENAI_CHAT}"
                 t1 = time.perf_counter()
                 s = await stream(client, url, body(name, bench.next_salt()), "openai")
             take("up", t1 - t0 + s.ttft_s)

@@ -21,8 +21,8 @@ from sollol_ops.bench.settings import BenchConfig
 from sollol_ops.bench.stats import Stat, row_ratios, summarize
 from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.errors import BenchError
-from sollol_ops.serve import llama_server
-from sollol_ops.serve.llama_server import StartOptions
+from sollol_ops.serve import command, server_http, server_log
+from sollol_ops.serve.command import StartOptions
 
 CLIENTS = 4  # concurrent clients of the pool comparison (issue 11), and the slots of each pool member
 
@@ -91,7 +91,7 @@ class GatewayParts(BenchBase):
             if procs.is_alive(pid):
                 return pid, port
             self.reaper.stop(pid)
-        raise BenchError(f"{log.stem} exited: {llama_server.last_line(log)} (log {log})")
+        raise BenchError(f"{log.stem} exited: {server_log.last_line(log)} (log {log})")
 
     def member(self, model: BenchModel, core: int | None) -> tuple[int, int]:
         """A pool member: plain llama-server, 1 thread, CLIENTS slots, prompt cache off and EOS ignored (every
@@ -101,14 +101,14 @@ class GatewayParts(BenchBase):
 
         def argv(port: int) -> list[str]:
             opts = StartOptions(port=port, n_ctx=self.cfg.ctx * CLIENTS, threads=1, extra_args=extra)
-            cmd = llama_server.command(self.toolchain, model.blob, opts)
+            cmd = command.command(self.toolchain, model.blob, opts)
             return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
         self._n += 1
         log = self.logs / f"member-{self._n}-core{core}.log"
         pid, port = self.start(argv, log, None, 21700)
-        llama_server.wait_ready(
-            llama_server.base_url("127.0.0.1", port),
+        server_http.wait_ready(
+            server_http.base_url("127.0.0.1", port),
             lambda: procs.is_alive(pid),
             log,
             self.cfg.timeout,
@@ -127,7 +127,7 @@ class GatewayParts(BenchBase):
         deadline = time.monotonic() + 60
         while True:
             if not procs.is_alive(gw.pid):
-                raise BenchError(f"the gateway ({name}) exited: {llama_server.last_line(log)} (log {log})")
+                raise BenchError(f"the gateway ({name}) exited: {server_log.last_line(log)} (log {log})")
             try:
                 if all(n["healthy"] for n in gw.status()["pool"]):
                     return gw
@@ -180,7 +180,7 @@ class GatewayParts(BenchBase):
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
                 pass
             if not procs.is_alive(gw.pid):
-                raise BenchError(f"the gateway exited: {llama_server.last_line(gw.log)} (log {gw.log})")
+                raise BenchError(f"the gateway exited: {server_log.last_line(gw.log)} (log {gw.log})")
             if time.monotonic() > deadline:
                 raise BenchError(f"the gateway's coordinator was not unloaded within 60 s (log {gw.log})")
             time.sleep(0.05)

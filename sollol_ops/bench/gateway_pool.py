@@ -25,7 +25,7 @@ from sollol_ops.bench.streaming import (
     stream,
     stream_client,
 )
-from sollol_ops.serve import llama_server
+from sollol_ops.serve import server_http
 
 # Goals of the issue: (operator, bound) on ratio = b / a.
 GOAL_TTFT = ("<=", 1.05)
@@ -110,7 +110,7 @@ def pool_sections(bench: GatewayParts, model: BenchModel) -> None:
 
 
 async def _overhead(bench: GatewayParts, model: BenchModel, port: int, gw: Gateway) -> None:
-    direct = llama_server.base_url("127.0.0.1", port)
+    direct = server_http.base_url("127.0.0.1", port)
     ref = model.resolved_ref
     routes = [
         ("direct", f"{direct}{OPENAI_CHAT}", "openai"),

@@ -1,6 +1,6 @@
 """llama-server as the bench runs it: the command line of a row, waiting for /health, one streamed chat,
-all through sollol_ops.serve.llama_server (the module that owns llama-server) and lifecycle.plan_command (the
-same resolve -> probe -> plan -> command path as `sollol-ops up`)."""
+all through sollol_ops.serve.command (the one llama-server command line), serve.server_http (the one HTTP client
+of llama-server) and lifecycle.plan_command (the same resolve -> probe -> plan -> command path as `sollol-ops up`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from sollol_ops.bench.settings import Settings
 from sollol_ops.cluster.inventory import Backend, Coordinator
 from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.errors import BenchError, SollolError
-from sollol_ops.serve import lifecycle, llama_server
-from sollol_ops.serve.llama_server import StartOptions
+from sollol_ops.serve import command, lifecycle, server_http
+from sollol_ops.serve.command import StartOptions
 
 
 def server_argv(
@@ -23,7 +23,7 @@ def server_argv(
 ) -> list[str]:
     """One row's llama-server: plain (no endpoints), --rpc with upstream defaults, or sollol-ops' placement."""
     if not endpoints:  # the local-only baseline: plain llama-server
-        return llama_server.command(
+        return command.command(
             toolchain, model.blob, StartOptions(port=port, n_ctx=ctx, threads=settings.server_threads)
         )
     if settings.upstream:
@@ -44,7 +44,7 @@ def server_argv(
 
 def upstream_argv(toolchain: Toolchain, model: BenchModel, port: int, endpoints: Sequence[str], ctx: int) -> list[str]:
     """A raw `llama-server --rpc`: -ngl 99 and llama-server's own split, threads and batch size."""
-    return llama_server.command(toolchain, model.blob, StartOptions(port=port, n_ctx=ctx), rpc=endpoints)
+    return command.command(toolchain, model.blob, StartOptions(port=port, n_ctx=ctx), rpc=endpoints)
 
 
 @dataclass
@@ -58,8 +58,8 @@ class Server:
 def wait_health(port: int, pid: int, log: Path, timeout: float, t0: float) -> float:
     """Seconds from t0 (perf_counter at spawn) to /health answering 200; BenchError when the process
     dies or time runs out."""
-    return llama_server.wait_ready(
-        llama_server.base_url("127.0.0.1", port),
+    return server_http.wait_ready(
+        server_http.base_url("127.0.0.1", port),
         lambda: procs.is_alive(pid),
         log,
         timeout,
@@ -83,8 +83,8 @@ class Query:
 def stream_chat(port: int, prompt: str, max_tokens: int, timeout: float, cache_prompt: bool = False) -> Query:
     """One streamed chat completion: TTFT = first chunk carrying content; rates from `timings`."""
     try:
-        result = llama_server.stream_chat(
-            llama_server.base_url("127.0.0.1", port),
+        result = server_http.stream_chat(
+            server_http.base_url("127.0.0.1", port),
             [{"role": "user", "content": prompt}],
             max_tokens,
             stall_timeout=timeout,

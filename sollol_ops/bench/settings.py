@@ -67,7 +67,7 @@ class Settings:
 
     name: str = "sollol defaults"
     rpc_threads: int | None = 0  # 0: sollol default (cluster_vars.rpc_threads); None: upstream default (no -t)
-    server_threads: int | None = None  # None: sollol default (llama_server.default_threads) / upstream: no --threads
+    server_threads: int | None = None  # None: sollol default (serve.command.default_threads) / upstream: no --threads
     batch: int | None = None
     upstream: bool = False  # no --device/--tensor-split/--threads/--fit off: llama-server's own defaults
     backend_mib: int | None = None  # sollol_rpc_memory_mib of every rpc-server (None: their usable memory)

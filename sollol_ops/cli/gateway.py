@@ -14,7 +14,7 @@ from sollol_ops.gateway import server
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.ondemand import OnDemandSettings, parse_keep_alive
 from sollol_ops.gateway.pool import PoolSettings
-from sollol_ops.serve.llama_server import StartOptions, check_extra_args
+from sollol_ops.serve.command import StartOptions, check_extra_args
 
 
 def _settings(ctx: Context) -> GatewaySettings:

@@ -11,7 +11,7 @@ import click
 
 from sollol_ops.cluster.placement import Plan
 from sollol_ops.serve.lifecycle import Reporter
-from sollol_ops.serve.llama_server import Distribution
+from sollol_ops.serve.server_log import Distribution
 from sollol_ops.timings import PhaseClock
 from sollol_ops.ui import echo_table, human_bytes
 

@@ -6,7 +6,8 @@ import click
 
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import echo_distribution, echo_staged
-from sollol_ops.serve import lifecycle
+from sollol_ops.serve import status_report
+from sollol_ops.serve.coordinator import CoordinatorPhase
 from sollol_ops.ui import echo_json, echo_table
 
 MIB = 1 << 20
@@ -32,7 +33,7 @@ MIB = 1 << 20
 def status(ctx: Context, as_json: bool, check: bool, require_coordinator: bool, stall_timeout: float) -> None:
     """Coordinator (serving, loading, stalled, exited; model, endpoint, layers) and backends
     (ready/busy/serving/stalled/down/incompatible)."""
-    report = lifecycle.status(ctx.cluster(), stall_timeout=stall_timeout)
+    report = status_report.status(ctx.cluster(), stall_timeout=stall_timeout)
     if as_json:
         echo_json(report)
     else:
@@ -41,11 +42,11 @@ def status(ctx: Context, as_json: bool, check: bool, require_coordinator: bool, 
         report.check(require_coordinator)
 
 
-def _render(report: lifecycle.StatusReport) -> None:
+def _render(report: status_report.StatusReport) -> None:
     c = report.coordinator
-    if c.state == "not running":
+    if c.state is CoordinatorPhase.NOT_RUNNING:
         click.echo("coordinator: not running")
-    elif c.state == "exited":
+    elif c.state is CoordinatorPhase.EXITED:
         click.echo(f"coordinator: {c.model} EXITED ({c.detail}); `sollol-ops down` clears it")
     else:
         exposed = "  (listens beyond loopback)" if c.exposed else ""
@@ -54,11 +55,15 @@ def _render(report: lifecycle.StatusReport) -> None:
             f"coordinator: {c.model} at {c.endpoint}  listening on {c.listen}{exposed}  pid {c.pid}  {c.state}"
             f"{degraded}  up {c.uptime_s:.0f}s"
         )
-        if c.state != "serving":
+        if c.state is not CoordinatorPhase.SERVING:
             click.echo(f"  {c.detail}")
-    if c.degraded and c.state != "not running":
+    if c.degraded and c.state is not CoordinatorPhase.NOT_RUNNING:
         click.echo(f"  {c.degraded_note} (sollol_skip_unhealthy)")
-    if c.state not in ("not running", "exited") and c.distribution and c.distribution.devices:
+    if (
+        c.state not in (CoordinatorPhase.NOT_RUNNING, CoordinatorPhase.EXITED)
+        and c.distribution
+        and c.distribution.devices
+    ):
         echo_distribution(c.distribution)
     click.echo("")
     echo_table(

@@ -8,8 +8,8 @@ from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
 from sollol_ops.cluster.inventory import device_name_problem
 from sollol_ops.errors import UsageError
-from sollol_ops.serve import lifecycle
-from sollol_ops.serve.llama_server import StartOptions
+from sollol_ops.serve import coordinator, lifecycle
+from sollol_ops.serve.command import StartOptions
 from sollol_ops.timings import FIRST_PHASE, PhaseClock, wanted
 from sollol_ops.ui import echo_json, echo_table
 
@@ -142,7 +142,7 @@ def _up(
                 "kind": outcome.kind,
                 "model": outcome.model,
                 "endpoint": outcome.state.openai_base if outcome.state else None,
-                "plan": lifecycle.plan_rows(outcome.plan) if outcome.plan else None,
+                "plan": coordinator.plan_rows(outcome.plan) if outcome.plan else None,
                 "skipped": [
                     {"endpoint": b.endpoint, "status": r.status, "detail": r.detail} for b, r in outcome.skipped
                 ],

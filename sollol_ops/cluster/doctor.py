@@ -260,7 +260,7 @@ def check_memory(cluster: Cluster, opts: DoctorOptions, idle: list[Backend], rep
     from sollol_ops.cluster.toolchain import find_toolchain
     from sollol_ops.model.gguf_info import read_gguf
     from sollol_ops.model.ollama import resolve_model
-    from sollol_ops.serve.llama_server import list_devices
+    from sollol_ops.serve.command import list_devices
 
     assert opts.model is not None
     try:
@@ -321,7 +321,7 @@ def run(
 ) -> DoctorReport:
     step = on_step or (lambda _m: None)
     report = DoctorReport()
-    state = coordinator.load_state(root)
+    state = coordinator.Coordinator(root).load()
     held = set(state.backends) if state is not None and coordinator.is_alive(state) else set()
     step(f"probing {len(cluster.backends)} backend(s)")
     idle = check_reachable(cluster, held, report)

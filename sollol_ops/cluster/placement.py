@@ -329,3 +329,8 @@ def plan_placement(info: GGUFInfo, slots: Sequence[Slot], n_ctx: int, model: str
             f"or raise sollol_rpc_memory_mib{hint}"
         )
     return plan
+
+
+def describe_backend_problem(backend: Backend, result: ProbeResult) -> str:
+    """One unhealthy backend, as `up` and `stage` name it when they refuse to plan on it."""
+    return f"{backend.host} ({backend.endpoint}) is {result.status.value}: {result.detail}"

@@ -140,7 +140,7 @@ class Catalog:
 
     def running(self) -> CoordinatorState | None:
         """The coordinator `sollol-ops up` recorded, when its process is alive and provably ours."""
-        state = coordinator.load_state(self.state_root, warn=lambda m: log.warning("%s", m))
+        state = coordinator.Coordinator(self.state_root).load(warn=lambda m: log.warning("%s", m))
         if state is None or not coordinator.is_alive(state):
             return None
         return state

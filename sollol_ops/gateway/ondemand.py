@@ -22,9 +22,9 @@ from sollol_ops.cluster.inventory import Cluster
 from sollol_ops.errors import ModelNotFound, SollolError
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.pool import normalize
-from sollol_ops.serve import coordinator, lifecycle
+from sollol_ops.serve import coordinator, lifecycle, server_log, server_proc
+from sollol_ops.serve.command import StartOptions
 from sollol_ops.serve.coordinator import CoordinatorState
-from sollol_ops.serve.llama_server import StartOptions
 
 log = logging.getLogger("sollol_ops.gateway")
 
@@ -151,7 +151,7 @@ class OnDemand:
     # ---------------------------------------------------------------- lifecycle of the manager
 
     def start(self) -> None:
-        self._adopt(coordinator.load_state(self.root, warn=lambda m: log.warning("%s", m)))
+        self._adopt(coordinator.Coordinator(self.root).load(warn=lambda m: log.warning("%s", m)))
         self._watch = asyncio.get_running_loop().create_task(self._watcher())
 
     async def close(self) -> None:
@@ -286,7 +286,7 @@ class OnDemand:
         try:
             why = "to swap" if swap else f"idle for keep_alive {self.keep_alive:g}s"
             log.info("stopping the coordinator for %s (%s)", name, why)
-            await asyncio.to_thread(coordinator.stop, self.root)
+            await asyncio.to_thread(coordinator.Coordinator(self.root).stop)
             if swap:
                 self.swaps += 1
             else:
@@ -365,7 +365,7 @@ class OnDemand:
         if self._busy is not None:
             return
         if self.phase == "idle":
-            state = await asyncio.to_thread(coordinator.load_state, self.root, lambda m: None)
+            state = await asyncio.to_thread(coordinator.Coordinator(self.root).load, lambda m: None)
             if self.phase == "idle" and self._busy is None:
                 self._adopt(state)
             return
@@ -373,8 +373,8 @@ class OnDemand:
             return
         state, gen = self.state, self.gen
         alive = await asyncio.to_thread(coordinator.is_alive, state)
-        lost = await asyncio.to_thread(coordinator.lost_backends, state) if alive else []
-        recorded = await asyncio.to_thread(coordinator.load_state, self.root, lambda m: None)
+        lost = await asyncio.to_thread(server_proc.lost_backends, state.pid, state.backends) if alive else []
+        recorded = await asyncio.to_thread(coordinator.Coordinator(self.root).load, lambda m: None)
         if gen != self.gen or self._busy is not None:
             return
         if alive and not lost and recorded is not None and recorded.pid == state.pid:
@@ -386,7 +386,7 @@ class OnDemand:
             return
         self.deaths += 1
         why = f"lost backend(s) {', '.join(lost)}" if lost else f"llama-server (pid {state.pid}) exited"
-        self.last_error = f"the coordinator for {self.current} failed: {why}: {coordinator.last_error(state)}"
+        self.last_error = f"the coordinator for {self.current} failed: {why}: {server_log.last_error(Path(state.log))}"
         log.warning(
             "%s; %d request(s) in flight get an error; the next request starts it again", self.last_error, self.inflight
         )
@@ -395,7 +395,7 @@ class OnDemand:
 
     async def _stop_dead(self) -> None:
         try:
-            await asyncio.to_thread(coordinator.stop, self.root, 5)
+            await asyncio.to_thread(coordinator.Coordinator(self.root).stop, 5)
         except (SollolError, OSError) as exc:
             log.warning("stopping the failed coordinator: %s", exc)
         finally:

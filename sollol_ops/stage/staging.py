@@ -58,8 +58,7 @@ def prepare(model: str, backends: Sequence[Backend], n_ctx: int, ollama_models: 
 def place(model: str, digest: str, blob: Path, info: GGUFInfo, backends: Sequence[Backend], n_ctx: int) -> Prepared:
     """Probe and plan a resolved model exactly as `up` (lifecycle.plan_command) does."""
     from sollol_ops.cluster import rpc
-    from sollol_ops.cluster.placement import build_slots, plan_placement
-    from sollol_ops.serve.lifecycle import describe_backend_problem
+    from sollol_ops.cluster.placement import build_slots, describe_backend_problem, plan_placement
 
     table = read_tensor_table(blob)
     probes = list(zip(backends, rpc.probe_all([b.endpoint for b in backends]), strict=True))

@@ -12,7 +12,7 @@ from sollol_ops.cluster.inventory import Backend
 from sollol_ops.cluster.placement import MIB, assign_layers, build_slots, plan_placement
 from sollol_ops.errors import PlacementError
 from sollol_ops.model.gguf_info import GGUFInfo
-from sollol_ops.serve.llama_server import parse_distribution
+from sollol_ops.serve.server_log import parse_distribution
 
 GIB = 1 << 30
 

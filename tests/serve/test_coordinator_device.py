@@ -20,7 +20,8 @@ from sollol_ops.cluster.placement import MIB, LocalDevice, build_slots, layer_co
 from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.errors import InventoryError, PlacementError
 from sollol_ops.model.gguf_info import GGUFInfo
-from sollol_ops.serve.llama_server import StartOptions, command, parse_distribution, parse_list_devices
+from sollol_ops.serve.command import StartOptions, command, parse_list_devices
+from sollol_ops.serve.server_log import parse_distribution
 
 GIB = 1 << 30
 
@@ -385,7 +386,7 @@ def test_boundary_split_matches_a_real_llama_server(
     from sollol_ops.dev.synthetic import parse_synthetic, synthetic_store
     from sollol_ops.model.gguf_info import read_gguf
     from sollol_ops.model.ollama import resolve_model
-    from sollol_ops.serve.llama_server import base_url, wait_ready
+    from sollol_ops.serve.server_http import base_url, wait_ready
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     splits, n_layer, expected = BOUNDARY

@@ -206,8 +206,9 @@ def test_status_calls_a_coordinator_held_up_by_a_frozen_backend_at_start_loading
     from sollol_ops.cluster.toolchain import find_toolchain
     from sollol_ops.model.gguf_info import read_gguf
     from sollol_ops.model.ollama import resolve_model
-    from sollol_ops.serve import coordinator, lifecycle
-    from sollol_ops.serve.llama_server import StartOptions
+    from sollol_ops.serve import coordinator, lifecycle, status_report
+    from sollol_ops.serve.command import StartOptions
+    from sollol_ops.serve.coordinator import Launch
 
     endpoint, server = rpc_server
     host, port = endpoint.rsplit(":", 1)
@@ -220,14 +221,13 @@ def test_status_calls_a_coordinator_held_up_by_a_frozen_backend_at_start_loading
     root = tmp_path / "state"
     os.kill(server.pid, signal.SIGSTOP)  # type: ignore[attr-defined]
     try:
-        st = coordinator.start_detached(
-            toolchain, resolved.blob, prepared.plan, opts, "smollm2:135m", resolved.digest, root
-        )
-        status = lifecycle.coordinator_status(root)
+        home = coordinator.Coordinator(root)
+        st = home.start(Launch(toolchain, resolved.blob, prepared.plan, opts, "smollm2:135m", resolved.digest))
+        status = status_report.coordinator_status(root)
         assert status.running and status.state == "loading", status
         assert "starting (contacting its RPC backends; not answering yet)" in status.detail
         assert status.progress["elapsed_s"] is not None and coordinator.is_alive(st)
     finally:
-        coordinator.stop(root, timeout=5)
+        home.stop(timeout=5)
         os.kill(server.pid, signal.SIGCONT)  # type: ignore[attr-defined]
     assert llama_servers(opts.port) == []

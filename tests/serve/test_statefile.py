@@ -63,25 +63,25 @@ def _write_corrupt(path: Path, content: bytes | None) -> None:
 
 @pytest.mark.parametrize("case", sorted(CORRUPT))
 def test_corrupt_coordinator_state_is_set_aside_in_one_line(tmp_path: Path, case: str) -> None:
-    _write_corrupt(coordinator.state_path(tmp_path), CORRUPT[case])
+    _write_corrupt(coordinator.Coordinator(tmp_path).state_path, CORRUPT[case])
     warnings: list[str] = []
     t0 = time.monotonic()
-    assert coordinator.load_state(tmp_path, warn=warnings.append) is None
+    assert coordinator.Coordinator(tmp_path).load(warn=warnings.append) is None
     assert time.monotonic() - t0 < 5
     assert len(warnings) == 1 and "set aside as coordinator.json.corrupt-" in warnings[0], warnings
-    assert not coordinator.state_path(tmp_path).exists()
+    assert not coordinator.Coordinator(tmp_path).state_path.exists()
     assert len(list(tmp_path.glob("coordinator.json.corrupt-*"))) == 1
     # the next reader finds nothing and says nothing
-    assert coordinator.load_state(tmp_path, warn=warnings.append) is None
+    assert coordinator.Coordinator(tmp_path).load(warn=warnings.append) is None
     assert len(warnings) == 1
 
 
 def test_a_symlink_as_state_file_is_set_aside_not_followed(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere.json"
     target.write_text(json.dumps(GOOD_STATE))
-    coordinator.state_path(tmp_path).symlink_to(target)
+    coordinator.Coordinator(tmp_path).state_path.symlink_to(target)
     warnings: list[str] = []
-    assert coordinator.load_state(tmp_path, warn=warnings.append) is None
+    assert coordinator.Coordinator(tmp_path).load(warn=warnings.append) is None
     assert len(warnings) == 1 and "symbolic link" in warnings[0]
     assert target.read_text() == json.dumps(GOOD_STATE)
 
@@ -168,7 +168,7 @@ def test_the_start_lock_has_one_winner_and_the_loser_names_it(tmp_path: Path) ->
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path; from sollol_ops.serve import coordinator\n"
-            "with coordinator.start_lock('model:a', Path(sys.argv[1])):\n"
+            "with coordinator.Coordinator(Path(sys.argv[1])).lock('model:a'):\n"
             "    print('held', flush=True); time.sleep(60)",
             str(tmp_path),
         ],
@@ -177,12 +177,12 @@ def test_the_start_lock_has_one_winner_and_the_loser_names_it(tmp_path: Path) ->
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(statefile.LockHeld) as err, coordinator.start_lock("model:b", tmp_path):
+        with pytest.raises(statefile.LockHeld) as err, coordinator.Coordinator(tmp_path).lock("model:b"):
             pass
         assert f"pid {holder.pid}" in str(err.value) and "sollol-ops up model:a" in str(err.value)
         holder.kill()  # the kernel releases the lock of a killed holder
         holder.wait()
-        with coordinator.start_lock("model:b", tmp_path):
+        with coordinator.Coordinator(tmp_path).lock("model:b"):
             pass
     finally:
         holder.kill()

@@ -24,8 +24,8 @@ from ports import free_port
 from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.dev.devstore import CHATML_TEMPLATE, SMOLLM2_PARAMS, write_store
 from sollol_ops.model.ollama import resolve_model
-from sollol_ops.serve import llama_server
-from sollol_ops.serve.llama_server import StartOptions
+from sollol_ops.serve import command, server_http
+from sollol_ops.serve.command import StartOptions
 
 MODEL = "smollm2:135m"
 
@@ -52,7 +52,7 @@ class Member:
 
     @property
     def url(self) -> str:
-        return llama_server.base_url("127.0.0.1", self.port)
+        return server_http.base_url("127.0.0.1", self.port)
 
     def start(self) -> Member:
         opts = StartOptions(
@@ -62,11 +62,11 @@ class Member:
             threads=1,
             extra_args=["--alias", MODEL, "--embeddings", "--pooling", "mean", "-np", "4", "--metrics"],
         )
-        argv = llama_server.command(find_toolchain(), self.blob, opts)
+        argv = command.command(find_toolchain(), self.blob, opts)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         proc = self.proc
-        llama_server.wait_ready(self.url, lambda: proc.poll() is None, self.log, timeout=120, hint=str(self.log))
+        server_http.wait_ready(self.url, lambda: proc.poll() is None, self.log, timeout=120, hint=str(self.log))
         return self
 
     def kill(self) -> None:
@@ -80,7 +80,7 @@ class Member:
         return any(s.get("is_processing") for s in slots)
 
     def predicted_total(self) -> float:
-        return (llama_server.metrics(self.url, timeout=5) or {}).get("tokens_predicted_total", 0.0)
+        return (server_http.metrics(self.url, timeout=5) or {}).get("tokens_predicted_total", 0.0)
 
 
 def pool_inventory(path: Path, nodes: list[tuple[str, int, str]], extra: str = "") -> Path:
