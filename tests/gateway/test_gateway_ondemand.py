@@ -26,7 +26,7 @@ from sollol_ops import procs
 from sollol_ops.cluster import local as local_cluster
 from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.gateway.errors import ApiError
-from sollol_ops.gateway.ondemand import parse_keep_alive
+from sollol_ops.gateway.keepalive import parse_keep_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
 
