@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sollol_ops.gateway import translate
+from sollol_ops.gateway import streams, translate
 from sollol_ops.gateway.call import Call
 from sollol_ops.gateway.errors import ApiError, body_for
 from sollol_ops.gateway.keepalive import parse_keep_alive
@@ -92,7 +92,7 @@ class Loading:
 
     def relay(self, call: Call, waiting: Waiting, serve: Callable[[list[Target]], Awaitable[Response]]) -> Relay:
         """The stream of a request that waits for its sharded model (--loading-progress): progress chunks in
-        the API's reasoning/thinking field (translate.progress_chunk) at once and whenever the load moves on
+        the API's reasoning/thinking field (streams.progress_chunk) at once and whenever the load moves on
         (at least every PROGRESS_EVERY s), then the answer's own stream from `serve`. A refusal or an upstream
         error after this began is the stream's last event, in the API's error shape."""
         assert self.shard is not None
@@ -104,7 +104,7 @@ class Loading:
 
         def failed(exc: ApiError) -> bytes:
             call.error, status["code"] = exc.message, exc.status
-            return translate.stream_error(sse, body_for(api, exc.status, exc.message))
+            return streams.stream_error(sse, body_for(api, exc.status, exc.message))
 
         async def chunks() -> AsyncIterator[bytes]:
             leased = False
@@ -114,7 +114,7 @@ class Loading:
                     line = shard.progress_line(call.model)
                     key = _SO_FAR.sub("", line)
                     if key != sent or time.monotonic() - last >= PROGRESS_EVERY:
-                        yield translate.progress_chunk(kind, call.model, line + "\n")
+                        yield streams.progress_chunk(kind, call.model, line + "\n")
                         sent, last = key, time.monotonic()
                     if ticket.fut.done():
                         break
@@ -138,7 +138,7 @@ class Loading:
                     async for chunk in answer.chunks:
                         yield chunk
                 else:  # an error answered before any of the answer (already logged): the stream's last event
-                    yield translate.stream_error(sse, bytes(answer.body))
+                    yield streams.stream_error(sse, bytes(answer.body))
             finally:
                 if not leased:
                     shard.abandon(ticket)

@@ -16,19 +16,12 @@ class Metrics:
             ["endpoint", "route", "model", "node", "status"],
             registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = self._latency(
             "sollol_gateway_time_to_first_token_seconds",
             "From the request to the first byte of the upstream's answer (the first token of a stream).",
-            ["route", "model", "node"],
-            buckets=_LATENCY,
-            registry=r,
         )
-        self.duration = Histogram(
-            "sollol_gateway_request_duration_seconds",
-            "From the request to the last byte of the answer.",
-            ["route", "model", "node"],
-            buckets=_LATENCY,
-            registry=r,
+        self.duration = self._latency(
+            "sollol_gateway_request_duration_seconds", "From the request to the last byte of the answer."
         )
         self.in_flight = Gauge(
             "sollol_gateway_requests_in_flight", "Requests being answered now.", ["route", "node"], registry=r
@@ -74,6 +67,9 @@ class Metrics:
             "sollol_gateway_shard_waiting", "Requests waiting for a sharded model to load or swap in.", registry=r
         )
         self.shard_loading = Gauge("sollol_gateway_shard_loading", "1 while a sharded model loads.", registry=r)
+
+    def _latency(self, name: str, documentation: str) -> Histogram:
+        return Histogram(name, documentation, ["route", "model", "node"], buckets=_LATENCY, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

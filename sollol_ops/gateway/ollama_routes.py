@@ -12,7 +12,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sollol_ops.gateway import translate
+from sollol_ops.gateway import streams, translate
 from sollol_ops.gateway.bodies import read_json
 from sollol_ops.gateway.call import Call
 from sollol_ops.gateway.errors import ApiError
@@ -103,7 +103,7 @@ class OllamaRoutes:
                 return call.fail("ollama", ApiError(502, f"{target.node_name} sent an invalid embeddings answer"))
             call.finish(200)
             return JSONResponse(answer, headers=call.headers(notes))
-        conv = translate.OllamaStream(t, started=call.t0)
+        conv = streams.OllamaStream(t, started=call.t0)
         if t.stream:
             return self.ndjson_stream(call, resp, conv, notes)
         disconnected, failure = await watching(request.receive, self.drain(call, resp, conv))
@@ -115,13 +115,13 @@ class OllamaRoutes:
         call.finish(200)
         return JSONResponse(conv.final(aggregate=True), headers=call.headers(notes))
 
-    async def drain(self, call: Call, resp: httpx.Response, conv: translate.OllamaStream) -> ApiError | None:
+    async def drain(self, call: Call, resp: httpx.Response, conv: streams.OllamaStream) -> ApiError | None:
         """A whole OpenAI answer fed through `conv` (a request not streamed); the error that broke it off."""
         buf = bytearray()
         try:
             async for chunk in resp.aiter_raw():
                 call.first_byte()
-                for payload in translate.sse_events(buf, chunk):
+                for payload in streams.sse_events(buf, chunk):
                     for _ in conv.feed(payload):
                         pass
         except ApiError as exc:
@@ -133,7 +133,7 @@ class OllamaRoutes:
         return None
 
     def ndjson_stream(
-        self, call: Call, resp: httpx.Response, conv: translate.OllamaStream, notes: dict[str, str]
+        self, call: Call, resp: httpx.Response, conv: streams.OllamaStream, notes: dict[str, str]
     ) -> Relay:
         """An OpenAI stream relayed as Ollama's NDJSON, line by line as it comes."""
         state = {"error": ""}
@@ -143,7 +143,7 @@ class OllamaRoutes:
             try:
                 async for chunk in resp.aiter_raw():
                     call.first_byte()
-                    lines = [json.dumps(line) + "\n" for p in translate.sse_events(buf, chunk) for line in conv.feed(p)]
+                    lines = [json.dumps(line) + "\n" for p in streams.sse_events(buf, chunk) for line in conv.feed(p)]
                     if lines:
                         yield "".join(lines).encode()
                 if not conv.finished:
