@@ -17,20 +17,14 @@ from sollol_ops.gateway.bodies import read_json
 from sollol_ops.gateway.call import Call
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.keepalive import parse_keep_alive
-from sollol_ops.gateway.loading import LEFT_WHILE_LOADING, Loading, Waiting, load_answer
-from sollol_ops.gateway.pool import normalize
-from sollol_ops.gateway.routing import Router, Target
-from sollol_ops.gateway.upstream import NDJSON, STREAM_HEADERS, Relay, Upstream, watching
+from sollol_ops.gateway.loading import load_answer
+from sollol_ops.gateway.model_routes import ModelRoutes
+from sollol_ops.gateway.routing import Target
+from sollol_ops.gateway.upstream import NDJSON, STREAM_HEADERS, Relay, watching
 
 
-class OllamaRoutes:
+class OllamaRoutes(ModelRoutes):
     """Ollama's generation and embedding requests, routed, waited for when sharded, answered upstream."""
-
-    def __init__(self, max_body: int, router: Router, loading: Loading, upstream: Upstream) -> None:
-        self.max_body = max_body
-        self.router = router
-        self.loading = loading
-        self.upstream = upstream
 
     async def proxy(self, request: Request, call: Call) -> Response:
         """/api/chat, /api/generate, /api/embed, /api/embeddings."""
@@ -42,19 +36,20 @@ class OllamaRoutes:
             t = translate.generate_request(body)
         else:
             t = translate.embed_request(body, legacy=kind == "embeddings")
-        targets = self.router.targets(t.model)
-        call.model = normalize(t.model)
+        targets = self.targets(call, t.model)
         raw = json.dumps(body).encode()
         bare = kind == "generate" and not body.get("prompt") and not body.get("images")
         if bare and self.loading.shard is not None and targets[0].route == "shard" and not targets[0].url:
             return await self.loading.load_or_unload(request, call, body, targets, t.model, t.stream)
         progress = kind if t.stream and kind in ("chat", "generate") else ""
-        got = await self.loading.targets(request, call, targets, body.get("keep_alive"), progress)
-        if got is None:
-            return call.left(LEFT_WHILE_LOADING)
-        if isinstance(got, Waiting):
-            return self.loading.relay(call, got, lambda targets: self.serve(request, call, body, t, raw, bare, targets))
-        return await self.serve(request, call, body, t, raw, bare, got)
+        return await self.when_ready(
+            request,
+            call,
+            targets,
+            lambda got: self.serve(request, call, body, t, raw, bare, got),
+            body.get("keep_alive"),
+            progress,
+        )
 
     async def serve(
         self,

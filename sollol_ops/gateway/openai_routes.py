@@ -13,20 +13,13 @@ from sollol_ops.gateway import translate
 from sollol_ops.gateway.bodies import read_json
 from sollol_ops.gateway.call import Call
 from sollol_ops.gateway.errors import ApiError
-from sollol_ops.gateway.loading import LEFT_WHILE_LOADING, Loading, Waiting
-from sollol_ops.gateway.pool import normalize
-from sollol_ops.gateway.routing import Router, Target
-from sollol_ops.gateway.upstream import Upstream, watching
+from sollol_ops.gateway.model_routes import ModelRoutes
+from sollol_ops.gateway.routing import Target
+from sollol_ops.gateway.upstream import watching
 
 
-class OpenAIRoutes:
+class OpenAIRoutes(ModelRoutes):
     """OpenAI's generation and embedding requests, routed, waited for when sharded, passed through upstream."""
-
-    def __init__(self, max_body: int, router: Router, loading: Loading, upstream: Upstream) -> None:
-        self.max_body = max_body
-        self.router = router
-        self.loading = loading
-        self.upstream = upstream
 
     async def proxy(self, request: Request, call: Call) -> Response:
         """/v1/chat/completions, /v1/completions, /v1/embeddings: passed through to the chosen upstream
@@ -34,16 +27,12 @@ class OpenAIRoutes:
         body = await read_json(request, self.max_body)
         model = translate.check_model(body)
         stream = translate.check_stream(body, False)
-        targets = self.router.targets(model)
-        call.model = normalize(model)
+        targets = self.targets(call, model)
         raw = json.dumps(body).encode()
         progress = "chat.completions" if stream and call.endpoint == "chat.completions" else ""
-        got = await self.loading.targets(request, call, targets, progress=progress)
-        if got is None:
-            return call.left(LEFT_WHILE_LOADING)
-        if isinstance(got, Waiting):
-            return self.loading.relay(call, got, lambda targets: self.serve(request, call, raw, stream, targets))
-        return await self.serve(request, call, raw, stream, got)
+        return await self.when_ready(
+            request, call, targets, lambda got: self.serve(request, call, raw, stream, got), progress=progress
+        )
 
     async def serve(self, request: Request, call: Call, raw: bytes, stream: bool, targets: list[Target]) -> Response:
         """An OpenAI request, once routed (and its sharded model served): passed through upstream."""
