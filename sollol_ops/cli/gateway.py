@@ -12,7 +12,8 @@ from sollol_ops.cluster.inventory import GatewaySettings, ansible_inventory_list
 from sollol_ops.errors import InventoryError
 from sollol_ops.gateway import server
 from sollol_ops.gateway.errors import ApiError
-from sollol_ops.gateway.ondemand import OnDemandSettings, parse_keep_alive
+from sollol_ops.gateway.keepalive import parse_keep_alive
+from sollol_ops.gateway.ondemand import OnDemandSettings
 from sollol_ops.gateway.pool import PoolSettings
 from sollol_ops.serve.command import StartOptions, check_extra_args
 

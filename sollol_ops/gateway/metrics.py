@@ -16,19 +16,12 @@ class Metrics:
             ["endpoint", "route", "model", "node", "status"],
             registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = self._latency(
             "sollol_gateway_time_to_first_token_seconds",
             "From the request to the first byte of the upstream's answer (the first token of a stream).",
-            ["route", "model", "node"],
-            buckets=_LATENCY,
-            registry=r,
         )
-        self.duration = Histogram(
-            "sollol_gateway_request_duration_seconds",
-            "From the request to the last byte of the answer.",
-            ["route", "model", "node"],
-            buckets=_LATENCY,
-            registry=r,
+        self.duration = self._latency(
+            "sollol_gateway_request_duration_seconds", "From the request to the last byte of the answer."
         )
         self.in_flight = Gauge(
             "sollol_gateway_requests_in_flight", "Requests being answered now.", ["route", "node"], registry=r
@@ -54,26 +47,26 @@ class Metrics:
         self.coordinator_up = Gauge(
             "sollol_gateway_coordinator_up", "1 when a coordinator recorded by `sollol-ops up` is running.", registry=r
         )
-        self.shard_loads = Gauge(
-            "sollol_gateway_shard_loads", "Coordinators the gateway started on demand (since it started).", registry=r
+        # Counts since the gateway started, copied from OnDemand at each scrape. Exposed under these names (what
+        # docs/gateway.md and the tests read); a prometheus_client Counter would expose `<name>_total` instead.
+        self.shard_loads = self._count("loads", "Coordinators the gateway started on demand (since it started).")
+        self.shard_swaps = self._count(
+            "swaps", "Coordinators stopped to serve another sharded model (since the gateway started)."
         )
-        self.shard_swaps = Gauge(
-            "sollol_gateway_shard_swaps",
-            "Coordinators stopped to serve another sharded model (since the gateway started).",
-            registry=r,
-        )
-        self.shard_unloads = Gauge(
-            "sollol_gateway_shard_unloads", "Coordinators stopped after their keep_alive (or keep_alive 0).", registry=r
-        )
-        self.shard_failures = Gauge(
-            "sollol_gateway_shard_failures",
-            "Coordinators found dead while serving (llama-server exited or lost a backend).",
-            registry=r,
+        self.shard_unloads = self._count("unloads", "Coordinators stopped after their keep_alive (or keep_alive 0).")
+        self.shard_failures = self._count(
+            "failures", "Coordinators found dead while serving (llama-server exited or lost a backend)."
         )
         self.shard_waiting = Gauge(
             "sollol_gateway_shard_waiting", "Requests waiting for a sharded model to load or swap in.", registry=r
         )
         self.shard_loading = Gauge("sollol_gateway_shard_loading", "1 while a sharded model loads.", registry=r)
+
+    def _count(self, what: str, documentation: str) -> Gauge:
+        return Gauge(f"sollol_gateway_shard_{what}", documentation, registry=self.registry)
+
+    def _latency(self, name: str, documentation: str) -> Histogram:
+        return Histogram(name, documentation, ["route", "model", "node"], buckets=_LATENCY, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,9 +8,8 @@ the liveness checks) run in worker threads."""
 from __future__ import annotations
 
 import asyncio
-import itertools
+import collections
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,41 +20,14 @@ from sollol_ops.cluster import facts as cluster_vars
 from sollol_ops.cluster.inventory import Cluster
 from sollol_ops.errors import ModelNotFound, SollolError
 from sollol_ops.gateway.errors import ApiError
+from sollol_ops.gateway.keepalive import FOREVER
+from sollol_ops.gateway.ondemand_status import OnDemandStatus, Phase
 from sollol_ops.gateway.pool import normalize
 from sollol_ops.serve import coordinator, lifecycle, server_log, server_proc
 from sollol_ops.serve.command import StartOptions
 from sollol_ops.serve.coordinator import CoordinatorState
 
 log = logging.getLogger("sollol_ops.gateway")
-
-FOREVER = None  # a keep_alive of "keep it loaded"
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-
-
-def parse_keep_alive(value: Any, default: float | None) -> float | None:
-    """Ollama's keep_alive: a number of seconds or a Go duration ("5m", "1h30m", "0", "-1"); negative
-    means keep loaded (None here), absent means the default. ApiError 400 for anything else."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        raise ApiError(400, "keep_alive must be a duration string or a number of seconds")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        try:
-            seconds = sign * float(body)
-        except ValueError:
-            parts = _PART.findall(body)
-            if not body or "".join(n + u for n, u in parts) != body:
-                raise ApiError(400, f"keep_alive {value!r} is not a duration (such as 5m, 30s, 0 or -1)") from None
-            seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
-    else:
-        raise ApiError(400, "keep_alive must be a duration string or a number of seconds")
-    return FOREVER if seconds < 0 else seconds
 
 
 @dataclass
@@ -92,7 +64,7 @@ class Lease:
     def release(self, failed: bool = False) -> None:
         if not self.done:
             self.done = True
-            self.manager._release(self, failed)
+            self.manager.release(self, failed)
 
 
 class _Reporter(lifecycle.Reporter):
@@ -111,10 +83,6 @@ class _Reporter(lifecycle.Reporter):
         log.warning("loading %s: %s", self.model, message)
 
 
-def _status_of(exc: SollolError) -> int:
-    return 404 if isinstance(exc, ModelNotFound) else 503
-
-
 class OnDemand:
     """The one sharded model: phases idle -> loading -> serving -> draining -> stopping -> idle."""
 
@@ -129,7 +97,7 @@ class OnDemand:
         self.cluster = cluster
         self.ollama_models = ollama_models
         self.root = root
-        self.phase = "idle"
+        self.phase = Phase.IDLE
         self.current: str | None = None
         self.state: CoordinatorState | None = None
         self.owned = False  # started by this gateway (keep_alive applies) or adopted (`sollol-ops up`)
@@ -145,10 +113,13 @@ class OnDemand:
         self.stopped = asyncio.Event()
         self._busy: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
-        self._seq = itertools.count()
-        self._on_change: Callable[[], None] = lambda: None
+        self._listeners: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- lifecycle of the manager
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every scheduling step (the gateway refreshes its gauges)."""
+        self._listeners.append(callback)
 
     def start(self) -> None:
         self._adopt(coordinator.Coordinator(self.root).load(warn=lambda m: log.warning("%s", m)))
@@ -167,23 +138,19 @@ class OnDemand:
         if state is None or not coordinator.is_alive(state):
             return
         self.gen += 1
-        self.current, self.state, self.phase, self.owned = normalize(state.model), state, "serving", False
+        self.current, self.state, self.phase, self.owned = normalize(state.model), state, Phase.SERVING, False
         self.inflight = 0
         self.idle_since = time.monotonic()
         log.info("adopted the running coordinator for %s (pid %d)", state.model, state.pid)
 
     # ---------------------------------------------------------------- requests
 
-    async def acquire(self, model: str, keep_alive: float | None) -> Lease:
-        """Wait until `model` is served (loading or swapping to it as needed); ApiError on a refusal."""
-        return await self.wait(self.enqueue(model, keep_alive))
-
     def enqueue(self, model: str, keep_alive: float | None) -> Ticket:
         """Join the queue for `model`: its ticket is already done when the model is served now. ApiError 503
         (with Retry-After) when the queue is full."""
         name = normalize(model)
         waiting = len(self.queue)
-        served_now = self.phase == "serving" and self.current == name
+        served_now = self.phase == Phase.SERVING and self.current == name
         if waiting >= self.settings.queue_size and not served_now:
             raise ApiError(
                 503,
@@ -215,15 +182,16 @@ class OnDemand:
         """One line on what a request for `name` waits for: the load's step, its seconds so far and
         llama-server's last log line, or the swap it waits behind."""
         name = normalize(name)
-        if self.current == name and self.phase == "loading":
+        if self.current == name and self.phase == Phase.LOADING:
             p = self.progress
             line = f"loading {name}: {p.get('step', 'starting')}, {time.monotonic() - self.load_t0:.0f}s so far"
             return line + (f"; llama-server: {p['log']}" if p.get("log") else "")
-        if self.current not in (None, name) and self.phase in ("serving", "draining", "stopping"):
+        if self.current not in (None, name) and self.phase in (Phase.SERVING, Phase.DRAINING, Phase.STOPPING):
             return f"waiting for {self.current} to finish {self.inflight} request(s) and unload, then loading {name}"
         return f"waiting to load {name}"
 
-    def _release(self, lease: Lease, failed: bool) -> None:
+    def release(self, lease: Lease, failed: bool) -> None:
+        """A lease given back (Lease.release): one request fewer in flight; a failed one gets a check soon."""
         if lease.gen == self.gen:
             self.inflight -= 1
             if self.inflight == 0:
@@ -236,7 +204,7 @@ class OnDemand:
         """keep_alive 0 without a prompt: stop the model once its requests in flight are done (only a
         coordinator this gateway started). True when it was loaded and is now stopped."""
         name = normalize(model)
-        if self.current != name or not self.owned or self.phase not in ("serving", "draining"):
+        if self.current != name or not self.owned or self.phase not in (Phase.SERVING, Phase.DRAINING):
             return False
         self.keep_alive = 0.0
         gen = self.gen
@@ -249,7 +217,7 @@ class OnDemand:
     # ---------------------------------------------------------------- the scheduler
 
     def _kick(self) -> None:
-        if self.phase == "serving":
+        if self.phase == Phase.SERVING:
             for t in [t for t in self.queue if t.name == self.current]:
                 self.queue.remove(t)
                 if t.fut.done():
@@ -259,22 +227,23 @@ class OnDemand:
                 self.keep_alive = t.keep_alive
                 t.fut.set_result(Lease(self, self.state, self.gen))
             if self.queue:
-                self.phase = "draining"  # another sharded model waits: serve no more of this one
+                self.phase = Phase.DRAINING  # another sharded model waits: serve no more of this one
                 log.info(
                     "swap from %s to %s once %d request(s) finish", self.current, self.queue[0].name, self.inflight
                 )
             elif self.inflight == 0 and self.owned and self._expired():
-                self.phase = "draining"
-        if self.phase == "draining" and self.inflight == 0 and self._busy is None:
-            self.phase = "stopping"
+                self.phase = Phase.DRAINING
+        if self.phase == Phase.DRAINING and self.inflight == 0 and self._busy is None:
+            self.phase = Phase.STOPPING
             swap = bool(self.queue) and self.queue[0].name != self.current
             self._busy = asyncio.get_running_loop().create_task(self._stop(swap))
-        if self.phase == "idle" and self.queue and self._busy is None:
+        if self.phase == Phase.IDLE and self.queue and self._busy is None:
             name = self.queue[0].name
-            self.phase, self.current, self.state, self.progress = "loading", name, None, {}
+            self.phase, self.current, self.state, self.progress = Phase.LOADING, name, None, {}
             self.load_t0 = time.monotonic()
             self._busy = asyncio.get_running_loop().create_task(self._load(name))
-        self._on_change()
+        for callback in self._listeners:
+            callback()
 
     def _expired(self) -> bool:
         if self.keep_alive is FOREVER:
@@ -300,7 +269,7 @@ class OnDemand:
 
     def _to_idle(self) -> None:
         self.gen += 1
-        self.phase, self.current, self.state, self.owned, self.inflight = "idle", None, None, False, 0
+        self.phase, self.current, self.state, self.owned, self.inflight = Phase.IDLE, None, None, False, 0
         self.stopped.set()
 
     async def _load(self, name: str) -> None:
@@ -316,7 +285,7 @@ class OnDemand:
             reporter = _Reporter(self, name)
             outcome = await asyncio.to_thread(lambda: lifecycle.up(req, self.cluster(), reporter, self.root))
         except Exception as exc:  # a refusal (probes, placement, lock) or a failed start: the waiters' answer
-            status = _status_of(exc) if isinstance(exc, SollolError) else 500
+            status = (404 if isinstance(exc, ModelNotFound) else 503) if isinstance(exc, SollolError) else 500
             message = str(exc) if isinstance(exc, SollolError) else f"{type(exc).__name__}: {exc}"
             self.last_error = message
             log.warning("loading %s failed: %s", name, message)
@@ -332,7 +301,7 @@ class OnDemand:
             return
         assert outcome.state is not None
         self.gen += 1
-        self.state, self.phase, self.inflight = outcome.state, "serving", 0
+        self.state, self.phase, self.inflight = outcome.state, Phase.SERVING, 0
         self.owned = outcome.kind is lifecycle.Outcome.STARTED
         self.idle_since = time.monotonic()
         self.last_error = ""
@@ -364,12 +333,12 @@ class OnDemand:
         shape) and the next request starts it again. Idle: adopt one started by hand."""
         if self._busy is not None:
             return
-        if self.phase == "idle":
+        if self.phase == Phase.IDLE:
             state = await asyncio.to_thread(coordinator.Coordinator(self.root).load, lambda m: None)
-            if self.phase == "idle" and self._busy is None:
+            if self.phase == Phase.IDLE and self._busy is None:
                 self._adopt(state)
             return
-        if self.phase not in ("serving", "draining") or self.state is None:
+        if self.phase not in (Phase.SERVING, Phase.DRAINING) or self.state is None:
             return
         state, gen = self.state, self.gen
         alive = await asyncio.to_thread(coordinator.is_alive, state)
@@ -390,7 +359,7 @@ class OnDemand:
         log.warning(
             "%s; %d request(s) in flight get an error; the next request starts it again", self.last_error, self.inflight
         )
-        self.phase = "stopping"
+        self.phase = Phase.STOPPING
         self._busy = asyncio.get_running_loop().create_task(self._stop_dead())
 
     async def _stop_dead(self) -> None:
@@ -405,29 +374,26 @@ class OnDemand:
 
     # ---------------------------------------------------------------- reporting
 
-    def describe(self) -> dict[str, Any]:
-        waiting: dict[str, int] = {}
-        for t in self.queue:
-            waiting[t.name] = waiting.get(t.name, 0) + 1
+    def describe(self) -> OnDemandStatus:
         expires = None
-        if self.phase == "serving" and self.owned and self.keep_alive is not FOREVER and self.inflight == 0:
+        if self.phase == Phase.SERVING and self.owned and self.keep_alive is not FOREVER and self.inflight == 0:
             expires = round(max(0.0, self.keep_alive - (time.monotonic() - self.idle_since)), 1)
-        return {
-            "model": self.current,
-            "phase": self.phase,
-            "owned": self.owned,
-            "endpoint": self.state.endpoint if self.state else None,
-            "pid": self.state.pid if self.state else None,
-            "in_flight": self.inflight,
-            "queued": waiting,
-            "keep_alive_s": self.keep_alive,
-            "expires_in_s": expires,
-            "progress": self.progress if self.phase == "loading" else {},
-            "degraded": bool(self.state and self.state.skipped),
-            "skipped_backends": [lo.describe() for lo in self.state.skipped] if self.state else [],
-            "loads": self.loads,
-            "swaps": self.swaps,
-            "unloads": self.unloads,
-            "deaths": self.deaths,
-            "last_error": self.last_error,
-        }
+        return OnDemandStatus(
+            model=self.current,
+            phase=self.phase,
+            owned=self.owned,
+            endpoint=self.state.endpoint if self.state else None,
+            pid=self.state.pid if self.state else None,
+            in_flight=self.inflight,
+            queued=dict(collections.Counter(t.name for t in self.queue)),
+            keep_alive_s=self.keep_alive,
+            expires_in_s=expires,
+            progress=self.progress if self.phase == Phase.LOADING else {},
+            degraded=bool(self.state and self.state.skipped),
+            skipped_backends=[lo.describe() for lo in self.state.skipped] if self.state else [],
+            loads=self.loads,
+            swaps=self.swaps,
+            unloads=self.unloads,
+            deaths=self.deaths,
+            last_error=self.last_error,
+        )

@@ -16,13 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from gatewayparts import MODEL, GatewayProc, store_env, wait_until
+from gatewayparts import MODEL, GatewayProc, wait_until
 from helpers import Local, run_cli
+from ondemandparts import od, revive
 from ports import free_port
-
-from sollol_ops import procs
-from sollol_ops.cluster import local as local_cluster
-from sollol_ops.cluster.toolchain import find_toolchain
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
 
@@ -30,6 +27,7 @@ MESSAGES = [{"role": "user", "content": "Name a colour."}]
 OPTS = {"num_predict": 4, "temperature": 0}
 CAP_MIB = 110  # at ctx 4096 SmolLM2 fits three such backends (needs <= 105 MiB each) but not two (235 > 220 MiB)
 LOST = 1  # the rpc-server killed (w1)
+RPC_SERVERS = 3  # the module's local rpc-servers (conftest.local)
 
 
 def write_inventory(path: Path, local: Local, extra: str = "", skip: bool = True) -> str:
@@ -40,22 +38,6 @@ def write_inventory(path: Path, local: Local, extra: str = "", skip: bool = True
     lines += ["[all:vars]", f"sollol_skip_unhealthy={'true' if skip else 'false'}", ""]
     path.write_text("\n".join(lines))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("degraded")
-    return {"root": root, "env": store_env(root, smollm2_store, (MODEL,))}
-
-
-@pytest.fixture(scope="module")
-def local(env: dict[str, Any]) -> Iterator[Local]:
-    cluster = Local(env["env"], 3)
-    cluster.revived = []  # type: ignore[attr-defined]
-    yield cluster
-    cluster.stop()
-    for server in cluster.revived:  # type: ignore[attr-defined]
-        procs.stop_process(server.pid, server.start_time, timeout=5, argv0=server.argv0)
 
 
 @pytest.fixture(scope="module")
@@ -76,37 +58,9 @@ def gw(env: dict[str, Any], inventories: dict[str, str]) -> Iterator[GatewayProc
     proc.stop()
 
 
-def od(gw: GatewayProc) -> dict[str, Any]:
-    return gw.status()["on_demand"]
-
-
 def chat(gw: GatewayProc) -> httpx.Response:
     body = {"model": MODEL, "messages": MESSAGES, "options": OPTS, "stream": False}
     return httpx.post(f"{gw.url}/api/chat", json=body, timeout=300)
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-
-
-def revive_all_but_lost(local: Local, env: dict[str, Any]) -> None:
-    """What systemd's Restart=on-failure does for a real worker: an rpc-server that died of SIGPIPE when its
-    coordinator went away (docs/cli.md) is restarted on its port; the killed one stays down."""
-    root = Path(env["env"]["XDG_STATE_HOME"]) / "sollol-ops" / "local"
-    state = local_cluster.load(root)
-    assert state is not None
-    for i, server in enumerate(state.servers):
-        if i == LOST or not gone(local.pids[i]):
-            continue
-        spec = local_cluster.RpcServerSpec(state.host, server.port, state.threads, root / f"rpc-{server.port}.log")
-        new = local_cluster.start_rpc_server(find_toolchain(), spec)
-        local.revived.append(new)  # type: ignore[attr-defined]
-        local.pids[i] = new.pid
-    local_cluster.wait_ready([e for i, e in enumerate(local.endpoints) if i != LOST], 30)
 
 
 def lost_name(local: Local) -> str:
@@ -134,7 +88,7 @@ def test_a_lost_backend_reloads_degraded_when_the_inventory_allows_it(
     os.kill(local.pids[LOST], signal.SIGKILL)  # mid-service: the coordinator holds all three
     wait_until(lambda: od(gw)["deaths"] == deaths + 1, 15, "the gateway to notice the lost backend")
     wait_until(lambda: od(gw)["phase"] == "idle", 30, "the coordinator that lost a backend to be stopped")
-    revive_all_but_lost(local, env)
+    revive(local, env, down=(LOST,))
 
     r = chat(gw)  # the next request: loaded again on the two left
     assert r.status_code == 200 and r.json()["message"]["content"], r.text

@@ -19,15 +19,13 @@ import httpx
 import ollama
 import openai
 import pytest
-from gatewayparts import MODEL, GatewayProc, store_env, wait_until
+from gatewayparts import MODEL, GatewayProc, wait_until
 from helpers import Local, run_cli
+from ondemandparts import gone, od, revive
 from ports import free_port
 
-from sollol_ops import procs
-from sollol_ops.cluster import local as local_cluster
-from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.gateway.errors import ApiError
-from sollol_ops.gateway.ondemand import parse_keep_alive
+from sollol_ops.gateway.keepalive import parse_keep_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
 
@@ -35,40 +33,8 @@ OTHER = "smollm2:other"  # the same GGUF under a second name: a second sharded m
 OPTS = {"num_predict": 4, "temperature": 0}
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 QUEUE = 8
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("ondemand")
-    env = store_env(root, smollm2_store, (MODEL, OTHER))
-    return {"root": root, "env": env}
-
-
-@pytest.fixture(scope="module")
-def local(env: dict[str, Any]) -> Iterator[Local]:
-    cluster = Local(env["env"], 2)
-    cluster.revived = []  # type: ignore[attr-defined]
-    yield cluster
-    cluster.stop()
-    for server in cluster.revived:  # type: ignore[attr-defined]
-        procs.stop_process(server.pid, server.start_time, timeout=5, argv0=server.argv0)
-
-
-def revive(local: Local, env: dict[str, Any]) -> None:
-    """What systemd's Restart=on-failure does for a real worker: an rpc-server whose client vanished while
-    it wrote its reply dies of SIGPIPE (docs/cli.md), so restart any that died, on the same port."""
-    root = Path(env["env"]["XDG_STATE_HOME"]) / "sollol-ops" / "local"
-    state = local_cluster.load(root)
-    assert state is not None
-    for i, server in enumerate(state.servers):
-        pid = local.pids[i]
-        if not gone(pid):
-            continue
-        spec = local_cluster.RpcServerSpec(state.host, server.port, state.threads, root / f"rpc-{server.port}.log")
-        new = local_cluster.start_rpc_server(find_toolchain(), spec)
-        local.revived.append(new)  # type: ignore[attr-defined]
-        local.pids[i] = new.pid
-    local_cluster.wait_ready(state.endpoints, 30)
+STORE_MODELS = (MODEL, OTHER)
+RPC_SERVERS = 2  # the module's local rpc-servers (conftest.local)
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +45,8 @@ def gw(env: dict[str, Any], local: Local) -> Iterator[GatewayProc]:
     proc.stop()
 
 
-def od(gw: GatewayProc) -> dict[str, Any]:
-    return gw.status()["on_demand"]
-
-
 def state_file(env: dict[str, Any]) -> Path:
     return Path(env["env"]["XDG_STATE_HOME"]) / "sollol-ops" / "coordinator.json"
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 def unload(gw: GatewayProc, model: str) -> None:

@@ -20,29 +20,16 @@ import httpx
 import ollama
 import openai
 import pytest
-from gatewayparts import MODEL, GatewayProc, store_env, wait_until
+from gatewayparts import MODEL, GatewayProc, wait_until
 from helpers import Local, run_cli
+from ondemandparts import od
 from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 OPTS = {"num_predict": 12, "temperature": 0, "seed": 7}
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("progress")
-    return {"root": root, "env": store_env(root, smollm2_store, (MODEL,))}
-
-
-@pytest.fixture(scope="module")
-def local(env: dict[str, Any]) -> Iterator[Local]:
-    cluster = Local(env["env"], 2)
-    yield cluster
-    for state in sorted(env["root"].glob("state-*")):  # a gateway that exits leaves its coordinator running
-        run_cli("down", "--timeout", "5", env={**env["env"], "XDG_STATE_HOME": str(state)})
-    cluster.stop()
+RPC_SERVERS = 2  # the module's local rpc-servers (conftest.local)
 
 
 def inventory(path: Path, local: Local, progress: bool | None) -> Path:
@@ -71,10 +58,6 @@ def gw_on(env: dict[str, Any], local: Local) -> Iterator[GatewayProc]:
     proc = gateway(env, local, "on", True)  # the inventory variable turns it on
     yield proc
     proc.stop()
-
-
-def od(gw: GatewayProc) -> dict[str, Any]:
-    return gw.status()["on_demand"]
 
 
 def unload(gw: GatewayProc) -> None:
