@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.serve import lifecycle
 
 
 @click.command()
 @click.argument("prompt")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 16), default=64, show_default=True)
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(0.1, 86400),
-    default=120,
-    show_default=True,
-    help="Fail when the coordinator sends nothing for this many seconds (a frozen or lost worker).",
+@options.stall_timeout_option(
+    86400, 120, "Fail when the coordinator sends nothing for this many seconds (a frozen or lost worker)."
 )
 def ask(prompt: str, max_tokens: int, stall_timeout: float) -> None:
     """Send PROMPT to the coordinator (POST /v1/chat/completions, streamed) and print the answer."""

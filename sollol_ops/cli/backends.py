@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.ui import echo_json, echo_table
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@options.json_option("Machine-readable output.")
 @click.pass_obj
 def backends(ctx: Context, as_json: bool) -> None:
     """List the RPC backends of the inventory, in the order layers are assigned."""

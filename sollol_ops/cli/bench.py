@@ -6,10 +6,12 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from sollol_ops import bench as lib
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.ui import to_jsonable
 
@@ -47,14 +49,14 @@ from sollol_ops.ui import to_jsonable
 )
 @click.option("--grid-repeats", type=click.IntRange(1, 50), help="Rounds of the --grid cells (default: --repeats).")
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
-@click.option("--ollama-models", metavar="PATH", help="Ollama store root searched first.")
+@options.ollama_models_option(options.STORE_FIRST_HELP)
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
 @click.option(
     "--up-before",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     help="A source tree (e.g. a git worktree of main) whose `sollol-ops up` is timed too, phase by phase.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (schema: sollol_ops.bench).")
+@options.json_option("Print the results as JSON (schema: sollol_ops.bench).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot (needs matplotlib).")
 @click.option("--out-md", type=click.Path(path_type=Path), help="Write/update this run's sections in a markdown file.")
 @click.option("--plot-link", help="Image link written into --out-md (default: the --plot path).")
@@ -63,24 +65,13 @@ def bench(
     ctx: Context,
     models: tuple[str, ...],
     backends: str,
-    repeats: int,
-    tokens: int,
-    prompt_tokens: int,
     n_ctx: int,
     links: str,
-    stage: bool,
-    grid: bool,
-    gateway: bool,
-    coordinator_device: bool,
-    grid_repeats: int | None,
-    use_inventory: bool,
-    ollama_models: str | None,
-    timeout: float,
     as_json: bool,
     plot_path: Path | None,
     out_md: Path | None,
     plot_link: str | None,
-    up_before: Path | None,
+    **params: Any,
 ) -> None:
     """Benchmark MODEL(s) sharded over rpc-servers against a local-only llama-server.
 
@@ -92,25 +83,14 @@ def bench(
     cfg = lib.BenchConfig(
         models=list(models),
         backends=lib.parse_int_list(backends, "--backends"),
-        repeats=repeats,
-        tokens=tokens,
-        prompt_tokens=prompt_tokens,
         ctx=n_ctx,
         links=lib.parse_links(links),
-        grid=grid,
-        stage=stage,
-        gateway=gateway,
-        coordinator_device=coordinator_device,
-        grid_repeats=grid_repeats,
-        use_inventory=use_inventory,
-        ollama_models=ollama_models,
-        timeout=timeout,
         command="sollol-ops " + shlex.join(sys.argv[1:]),
-        up_before=up_before,
+        **params,  # the other options by their BenchConfig name
     )
-    if up_before is not None and not (up_before / "sollol_ops" / "cli" / "main.py").is_file():
-        raise click.BadParameter(f"{up_before} has no sollol_ops/cli/main.py", param_hint="--up-before")
-    if use_inventory:
+    if cfg.up_before is not None and not (cfg.up_before / "sollol_ops" / "cli" / "main.py").is_file():
+        raise click.BadParameter(f"{cfg.up_before} has no sollol_ops/cli/main.py", param_hint="--up-before")
+    if cfg.use_inventory:
         cfg.inventory_backends = list(ctx.cluster().backends)
     doc = lib.run_bench(cfg, log=lambda line: click.echo(line, err=True))
     if plot_path is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sollol_ops.cluster.facts import COORDINATOR_GROUP, RPC_GROUP
+from sollol_ops.errors import InventoryError
 
 if TYPE_CHECKING:
     from sollol_ops.cluster.inventory import Cluster
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Context:
-    inventory_option: str | None
+    inventory_option: str | None = None
     verbose: int = 0
     rpc_group: str = RPC_GROUP
     coordinator_group: str = COORDINATOR_GROUP
@@ -24,6 +26,18 @@ class Context:
         from sollol_ops.cluster.inventory import locate_inventory
 
         return locate_inventory(self.inventory_option)
+
+    def found_inventory_path(self) -> Path | None:
+        """The inventory, or None when none was named (-i, $SOLLOL_INVENTORY) and none is found (the nearest
+        ansible.cfg's, ./inventory.ini): for a command that also runs without one."""
+        from sollol_ops.cluster.inventory import ENV_INVENTORY
+
+        try:
+            return self.inventory_path()
+        except InventoryError:
+            if self.inventory_option or os.environ.get(ENV_INVENTORY):
+                raise
+            return None
 
     def cluster(self) -> Cluster:
         if self._cluster is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter
 from sollol_ops.cluster import doctor as lib
@@ -25,14 +26,14 @@ def _rate(value: str) -> float:
 
 @click.command()
 @click.argument("model", required=False)
-@click.option("--ollama-models", metavar="PATH", help="Ollama store root (as for `up`).")
-@click.option("-c", "--ctx-size", type=click.IntRange(64, 1 << 22), default=4096, show_default=True)
+@options.ollama_models_option("Ollama store root (as for `up`).")
+@options.ctx_size_option()
 @click.option("--min-link", default="1gbit", show_default=True, help="Slowest acceptable link to a worker.")
 @click.option(
     "--link-mib", type=click.IntRange(1, 1024), default=32, show_default=True, help="MiB sent to measure each link."
 )
 @click.option("--no-hosts", is_flag=True, help="Do not read units and firewall through Ansible.")
-@click.option("--json", "as_json", is_flag=True)
+@options.json_option()
 @click.pass_obj
 def doctor(
     ctx: Context,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import click
 
 from sollol_ops import procs
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.cluster.facts import GATEWAY_KEEP_ALIVE, GATEWAY_QUEUE_SIZE
 from sollol_ops.cluster.inventory import GatewaySettings, ansible_inventory_list, gateway_settings_from_inventory_data
-from sollol_ops.errors import InventoryError
 from sollol_ops.gateway import server
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.keepalive import parse_keep_alive
@@ -19,23 +19,18 @@ from sollol_ops.serve.command import StartOptions, check_extra_args
 
 
 def _settings(ctx: Context) -> GatewaySettings:
-    """The pool, mode and pins from the inventory; an inventory that cannot be found at all (no -i, no
-    $SOLLOL_INVENTORY, no ansible.cfg, no ./inventory.ini) means no pool: shard mode."""
-    import os
-
-    try:
-        path = ctx.inventory_path()
-    except InventoryError:
-        if ctx.inventory_option or os.environ.get("SOLLOL_INVENTORY"):
-            raise
+    """The pool, mode and pins from the inventory; no inventory at all (Context.found_inventory_path) means no
+    pool: shard mode."""
+    path = ctx.found_inventory_path()
+    if path is None:
         return GatewaySettings([], [], None, {})
     data = ansible_inventory_list(path)
     return gateway_settings_from_inventory_data(data, path, rpc_group=ctx.rpc_group)
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=server.DEFAULT_PORT, show_default=True)
+@options.host_option("Address to listen on.")
+@options.port_option("--port", server.DEFAULT_PORT)
 @click.option(
     "--mode",
     type=click.Choice(["shard", "pool", "hybrid"]),
@@ -47,7 +42,7 @@ def _settings(ctx: Context) -> GatewaySettings:
     metavar="KEY",
     help=f"Require `Authorization: Bearer KEY` on every route but / and /health (or ${server.ENV_API_KEY}).",
 )
-@click.option("--ollama-models", metavar="PATH", help="The coordinator's Ollama store (default: $OLLAMA_MODELS, ...).")
+@options.ollama_models_option("The coordinator's Ollama store (default: $OLLAMA_MODELS, ...).")
 @click.option(
     "--max-body-mib", type=click.IntRange(1, 1024), default=32, show_default=True, help="Largest request body."
 )
@@ -74,28 +69,14 @@ def _settings(ctx: Context) -> GatewaySettings:
     show_default=True,
     help="Requests that may wait for a sharded model to load.",
 )
-@click.option(
-    "--coordinator-port",
-    type=click.IntRange(1, 65535),
-    default=8080,
-    show_default=True,
-    help="Port of a coordinator the gateway starts (loopback).",
-)
-@click.option(
-    "-c", "--ctx-size", type=click.IntRange(64, 1 << 22), default=4096, show_default=True, help="Its context size."
-)
-@click.option(
-    "-np", "--parallel", type=click.IntRange(1, 256), default=1, show_default=True, help="Its parallel slots."
-)
-@click.option("-t", "--threads", type=click.IntRange(1, 1024), help="Its threads (default: all cores).")
-@click.option(
-    "--load-timeout", type=click.FloatRange(1, 86400), default=600, show_default=True, help="Seconds a load may take."
-)
-@click.option(
-    "--skip-unhealthy/--no-skip-unhealthy",
-    default=None,
-    help="Load degraded on the healthy backends when some are down, if the model fits them (as "
-    "`up --skip-unhealthy`; default: the inventory's sollol_skip_unhealthy, else refuse naming them).",
+@options.port_option("--coordinator-port", 8080, "Port of a coordinator the gateway starts (loopback).")
+@options.ctx_size_option("Its context size.")
+@options.parallel_option("Its parallel slots.")
+@options.threads_option("Its threads (default: all cores).")
+@options.load_timeout_option("--load-timeout", "Seconds a load may take.")
+@options.skip_unhealthy_option(
+    "Load degraded on the healthy backends when some are down, if the model fits them (as "
+    "`up --skip-unhealthy`; default: the inventory's sollol_skip_unhealthy, else refuse naming them)."
 )
 @click.option(
     "--loading-progress/--no-loading-progress",
@@ -103,9 +84,7 @@ def _settings(ctx: Context) -> GatewaySettings:
     help="Streamed requests that wait for a sharded model to load get its progress as reasoning (OpenAI) / "
     "thinking (Ollama) text (default: the inventory's sollol_gateway_loading_progress, else off).",
 )
-@click.option(
-    "--server-arg", "server_args", multiple=True, metavar="ARG", help="Extra llama-server argument (repeatable)."
-)
+@options.server_args_option()
 @click.pass_obj
 def gateway(
     ctx: Context,

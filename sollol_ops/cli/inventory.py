@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.cluster import importer
 from sollol_ops.ui import echo_json
 
@@ -22,7 +23,7 @@ def inventory() -> None:
     "-o", "--output", default="inventory.ini", show_default=True, help="Where to write the inventory ('-': stdout)."
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was imported as JSON.")
+@options.json_option("Print what was imported as JSON.")
 def import_(source: Path, output: str, force: bool, as_json: bool) -> None:
     """Write an inventory from SynapticLlamas settings (SOURCE, default ~/.synapticllamas.json): rpc_backends
     to [rpc_servers], Ollama nodes (its ollama_nodes, else $OLLAMA_NODES) to [ollama_nodes], the two mode

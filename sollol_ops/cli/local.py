@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from sollol_ops import procs
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.cluster import local as local_cluster
 from sollol_ops.cluster.facts import DEFAULT_PORT
@@ -21,12 +22,12 @@ def local() -> None:
 
 @local.command()
 @click.argument("count", type=click.IntRange(1, 64), default=2)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@options.host_option("Address to bind (loopback by default).")
 @click.option("--base-port", type=click.IntRange(1024, 65535), default=DEFAULT_PORT, show_default=True)
-@click.option("--threads", type=click.IntRange(1, 1024), help="Threads per rpc-server (default: cores / COUNT).")
+@options.threads_option("Threads per rpc-server (default: cores / COUNT).", short=False)
 @click.option("--no-cache", is_flag=True, help="Start rpc-servers without their tensor cache (-c).")
-@click.option("--dir", "root", type=click.Path(path_type=Path), help="State directory (default: XDG state).")
-@click.option("--json", "as_json", is_flag=True)
+@options.state_dir_option("State directory (default: XDG state).")
+@options.json_option()
 @click.pass_obj
 def start(
     ctx: Context,
@@ -51,7 +52,7 @@ def start(
 
 
 @local.command()
-@click.option("--dir", "root", type=click.Path(path_type=Path))
+@options.state_dir_option()
 @click.pass_obj
 def stop(ctx: Context, root: Path | None) -> None:
     """Stop the local rpc-servers."""
@@ -60,8 +61,8 @@ def stop(ctx: Context, root: Path | None) -> None:
 
 
 @local.command("status")
-@click.option("--dir", "root", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@options.state_dir_option()
+@options.json_option()
 @click.pass_obj
 def local_status(ctx: Context, root: Path | None, as_json: bool) -> None:
     """Show the local rpc-servers."""

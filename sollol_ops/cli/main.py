@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from sollol_ops import __version__
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.cluster.facts import COORDINATOR_GROUP, RPC_GROUP
 from sollol_ops.errors import SollolError
@@ -64,35 +65,26 @@ class LazyGroup(click.Group):
     help="Ansible inventory (default: $SOLLOL_INVENTORY, the nearest ansible.cfg's inventory, ./inventory.ini).",
 )
 @click.option("-v", "--verbose", count=True, help="More output; -vv shows tracebacks of internal errors.")
-@click.option(
-    "--rpc-group",
-    default=RPC_GROUP,
-    show_default=True,
-    help="Inventory group of RPC workers (also for the playbooks of `provision`).",
-)
-@click.option(
-    "--coordinator-group",
-    default=COORDINATOR_GROUP,
-    show_default=True,
-    help="Inventory group of coordinators (also for the playbooks of `provision`).",
-)
+@options.group_option("--rpc-group", default=RPC_GROUP, members="RPC workers")
+@options.group_option("--coordinator-group", default=COORDINATOR_GROUP, members="coordinators")
 @click.pass_context
 def cli(ctx: click.Context, inventory: str | None, verbose: int, rpc_group: str, coordinator_group: str) -> None:
     """Serve one LLM sharded across llama.cpp RPC workers provisioned by Ansible.
 
     Read commands take --json for machine-readable output.
     """
-    ctx.obj = Context(
-        inventory_option=inventory, verbose=verbose, rpc_group=rpc_group, coordinator_group=coordinator_group
-    )
+    state = ctx.ensure_object(Context)  # main() hands one in, to read -v back when a command fails
+    state.inventory_option = inventory
+    state.verbose = verbose
+    state.rpc_group = rpc_group
+    state.coordinator_group = coordinator_group
 
 
 def main(argv: list[str] | None = None) -> Any:
-    verbose = 0
+    state = Context()
     args = sys.argv[1:] if argv is None else argv
-    verbose = sum(a.count("v") for a in args if a.startswith("-v") and set(a[1:]) == {"v"}) + args.count("--verbose")
     try:
-        return cli.main(args=args, prog_name="sollol-ops", standalone_mode=False)
+        return cli.main(args=args, prog_name="sollol-ops", standalone_mode=False, obj=state)
     except SollolError as exc:
         click.echo(f"sollol-ops: error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -110,7 +102,7 @@ def main(argv: list[str] | None = None) -> Any:
     except BrokenPipeError:
         sys.exit(141)
     except Exception as exc:  # a bug: still one line unless asked for more
-        if verbose >= 2:
+        if state.verbose >= 2:
             raise
         click.echo(
             f"sollol-ops: internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback)",

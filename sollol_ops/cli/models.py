@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.errors import StoreError
 from sollol_ops.model.ollama import InstalledModel, list_models
 from sollol_ops.model.roots import candidate_roots, store_roots
@@ -47,8 +48,8 @@ def _broken_summary(entries: Sequence[InstalledModel]) -> StoreError:
 
 
 @click.command("models")
-@click.option("--ollama-models", "ollama_models", metavar="PATH", help="Ollama store root searched first.")
-@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+@options.ollama_models_option(options.STORE_FIRST_HELP)
+@options.json_option("Print the listing as JSON.")
 def models(ollama_models: str | None, as_json: bool) -> None:
     """List models in the Ollama stores (exit status 4 when any entry is broken)."""
     roots = store_roots(ollama_models, os.environ)

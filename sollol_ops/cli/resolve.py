@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.model.ollama import resolve_model
 from sollol_ops.ui import echo_json
 
 
 @click.command("resolve")
 @click.argument("model")
-@click.option("--ollama-models", "ollama_models", metavar="PATH", help="Ollama store root searched first.")
+@options.ollama_models_option(options.STORE_FIRST_HELP)
 @click.option("--verify", is_flag=True, help="Re-hash the blob and compare it with the manifest digest.")
-@click.option("--json", "as_json", is_flag=True, help="Print everything known about the model as JSON.")
+@options.json_option("Print everything known about the model as JSON.")
 def resolve(model: str, ollama_models: str | None, verify: bool, as_json: bool) -> None:
     """Print the path of MODEL's GGUF blob (e.g. smollm2:135m) after checking it."""
     found = resolve_model(model, ollama_models, verify=verify)

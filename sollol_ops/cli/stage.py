@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.errors import SollolError, UsageError
 from sollol_ops.stage import cachedir, ledger, shares, staging, upkeep
@@ -15,17 +16,8 @@ from sollol_ops.ui import echo_json, echo_table, human_bytes
 
 @click.command()
 @click.argument("model", required=False)
-@click.option(
-    "-c",
-    "--ctx-size",
-    type=click.IntRange(64, 1 << 22),
-    default=4096,
-    show_default=True,
-    help="The context size `up` will use (placement depends on it).",
-)
-@click.option(
-    "--ollama-models", metavar="PATH", help="Ollama store root (default: $OLLAMA_MODELS, ~/.ollama/models, ...)."
-)
+@options.ctx_size_option("The context size `up` will use (placement depends on it).")
+@options.ollama_models_option()
 @click.option(
     "--cache-dir",
     "cache_dirs",
@@ -38,10 +30,10 @@ from sollol_ops.ui import echo_json, echo_table, human_bytes
     is_flag=True,
     help="Send each worker its pack and stage there (playbooks/stage.yml): for workers on other hosts.",
 )
-@click.option("--dry-run", is_flag=True, help="Show what each rpc-server would receive; send nothing.")
+@options.dry_run_option("Show what each rpc-server would receive; send nothing.")
 @click.option("--verify", is_flag=True, help="Re-hash staged files (sha256); remove those whose content changed.")
 @click.option("--prune", is_flag=True, help="Remove cache files no ledger entry needs (16-hex-digit files only).")
-@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@options.json_option("Print the outcome as JSON.")
 @click.pass_obj
 def stage(
     ctx: Context,

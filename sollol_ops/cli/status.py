@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import echo_distribution, echo_staged
 from sollol_ops.serve import status_report
@@ -14,7 +15,7 @@ MIB = 1 << 20
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@options.json_option()
 @click.option(
     "--check",
     is_flag=True,
@@ -22,12 +23,8 @@ MIB = 1 << 20
     "(if one was started) is serving.",
 )
 @click.option("--require-coordinator", is_flag=True, help="With --check: also fail when no coordinator runs.")
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(0.1, 3600),
-    default=10,
-    show_default=True,
-    help="Call a coordinator stalled when its model loop does not answer for this many seconds.",
+@options.stall_timeout_option(
+    3600, 10, "Call a coordinator stalled when its model loop does not answer for this many seconds."
 )
 @click.pass_obj
 def status(ctx: Context, as_json: bool, check: bool, require_coordinator: bool, stall_timeout: float) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.cluster.toolchain import find_toolchain
 from sollol_ops.ui import echo_json
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@options.json_option()
 def toolchain(as_json: bool) -> None:
     """Show the llama.cpp binaries in use and their version."""
     tc = find_toolchain()

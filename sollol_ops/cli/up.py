@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
 from sollol_ops.cluster.inventory import device_name_problem
@@ -16,29 +19,21 @@ from sollol_ops.ui import echo_json, echo_table
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("model")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the OpenAI endpoint listens on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-@click.option("-c", "--ctx-size", type=click.IntRange(64, 1 << 22), default=4096, show_default=True)
-@click.option("-np", "--parallel", type=click.IntRange(1, 256), default=1, show_default=True, help="Parallel slots.")
-@click.option("-t", "--threads", type=click.IntRange(1, 1024), help="Coordinator threads (default: all cores).")
-@click.option(
-    "--ollama-models", metavar="PATH", help="Ollama store root (default: $OLLAMA_MODELS, ~/.ollama/models, ...)."
-)
-@click.option("--dry-run", is_flag=True, help="Check backends and print the placement plan, start nothing.")
+@options.host_option("Address the OpenAI endpoint listens on.")
+@options.port_option("--port", 8080)
+@options.ctx_size_option()
+@options.parallel_option("Parallel slots.")
+@options.threads_option("Coordinator threads (default: all cores).")
+@options.ollama_models_option()
+@options.dry_run_option("Check backends and print the placement plan, start nothing.")
 @click.option("--foreground", is_flag=True, help="Run attached (for a systemd unit), forwarding signals.")
 @click.option("--replace", is_flag=True, help="Stop a coordinator serving another model first.")
-@click.option(
-    "--skip-unhealthy/--no-skip-unhealthy",
-    default=None,
-    help="Start degraded without down/busy/incompatible backends (if the model fits the rest) instead of refusing "
-    "(default: the inventory's sollol_skip_unhealthy, else refuse).",
+@options.skip_unhealthy_option(
+    "Start degraded without down/busy/incompatible backends (if the model fits the rest) instead of refusing "
+    "(default: the inventory's sollol_skip_unhealthy, else refuse)."
 )
-@click.option(
-    "--timeout", type=click.FloatRange(1, 86400), default=600, show_default=True, help="Seconds to wait for ready."
-)
-@click.option(
-    "--server-arg", "server_args", multiple=True, metavar="ARG", help="Extra llama-server argument (repeatable)."
-)
+@options.load_timeout_option("--timeout", "Seconds to wait for ready.")
+@options.server_args_option()
 @click.option(
     "--coordinator-memory",
     type=click.IntRange(0, 1 << 40),
@@ -51,86 +46,40 @@ from sollol_ops.ui import echo_json, echo_table
     help="Which of its devices offers it: CPU, or one `llama-server --list-devices` names (default: "
     "sollol_coordinator_device, CPU).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@options.json_option("Print the outcome as JSON.")
 @click.option("--timings", is_flag=True, help="Print how long each phase took to stderr (also: SOLLOL_OPS_TRACE=1).")
 @click.pass_obj
-def up(
-    ctx: Context,
-    model: str,
-    host: str,
-    port: int,
-    ctx_size: int,
-    parallel: int,
-    threads: int | None,
-    ollama_models: str | None,
-    dry_run: bool,
-    foreground: bool,
-    replace: bool,
-    skip_unhealthy: bool | None,
-    timeout: float,
-    server_args: tuple[str, ...],
-    coordinator_memory: int | None,
-    coordinator_device: str | None,
-    as_json: bool,
-    timings: bool,
-) -> None:
+def up(ctx: Context, foreground: bool, as_json: bool, timings: bool, **params: Any) -> None:
     """Serve MODEL (e.g. codellama:13b) from the Ollama store across the inventory's rpc-servers."""
     clock = PhaseClock(enabled=wanted(timings))
     clock.mark(FIRST_PHASE)
     try:
-        _up(
-            ctx,
-            model,
-            host,
-            port,
-            ctx_size,
-            parallel,
-            threads,
-            ollama_models,
-            dry_run,
-            foreground,
-            replace,
-            skip_unhealthy,
-            timeout,
-            server_args,
-            coordinator_memory,
-            coordinator_device,
-            as_json,
-            clock,
-        )
+        _up(ctx, _request(**params), foreground, as_json, clock)
     finally:
         clock.mark("output")
         clock.report()
 
 
-def _up(
-    ctx: Context,
-    model: str,
+def _request(
     host: str,
     port: int,
     ctx_size: int,
     parallel: int,
     threads: int | None,
-    ollama_models: str | None,
-    dry_run: bool,
-    foreground: bool,
-    replace: bool,
-    skip_unhealthy: bool | None,
-    timeout: float,
     server_args: tuple[str, ...],
     coordinator_memory: int | None,
-    coordinator_device: str | None,
-    as_json: bool,
-    clock: PhaseClock,
-) -> None:
+    **fields: Any,
+) -> lifecycle.UpRequest:
+    """The request `up`'s options make: the llama-server ones as StartOptions, the rest by the same name."""
     opts = StartOptions(
         host=host, port=port, n_ctx=ctx_size, parallel=parallel, threads=threads, extra_args=list(server_args)
     )
-    if coordinator_device is not None and (problem := device_name_problem(coordinator_device)) is not None:
+    return lifecycle.UpRequest(opts=opts, coordinator_memory_mib=coordinator_memory, **fields)
+
+
+def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool, clock: PhaseClock) -> None:
+    if req.coordinator_device is not None and (problem := device_name_problem(req.coordinator_device)) is not None:
         raise UsageError(f"--coordinator-device {problem}")
-    req = lifecycle.UpRequest(
-        model, opts, ollama_models, dry_run, replace, skip_unhealthy, timeout, coordinator_memory, coordinator_device
-    )
     reporter = CliReporter(quiet=as_json, verbose=ctx.verbose, clock=clock)
     cluster = ctx.cluster()
     clock.mark("inventory")
@@ -174,7 +123,7 @@ def _up(
         return
     if outcome.kind is lifecycle.Outcome.FOREGROUND:
         code = lifecycle.run_foreground(
-            outcome, on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True), ready_timeout=timeout
+            outcome, on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True), ready_timeout=req.timeout
         )
         raise SystemExit(code)
     st = outcome.state
