@@ -21,7 +21,7 @@ class Context:
     _cluster: Cluster | None = field(default=None, repr=False)
 
     def inventory_path(self) -> Path:
-        from sollol_ops.cluster.inventory import locate_inventory
+        from sollol_ops.cluster.ansible_inventory import locate_inventory
 
         return locate_inventory(self.inventory_option)
 
