@@ -19,7 +19,3 @@ def cache_dir() -> Path:
 
 def state_dir() -> Path:
     return _xdg("XDG_STATE_HOME", ".local/state") / "sollol-ops"
-
-
-def data_dir() -> Path:
-    return _xdg("XDG_DATA_HOME", ".local/share") / "sollol-ops"

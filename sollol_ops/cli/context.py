@@ -23,14 +23,14 @@ class Context:
     _cluster: Cluster | None = field(default=None, repr=False)
 
     def inventory_path(self) -> Path:
-        from sollol_ops.cluster.inventory import locate_inventory
+        from sollol_ops.cluster.ansible_inventory import locate_inventory
 
         return locate_inventory(self.inventory_option)
 
     def found_inventory_path(self) -> Path | None:
         """The inventory, or None when none was named (-i, $SOLLOL_INVENTORY) and none is found (the nearest
         ansible.cfg's, ./inventory.ini): for a command that also runs without one."""
-        from sollol_ops.cluster.inventory import ENV_INVENTORY
+        from sollol_ops.cluster.ansible_inventory import ENV_INVENTORY
 
         try:
             return self.inventory_path()

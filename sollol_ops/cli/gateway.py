@@ -8,13 +8,14 @@ import click
 from sollol_ops import procs
 from sollol_ops.cli import options
 from sollol_ops.cli.context import Context
+from sollol_ops.cluster.ansible_inventory import ansible_inventory_list
 from sollol_ops.cluster.facts import GATEWAY_KEEP_ALIVE, GATEWAY_QUEUE_SIZE
-from sollol_ops.cluster.inventory import GatewaySettings, ansible_inventory_list, gateway_settings_from_inventory_data
 from sollol_ops.gateway import server
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.keepalive import parse_keep_alive
 from sollol_ops.gateway.ondemand import OnDemandSettings
 from sollol_ops.gateway.pool import PoolSettings
+from sollol_ops.gateway.settings import GatewaySettings, gateway_settings_from_inventory_data
 from sollol_ops.serve.command import StartOptions, check_extra_args
 
 

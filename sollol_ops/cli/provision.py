@@ -112,7 +112,7 @@ def _group_vars(ctx: Context, inventory: Path) -> dict[str, str]:
             raise UsageError(f"{option} {name!r} is not an inventory group name (letters, digits, _ and -)")
     renamed = [(option, name) for option, name, default in chosen if name != default]
     if renamed:
-        from sollol_ops.cluster.inventory import ansible_inventory_list
+        from sollol_ops.cluster.ansible_inventory import ansible_inventory_list
 
         data = ansible_inventory_list(inventory)
         groups = {k for k in data if k != "_meta"}

@@ -13,13 +13,8 @@ Only when the server is free (the probe's knock first, see `sollol_ops.cluster.r
 4. FREE_BUFFER, then a last GET_DEVICE_MEMORY (FREE_BUFFER has no reply; a server that fails to free
    closes the connection instead of answering), and a normal close after every reply was read.
 
-Request layouts, as the pinned ggml-rpc.cpp (protocol 7.0.0) has them, all little-endian and packed:
-ALLOC_BUFFER ``u32 device, u64 size`` -> ``u64 remote_ptr, u64 remote_size`` (remote_ptr 0: failed);
-BUFFER_GET_BASE ``u64 remote_ptr`` -> ``u64 base``; FREE_BUFFER ``u64 remote_ptr`` -> no reply;
-SET_TENSOR ``rpc_tensor | u8 cache_flag | u64 offset | data`` -> no reply, where rpc_tensor (296 bytes)
-is ``u64 id, u32 type, u64 buffer, u32 ne[4], u32 nb[4], u32 op, i32 op_params[16], i32 flags,
-u64 src[10], u64 view_src, u64 view_offs, u64 data, char name[64], i32 use_count``. cache_flag 0: the
-server writes nothing to its tensor cache.
+Every command is a method of `rpc.Session` (the request layouts are `sollol_ops.cluster.wire`'s); the upload
+is a 1-D F32 tensor spanning the buffer, without the cache flag: the server writes nothing to its tensor cache.
 
 The server is left as found: the buffer is freed, and if the measurement stops early (deadline, a
 stalled server) the connection is aborted with a reset, which makes rpc-server end the session and
@@ -31,40 +26,16 @@ incompatible) and whose `stage` says where it stopped.
 from __future__ import annotations
 
 import statistics
-import struct
 import time
 from dataclasses import dataclass
 
-from sollol_ops.cluster.rpc import (
-    CLIENT_PROTOCOL,
-    CMD_DEVICE_COUNT,
-    CMD_GET_DEVICE_MEMORY,
-    MAX_DEVICES,
-    Deadline,
-    Session,
-    SessionFailed,
-    Status,
-    _read_reply,
-    _send,
-    session,
-)
+from sollol_ops.cluster.rpc import CLIENT_PROTOCOL, MAX_DEVICES, Deadline, Session, SessionFailed, Status, session
 from sollol_ops.errors import UsageError
-
-CMD_ALLOC_BUFFER = 0
-CMD_BUFFER_GET_BASE = 3
-CMD_FREE_BUFFER = 4
-CMD_SET_TENSOR = 6
-
-GGML_TYPE_F32 = 0
-# id, type, buffer, ne[4], nb[4], op, op_params[16], flags, src[10], view_src, view_offs, data, name, use_count
-RPC_TENSOR = struct.Struct("<QIQ4I4II16ii10QQQQ64si")
-assert RPC_TENSOR.size == 296
 
 MIN_PAYLOAD = 4096
 MAX_PAYLOAD = 1 << 30  # rpc_tensor strides are u32; a GiB is far more than a stable measure needs
 DEFAULT_PAYLOAD = 32 << 20
 DEFAULT_DEADLINE_S = 60.0
-_UPLOAD_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -86,18 +57,6 @@ class LinkResult:
     def ok(self) -> bool:
         """Both round trip and throughput were measured."""
         return self.status is Status.READY and self.throughput_bps is not None
-
-
-def tensor_header(remote_ptr: int, base: int, size: int) -> bytes:
-    """A 1-D F32 rpc_tensor of `size` bytes (a multiple of 4) at the start of buffer `remote_ptr`."""
-    n = size // 4
-    name = b"sollol-link".ljust(64, b"\0")
-    ne = (n, 1, 1, 1)
-    nb = (4, size, size, size)
-    op, op_params, flags, src, view_src, view_offs, use_count = 0, (0,) * 16, 0, (0,) * 10, 0, 0, 0
-    return RPC_TENSOR.pack(
-        1, GGML_TYPE_F32, remote_ptr, *ne, *nb, op, *op_params, flags, *src, view_src, view_offs, base, name, use_count
-    )
 
 
 def measure_link(
@@ -146,7 +105,6 @@ def measure_link(
             **measured,  # type: ignore[arg-type]
         )
 
-    sent = 0
     try:
         with session(
             endpoint,
@@ -158,12 +116,8 @@ def measure_link(
             activity=("measurement", "measuring"),
         ) as s:
             current = s
-
-            def small(cmd: int, payload: bytes, size: int) -> bytes:
-                return s.request(cmd, payload, size=size)
-
             s.stage = "devices"
-            (count,) = struct.unpack("<I", small(CMD_DEVICE_COUNT, b"", 4))
+            count = s.device_count()
             if count > MAX_DEVICES:
                 s.clean = True
                 return result(Status.INCOMPATIBLE, f"announces {count} devices (more than {MAX_DEVICES})")
@@ -172,17 +126,14 @@ def measure_link(
                 return result(Status.INCOMPATIBLE, f"has {count} device(s), no device {device}")
 
             s.stage = "rtt"
-            dev = struct.pack("<I", device)
             for _ in range(rtt_samples):
                 t = time.perf_counter()
-                small(CMD_GET_DEVICE_MEMORY, dev, 16)
+                s.device_memory(device)
                 samples.append((time.perf_counter() - t) * 1000)
             rtt_s = statistics.median(samples) / 1000
 
             s.stage = "alloc"
-            remote_ptr, remote_size = struct.unpack(
-                "<QQ", small(CMD_ALLOC_BUFFER, struct.pack("<IQ", device, size), 16)
-            )
+            remote_ptr, remote_size = s.allocate(device, size)
             if remote_ptr == 0:
                 s.clean = True
                 return result(
@@ -190,29 +141,20 @@ def measure_link(
                 )
             if remote_size < size:
                 return result(Status.INCOMPATIBLE, f"allocated {remote_size} bytes where {size} were asked for")
-            (base,) = struct.unpack("<Q", small(CMD_BUFFER_GET_BASE, struct.pack("<Q", remote_ptr), 8))
+            base = s.buffer_base(remote_ptr)
 
             s.stage = "upload"
-            head = tensor_header(remote_ptr, base, size) + struct.pack("<BQ", 0, 0)
             payload = memoryview(bytes(size))
             times: list[float] = []
             for _ in range(uploads):
-                sent = 0
                 t_up = time.perf_counter()
-                _send(s.sock, struct.pack("<BQ", CMD_SET_TENSOR, len(head) + size) + head, deadline)
-                while sent < size:
-                    chunk = payload[sent : sent + _UPLOAD_CHUNK]
-                    _send(s.sock, chunk, deadline)
-                    sent += len(chunk)
-                # the reply to the next request comes only after the server stored every byte of the upload
-                _send(s.sock, struct.pack("<BQ", CMD_BUFFER_GET_BASE, 8) + struct.pack("<Q", remote_ptr), deadline)
-                _read_reply(s.sock, CMD_BUFFER_GET_BASE, deadline, size=8, max_size=None)
+                s.upload_bytes(remote_ptr, base, payload)  # returns once the server stored every byte
                 times.append(max(time.perf_counter() - t_up - rtt_s, 1e-6))
             upload_s = min(times)
 
             s.stage = "free"
-            _send(s.sock, struct.pack("<BQ", CMD_FREE_BUFFER, 8) + struct.pack("<Q", remote_ptr), deadline)
-            small(CMD_GET_DEVICE_MEMORY, dev, 16)
+            s.free_buffer(remote_ptr)
+            s.device_memory(device)
             s.clean = True
             s.stage = "done"
             return result(
@@ -227,5 +169,6 @@ def measure_link(
         stage = failed.stage
         detail = failed.detail
         if stage == "upload" and failed.status is Status.DOWN:
+            sent = current.sent if current else 0
             detail = f"{detail}; {sent / (1 << 20):.1f} of {size / (1 << 20):.1f} MiB handed to the network"
         return result(failed.status, detail, stage, failed.version)

@@ -204,9 +204,7 @@ def run_playbook(
                 on_event(ev)
         return True
 
-    _, envvars = _ansible_env(playbook)
-    # ansible-runner looks the command up on this process's PATH.
-    os.environ["PATH"] = envvars["PATH"]
+    _, envvars = _ansible_env(playbook)  # ansible-runner finds ansible-playbook on envvars' PATH (pexpect's which)
     with tempfile.TemporaryDirectory(prefix="sollol-provision-") as tmp:
         runner = ansible_runner.run(
             private_data_dir=tmp,

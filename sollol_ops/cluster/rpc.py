@@ -1,15 +1,13 @@
-"""Speak llama.cpp's RPC wire protocol to classify backends: ready, busy, down or incompatible.
+"""Sessions that can never kill an rpc-server, and the probe classifying backends: ready, busy, down, incompatible.
 
-Wire format (little-endian, packed): request ``u8 cmd | u64 size | payload``, reply ``u64 size | payload``.
-HELLO (14) must come first: 24 bytes of connection caps in, ``major, minor, patch, pad`` + 24 caps out.
-DEVICE_COUNT (15): nothing in, ``u32`` out. GET_DEVICE_MEMORY (11): ``u32`` device in, ``u64 free, u64 total``.
+The wire format and the socket I/O are `sollol_ops.cluster.wire`'s; this module is standard library only
+too (the staging client runs on workers with it).
 
 Every probe ends in bounded time
 --------------------------------
 All waits of one probe (name resolution, both connects, every read and write) share one `Deadline`
-(``deadline_s``, 10 s by default); each reply must also complete within ``reply_timeout``. Replies
-are checked against their exact size before a byte of them is read, and a server announcing more
-than `MAX_DEVICES` devices is reported incompatible. `probe_all` probes up to `MAX_PARALLEL`
+(``deadline_s``, 10 s by default); each reply must also complete within ``reply_timeout``. A server
+announcing more than `MAX_DEVICES` devices is reported incompatible. `probe_all` probes up to `MAX_PARALLEL`
 endpoints at once, so for that many endpoints its total time is one probe's deadline.
 
 Why a probe can never kill an rpc-server
@@ -46,35 +44,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, BinaryIO
 
-CMD_ALLOC_BUFFER = 0
-CMD_BUFFER_GET_BASE = 3
-CMD_FREE_BUFFER = 4
-CMD_SET_TENSOR = 6
-CMD_GET_DEVICE_MEMORY = 11
-CMD_HELLO = 14
-CMD_DEVICE_COUNT = 15
-CONN_CAPS_SIZE = 24
-HELLO_REPLY_SIZE = 4 + CONN_CAPS_SIZE
+from sollol_ops.cluster import wire
+from sollol_ops.cluster.wire import CLIENT_PROTOCOL, Deadline, split_endpoint
 
-# The protocol of the pinned llama.cpp build (0c1e57098): the client accepts major == 7, minor <= 0.
-CLIENT_PROTOCOL: tuple[int, int, int] = (7, 0, 0)
-
-# A HELLO reply of another protocol version may have another size; nothing sane sends more than this.
-_MAX_HELLO_REPLY = 1024
 # More devices than any machine has: a server announcing more is not a sane rpc-server.
 MAX_DEVICES = 256
 # The whole probe of one endpoint, all waits together.
 DEFAULT_DEADLINE_S = 10.0
 # probe_all probes this many endpoints at once (more than any inventory here has).
 MAX_PARALLEL = 256
-_RECV_CHUNK = 1 << 20
-
-# struct rpc_tensor of ggml-rpc.cpp (packed): id, type, buffer, ne[4] u32, nb[4] u32, op, op_params[16],
-# flags, src[10], view_src, view_offs, data, name[64], use_count. 296 bytes.
-RPC_TENSOR = struct.Struct("<QIQ4I4II16iiQQQQQQQQQQQQQ64si")
-GGML_TYPE_I8 = 24
-# Bytes per row of the 2-D I8 tensor a raw upload is described as (ne is u32: one row could not say > 4 GiB).
-UPLOAD_ROW = 1 << 16
+_UPLOAD_CHUNK = 1 << 20
 
 
 class Status(StrEnum):
@@ -106,224 +85,15 @@ class ProbeResult:
         return self.status is Status.READY
 
 
-COMMAND_NAMES = {
-    0: "ALLOC_BUFFER",
-    1: "GET_ALIGNMENT",
-    2: "GET_MAX_SIZE",
-    3: "BUFFER_GET_BASE",
-    4: "FREE_BUFFER",
-    5: "BUFFER_CLEAR",
-    6: "SET_TENSOR",
-    7: "SET_TENSOR_HASH",
-    8: "GET_TENSOR",
-    9: "COPY_TENSOR",
-    10: "GRAPH_COMPUTE",
-    11: "GET_DEVICE_MEMORY",
-    12: "INIT_TENSOR",
-    13: "GET_ALLOC_SIZE",
-    14: "HELLO",
-    15: "DEVICE_COUNT",
-    16: "GRAPH_RECOMPUTE",
-    17: "MEMSET_TENSOR",
-}
-
-
-class Deadline:
-    """A wall-clock budget shared by every wait of one operation: each wait gets at most the time left.
-
-    `within(cap)` gives a part of the operation (one connect, one reply) that may take at most `cap`
-    seconds and never outlasts the whole; its `overall` says whether the whole's end is the binding one.
-    """
-
-    def __init__(self, seconds: float, *, end: float | None = None, overall: bool = True) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds if end is None else end
-        self.overall = overall
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    @property
-    def passed(self) -> bool:
-        return self.left() <= 0
-
-    def within(self, cap: float) -> Deadline:
-        end = time.monotonic() + cap
-        if end < self.end:
-            return Deadline(cap, end=end, overall=False)
-        return Deadline(self.seconds, end=self.end, overall=self.overall)
-
-
-class _Closed(Exception):
-    """The peer closed the connection before a full reply."""
-
-
-class _Malformed(Exception):
-    """A reply of a size the protocol does not allow: not read, the connection is aborted."""
-
-
-class _Stalled(Exception):
-    """No complete reply before the deadline (`received` bytes of it had arrived), or, `sending`, the
-    peer stopped taking our request."""
-
-    def __init__(self, received: int, limit: Deadline, sending: bool = False) -> None:
-        super().__init__(received)
-        self.received = received
-        self.limit = limit
-        self.sending = sending
-
-
-def split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host, int(port)
-
-
-def _settimeout(sock: socket.socket, limit: Deadline, received: int = 0) -> None:
-    left = limit.left()
-    if left <= 0:
-        raise _Stalled(received, limit)
-    sock.settimeout(left)
-
-
-def _recv_exact(sock: socket.socket, n: int, limit: Deadline) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        _settimeout(sock, limit, len(buf))
-        try:
-            chunk = sock.recv(min(n - len(buf), _RECV_CHUNK))
-        except TimeoutError:
-            raise _Stalled(len(buf), limit) from None
-        if not chunk:
-            raise _Closed()
-        buf += chunk
-    return bytes(buf)
-
-
-def _send(sock: socket.socket, data: bytes | memoryview, limit: Deadline) -> None:
-    """sendall within the deadline (since Python 3.5 a socket timeout bounds the whole sendall)."""
-    _settimeout(sock, limit)
-    try:
-        sock.sendall(data)
-    except TimeoutError:
-        raise _Stalled(0, limit, sending=True) from None
-
-
-def _read_reply(sock: socket.socket, cmd: int, limit: Deadline, *, size: int | None, max_size: int | None) -> bytes:
-    (n,) = struct.unpack("<Q", _recv_exact(sock, 8, limit))
-    name = COMMAND_NAMES.get(cmd, str(cmd))
-    if size is not None and n != size:
-        raise _Malformed(f"reply of {n} bytes to {name} (expected {size})")
-    if max_size is not None and n > max_size:
-        raise _Malformed(f"reply of {n} bytes to {name} (at most {max_size} expected)")
-    try:
-        return _recv_exact(sock, n, limit)
-    except _Stalled as exc:
-        raise _Stalled(exc.received + 8, limit) from None
-
-
-def _request(
-    sock: socket.socket,
-    cmd: int,
-    payload: bytes,
-    limit: Deadline,
-    *,
-    size: int | None = None,
-    max_size: int | None = None,
-) -> bytes:
-    """Send one request and read its whole reply, whose size must be `size` (or at most `max_size`)."""
-    _send(sock, struct.pack("<BQ", cmd, len(payload)) + payload, limit)
-    return _read_reply(sock, cmd, limit, size=size, max_size=max_size)
-
-
-def _abort(sock: socket.socket) -> None:
-    """Close with a reset (RST), not a FIN: the way to leave a request unanswered (module docstring)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
-
-
-Address = tuple[int, int, int, str, Any]
-
-
-def _resolve(host: str, port: int, limit: Deadline) -> list[Address]:
-    """getaddrinfo within the deadline: names are resolved in a daemon thread that is left behind
-    (it ends with the resolver's own time-out) if the deadline passes first."""
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except socket.gaierror:
-        pass
-    box: list[list[Address] | OSError] = []
-
-    def run() -> None:
-        try:
-            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True, name=f"resolve {host}")
-    thread.start()
-    thread.join(max(0.0, limit.left()))
-    if not box:
-        raise socket.gaierror(socket.EAI_AGAIN, f"no answer from the resolver within {limit.seconds:g}s")
-    if isinstance(box[0], OSError):
-        raise box[0]
-    return box[0]
-
-
-def _connect(addrs: Sequence[Address], limit: Deadline) -> socket.socket:
-    """Connect to the first address that answers within the deadline; raises OSError (TimeoutError)."""
-    error: OSError = TimeoutError("connect")
-    for family, type_, proto, _, sockaddr in addrs:
-        left = limit.left()
-        if left <= 0:
-            break
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.settimeout(left)
-            sock.connect(sockaddr)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    raise error
-
-
-def _down_reason(exc: OSError, waited: float) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (nothing listening)"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return (
-            f"no answer connecting within {waited:g}s (host unreachable or port filtered, or its "
-            "accept queue is full: held by a client with others waiting)"
-        )
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host: {exc.strerror}"
-    return exc.strerror or type(exc).__name__
-
-
-def _stall_reason(exc: _Stalled, operation: str = "probe") -> str:
-    waited = f"{exc.limit.seconds:g}s"
-    if exc.sending:
-        what = f"stopped taking our request (not sent within {waited})"
-    elif exc.received:
-        what = f"stopped mid-reply ({exc.received} bytes in {waited}: stalled, or sending too slowly)"
-    else:
-        what = f"stopped answering (no reply within {waited})"
-    return f"{operation} deadline of {waited} passed: {what}" if exc.limit.overall else what
-
-
 def _knock(
-    addrs: Sequence[Address], deadline: Deadline, connect_timeout: float, turn_timeout: float
+    addrs: Sequence[wire.Address], deadline: Deadline, connect_timeout: float, turn_timeout: float
 ) -> tuple[Status, str] | None:
     """None when the server gave us a turn at once; else the status to report."""
     part = deadline.within(connect_timeout)
     try:
-        sock = _connect(addrs, part)
+        sock = wire.connect(addrs, part)
     except OSError as exc:
-        return Status.DOWN, _down_reason(exc, part.seconds)
+        return Status.DOWN, wire.down_reason(exc, part.seconds)
     try:
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -354,25 +124,6 @@ def _knock(
         sock.close()  # we sent no request: a plain close leaves the server nothing to answer
 
 
-def version_compatible(version: tuple[int, int, int], client: tuple[int, int, int] = CLIENT_PROTOCOL) -> bool:
-    return version[0] == client[0] and version[1] <= client[1]
-
-
-def hello_version(reply: bytes, client_protocol: tuple[int, int, int]) -> tuple[str, str | None]:
-    """(version text, None) for a compatible HELLO reply, else (version text, why not)."""
-    if len(reply) < 3:
-        return "", f"unexpected HELLO reply of {len(reply)} bytes"
-    version = (reply[0], reply[1], reply[2])
-    vtext = ".".join(str(v) for v in version)
-    if len(reply) != HELLO_REPLY_SIZE or not version_compatible(version, client_protocol):
-        want = ".".join(str(v) for v in client_protocol)
-        return vtext, (
-            f"RPC protocol {vtext}, this build speaks {want}: run the same llama.cpp build everywhere "
-            "(ansible-playbook playbooks/upgrade.yml)"
-        )
-    return vtext, None
-
-
 class SessionFailed(Exception):
     """A session ended early: the status and detail to report, the stage it reached, the version if known."""
 
@@ -383,9 +134,9 @@ class SessionFailed(Exception):
 
 @dataclass
 class Session:
-    """A connection that got the server's turn and a compatible HELLO. `request` sends one command and
-    reads its reply within the per-reply time-out and the overall deadline. Set `clean` once every
-    request was answered and read: the session then closes normally, else it aborts with a reset (a
+    """A connection that got the server's turn and a compatible HELLO. Each method sends one command and
+    reads its reply (if it has one) within the per-reply time-out and the overall deadline. Set `clean` once
+    every request was answered and read: the session then closes normally, else it aborts with a reset (a
     real rpc-server survives a reset, not a close with a request unanswered)."""
 
     sock: socket.socket
@@ -394,73 +145,86 @@ class Session:
     reply_timeout: float
     stage: str = "hello"
     clean: bool = False
+    sent: int = 0  # bytes of the last upload's data handed to the network
 
-    def request(self, cmd: int, payload: bytes = b"", size: int | None = None) -> bytes:
-        return _request(self.sock, cmd, payload, self.deadline.within(self.reply_timeout), size=size)
+    def request(
+        self, cmd: int, payload: bytes = b"", size: int | None = None, *, limit: Deadline | None = None
+    ) -> bytes:
+        """One command and its reply of `size` bytes, within `limit` (default: the per-reply time-out)."""
+        if limit is None:
+            limit = self.deadline.within(self.reply_timeout)
+        return wire.request(self.sock, cmd, payload, limit, size=size)
 
-    def send_only(self, cmd: int, payload: bytes) -> None:
-        """A command the server does not answer (SET_TENSOR, FREE_BUFFER): a failure closes the connection,
-        which the next request's reply then shows."""
-        _send(self.sock, struct.pack("<BQ", cmd, len(payload)) + payload, self.deadline.within(self.reply_timeout))
+    def device_count(self) -> int:
+        (count,) = struct.unpack("<I", self.request(wire.CMD_DEVICE_COUNT, size=4))
+        return count
+
+    def device_memory(self, index: int) -> DeviceMemory:
+        reply = self.request(wire.CMD_GET_DEVICE_MEMORY, struct.pack("<I", index), size=16)
+        return DeviceMemory(index, *struct.unpack("<QQ", reply))
+
+    def allocate(self, device: int, size: int) -> tuple[int, int]:
+        """ALLOC_BUFFER of `size` bytes on `device`: (remote buffer, the size it got); buffer 0: no room."""
+        ptr, got = struct.unpack("<QQ", self.request(wire.CMD_ALLOC_BUFFER, struct.pack("<IQ", device, size), 16))
+        return int(ptr), int(got)
+
+    def buffer_base(self, ptr: int, *, limit: Deadline | None = None) -> int:
+        (base,) = struct.unpack("<Q", self.request(wire.CMD_BUFFER_GET_BASE, struct.pack("<Q", ptr), 8, limit=limit))
+        return base
 
     def alloc_buffer(self, device: int, size: int) -> tuple[int, int]:
         """ALLOC_BUFFER on `device`: (remote buffer, its base address); BufferRefused when it has no room."""
-        ptr, got = struct.unpack("<QQ", self.request(CMD_ALLOC_BUFFER, struct.pack("<IQ", device, size), size=16))
+        ptr, got = self.allocate(device, size)
         if ptr == 0 or got < size:
             raise BufferRefused(f"could not allocate {size / 2**20:,.1f} MiB on device {device}")
-        (base,) = struct.unpack("<Q", self.request(CMD_BUFFER_GET_BASE, struct.pack("<Q", ptr), size=8))
-        return ptr, base
+        return ptr, self.buffer_base(ptr)
 
     def free_buffer(self, ptr: int) -> None:
-        self.send_only(CMD_FREE_BUFFER, struct.pack("<Q", ptr))
+        """FREE_BUFFER, which has no reply: a server that fails to free closes the connection instead, which the
+        next request's reply then shows."""
+        wire.send_command(
+            self.sock, wire.CMD_FREE_BUFFER, struct.pack("<Q", ptr), self.deadline.within(self.reply_timeout)
+        )
 
     def sync(self) -> None:
         """A round trip (DEVICE_COUNT): every command sent before it has been carried out (a command the
         server refuses makes it close the connection, so this then fails)."""
-        self.request(CMD_DEVICE_COUNT, size=4)
+        self.device_count()
+
+    def _set_tensor(self, tensor: bytes, size: int, cache: bool, limit: Deadline) -> None:
+        """SET_TENSOR's header: `size` bytes of data follow it. With `cache`, the cache flag is set: a server run
+        with -c stores exactly those bytes as <cache dir>/<FNV-1a of them>."""
+        header = tensor + struct.pack("<BQ", 1 if cache else 0, 0)
+        wire.send_command(self.sock, wire.CMD_SET_TENSOR, header, limit, size=len(header) + size)
+        self.sent = 0
 
     def upload_from_file(
         self, buffer: int, base: int, source: BinaryIO, offset: int, size: int, *, cache: bool
     ) -> None:
-        """SET_TENSOR of the `size` bytes at `offset` of the file `source` into the buffer at `base`, streamed with
-        sendfile. With `cache`, the cache flag is set: a server run with -c stores exactly these bytes as
-        <cache dir>/<FNV-1a of them>, as for a weight upload by llama.cpp's client after a cache miss."""
-        rows = -(-size // UPLOAD_ROW)
-        nb = (1, UPLOAD_ROW, UPLOAD_ROW * rows, UPLOAD_ROW * rows)
-        tensor = RPC_TENSOR.pack(
-            1,
-            GGML_TYPE_I8,
-            buffer,
-            UPLOAD_ROW,
-            rows,
-            1,
-            1,
-            *nb,
-            0,
-            *([0] * 16),
-            0,
-            *([0] * 10),
-            0,
-            0,
-            base,
-            b"sollol-stage",
-            0,
-        )
-        header = tensor + struct.pack("<BQ", 1 if cache else 0, 0)
+        """SET_TENSOR of the `size` bytes at `offset` of the file `source` into the buffer at `base` (which holds
+        `wire.upload_alloc_size(size)`), streamed with sendfile. With `cache`, as for a weight upload by
+        llama.cpp's client after a cache miss."""
         limit = self.deadline.within(self.reply_timeout)
-        _send(self.sock, struct.pack("<BQ", CMD_SET_TENSOR, len(header) + size) + header, limit)
-        _settimeout(self.sock, limit)
+        self._set_tensor(wire.rows_tensor(buffer, base, size), size, cache, limit)
+        wire.settimeout(self.sock, limit)
         try:
-            sent = self.sock.sendfile(source, offset, size)
+            self.sent = self.sock.sendfile(source, offset, size)
         except TimeoutError:
-            raise _Stalled(0, limit, sending=True) from None
-        if sent != size:
-            raise _Closed()
+            raise wire.Stalled(0, limit, sending=True) from None
+        if self.sent != size:
+            raise wire.Closed()
 
-
-def upload_alloc_size(size: int) -> int:
-    """The buffer `upload_from_file` needs for an upload of `size` bytes (whole rows of UPLOAD_ROW)."""
-    return -(-size // UPLOAD_ROW) * UPLOAD_ROW
+    def upload_bytes(self, buffer: int, base: int, data: memoryview) -> None:
+        """SET_TENSOR of `data` (a whole number of floats) into the buffer at `base`, as a 1-D F32 tensor without
+        the cache flag, then a BUFFER_GET_BASE whose reply means every byte arrived and was stored. Both within
+        the session's whole deadline, not one reply's time-out: an upload takes as long as the link needs."""
+        size = len(data)
+        self._set_tensor(wire.floats_tensor(buffer, base, size), size, False, self.deadline)
+        while self.sent < size:
+            chunk = data[self.sent : self.sent + _UPLOAD_CHUNK]
+            wire.send(self.sock, chunk, self.deadline)
+            self.sent += len(chunk)
+        self.buffer_base(buffer, limit=self.deadline)
 
 
 class BufferRefused(Exception):
@@ -484,11 +248,11 @@ def session(
     stage = "resolve"
     try:
         host, port = split_endpoint(endpoint)
-        addrs = _resolve(host, port, deadline)
+        addrs = wire.resolve(host, port, deadline)
     except ValueError:
         raise SessionFailed(Status.DOWN, f"not host:port: {endpoint!r}", stage) from None
     except OSError as exc:
-        raise SessionFailed(Status.DOWN, _down_reason(exc, deadline.seconds), stage) from None
+        raise SessionFailed(Status.DOWN, wire.down_reason(exc, deadline.seconds), stage) from None
     stage = "knock"
     knocked = _knock(addrs, deadline, connect_timeout, turn_timeout)
     if knocked is not None:
@@ -496,43 +260,47 @@ def session(
     stage = "connect"
     part = deadline.within(connect_timeout)
     try:
-        sock = _connect(addrs, part)
+        sock = wire.connect(addrs, part)
     except OSError as exc:
-        raise SessionFailed(Status.DOWN, _down_reason(exc, part.seconds), stage) from None
+        raise SessionFailed(Status.DOWN, wire.down_reason(exc, part.seconds), stage) from None
     current: Session | None = None
     clean = False
     try:
         stage = "hello"
         try:
-            reply = _request(
-                sock, CMD_HELLO, bytes(CONN_CAPS_SIZE), deadline.within(reply_timeout), max_size=_MAX_HELLO_REPLY
+            reply = wire.request(
+                sock,
+                wire.CMD_HELLO,
+                bytes(wire.CONN_CAPS_SIZE),
+                deadline.within(reply_timeout),
+                max_size=wire.MAX_HELLO_REPLY,
             )
-        except _Stalled as exc:
+        except wire.Stalled as exc:
             if exc.received or exc.sending:
                 raise
             raise SessionFailed(
                 Status.BUSY, f"another client took the server while we were {activity[1]}", stage
             ) from None
-        except (_Closed, ConnectionResetError):
+        except (wire.Closed, ConnectionResetError):
             raise SessionFailed(
                 Status.INCOMPATIBLE, "closed the connection on HELLO (protocol older than 3.x?)", stage
             ) from None
-        vtext, problem = hello_version(reply, client_protocol)
+        vtext, problem = wire.hello_version(reply, client_protocol)
         if problem is not None:
             clean = True
             raise SessionFailed(Status.INCOMPATIBLE, problem, stage, vtext or None)
         current = Session(sock, vtext, deadline, reply_timeout)
         yield current
         clean = current.clean
-    except _Stalled as exc:
+    except wire.Stalled as exc:
         raise SessionFailed(
-            Status.DOWN, _stall_reason(exc, activity[0]), _stage(current, stage), _version(current)
+            Status.DOWN, wire.stall_reason(exc, activity[0]), _stage(current, stage), _version(current)
         ) from None
-    except (_Closed, ConnectionResetError, BrokenPipeError):
+    except (wire.Closed, ConnectionResetError, BrokenPipeError):
         raise SessionFailed(
             Status.DOWN, f"closed the connection mid-{activity[0]}", _stage(current, stage), _version(current)
         ) from None
-    except _Malformed as exc:
+    except wire.Malformed as exc:
         raise SessionFailed(
             Status.INCOMPATIBLE, f"malformed reply: {exc}", _stage(current, stage), _version(current)
         ) from None
@@ -547,7 +315,7 @@ def session(
         if clean:
             sock.close()
         else:
-            _abort(sock)
+            wire.abort(sock)
 
 
 def _stage(current: Session | None, stage: str) -> str:
@@ -584,15 +352,12 @@ def probe(
             reply_timeout=reply_timeout,
             client_protocol=client_protocol,
         ) as s:
-            (count,) = struct.unpack("<I", s.request(CMD_DEVICE_COUNT, size=4))
+            count = s.device_count()
             if count > MAX_DEVICES:
                 s.clean = True
                 insane = f"announces {count} devices (more than {MAX_DEVICES}): not a sane rpc-server"
                 return result(Status.INCOMPATIBLE, insane, s.version)
-            devices = []
-            for index in range(count):
-                free, total = struct.unpack("<QQ", s.request(CMD_GET_DEVICE_MEMORY, struct.pack("<I", index), size=16))
-                devices.append(DeviceMemory(index, free, total))
+            devices = [s.device_memory(index) for index in range(count)]
             s.clean = True
             return result(Status.READY, f"{count} device(s)", s.version, devices)
     except SessionFailed as failed:

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from sollol_ops.cluster.inventory import PoolNode
 from sollol_ops.errors import UsageError
+from sollol_ops.gateway.settings import PoolNode
 from sollol_ops.model.names import parse_model_ref
 
 log = logging.getLogger("sollol_ops.gateway")

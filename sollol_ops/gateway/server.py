@@ -9,12 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sollol_ops.cluster import facts as cluster_vars
-from sollol_ops.cluster.inventory import Cluster, GatewaySettings
+from sollol_ops.cluster.inventory import Cluster
 from sollol_ops.gateway.app import Gateway, GatewayConfig, create_app
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import GatewayError
 from sollol_ops.gateway.ondemand import OnDemand, OnDemandSettings
 from sollol_ops.gateway.pool import Pool, PoolSettings
+from sollol_ops.gateway.settings import GatewaySettings
 
 DEFAULT_PORT = cluster_vars.GATEWAY_PORT
 ENV_API_KEY = cluster_vars.GATEWAY_API_KEY_ENV

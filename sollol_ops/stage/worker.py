@@ -15,9 +15,10 @@ out, then the file the server wrote is found in the cache directory (a new name,
 of the tensor's size) and its sha256 must equal the sha256 of the source bytes. The result, per tensor:
 file name, size, sha256: what the ledger records.
 
-Standard library only (it is copied to workers that have no sollol-ops): this module, sollol_ops.cluster.rpc and
-sollol_ops.errors. Run as ``python3 -m sollol_ops.stage.worker --endpoint 127.0.0.1:50052 --cache-dir DIR
---source FILE --manifest MANIFEST.json``; prints the result as JSON; a failure is one line and exit 15.
+Standard library only (it is copied to workers that have no sollol-ops): this module, sollol_ops.cluster.rpc,
+sollol_ops.cluster.wire and sollol_ops.errors. Run as ``python3 -m sollol_ops.stage.worker --endpoint
+127.0.0.1:50052 --cache-dir DIR --source FILE --manifest MANIFEST.json``; prints the result as JSON; a failure
+is one line and exit 15.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sollol_ops.cluster import rpc
+from sollol_ops.cluster import rpc, wire
 from sollol_ops.errors import StageError
 
 # Uploads larger than this are hashed by llama.cpp's client (HASH_THRESHOLD in ggml-rpc.cpp).
@@ -150,7 +151,7 @@ def stage_pieces(
         ):
             s.stage = "alloc"
             try:
-                buffer, base = s.alloc_buffer(device, rpc.upload_alloc_size(max(p.size for p in pieces)))
+                buffer, base = s.alloc_buffer(device, wire.upload_alloc_size(max(p.size for p in pieces)))
             except rpc.BufferRefused as exc:
                 s.clean = True
                 raise StageError(f"{endpoint}: {exc}: free memory on the worker or stage while it is idle") from None

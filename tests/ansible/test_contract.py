@@ -266,7 +266,7 @@ MUTATIONS = [
         "sollol_ops/gateway/server.py",
         "DEFAULT_PORT = cluster_vars.GATEWAY_PORT",
         "DEFAULT_PORT = 11435",
-        "sollol_ops/gateway/server.py:19: literal 11435: use cluster_vars.GATEWAY_PORT",
+        "sollol_ops/gateway/server.py:20: literal 11435: use cluster_vars.GATEWAY_PORT",
     ),
     ("collection/galaxy.yml", "version: 0.1.0", "version: 0.2.0", "collection/galaxy.yml: version '0.2.0'"),
     (

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 from helpers import REPO, assert_clean_failure, run_cli, run_cli_bounded
 
-from sollol_ops.cluster import inventory as inv
-from sollol_ops.cluster.inventory import Coordinator, ansible_inventory_list, load_cluster, locate_inventory
+from sollol_ops.cluster import ansible_inventory as inv
+from sollol_ops.cluster.ansible_inventory import ansible_inventory_list, locate_inventory
+from sollol_ops.cluster.inventory import Coordinator, load_cluster
 from sollol_ops.errors import InventoryError
 
 INVENTORY_EXIT = InventoryError.exit_code  # 3

@@ -19,7 +19,7 @@ from hostile import HostilePeer
 from ports import free_port
 
 from sollol_ops import procs
-from sollol_ops.cluster import rpc
+from sollol_ops.cluster import rpc, wire
 
 # Generous bound on one probe with default settings: its own deadline is 10 s.
 PROBE_BOUND_S = 30.0
@@ -227,14 +227,14 @@ def test_rpc_server_frozen_between_knock_and_hello(
 
 def test_a_reset_that_arrives_before_the_knock_half_closes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The peer resets the connection before the knock's shutdown(): that is `down`, not an OSError."""
-    connect = rpc._connect
+    connect = wire.connect
 
     def connect_then_wait(*args: object, **kwargs: object):
         sock = connect(*args, **kwargs)
         time.sleep(0.3)  # the reset arrives meanwhile
         return sock
 
-    monkeypatch.setattr(rpc, "_connect", connect_then_wait)
+    monkeypatch.setattr(wire, "connect", connect_then_wait)
     with HostilePeer(hostile.resets) as peer:
         result, _ = _bounded(lambda: rpc.probe(peer.endpoint), PROBE_BOUND_S)
     assert result.status is DOWN and "reset" in result.detail, result

@@ -16,7 +16,7 @@ from ports import free_port
 from rpcdouble import RpcDouble
 
 from sollol_ops import procs
-from sollol_ops.cluster import rpc
+from sollol_ops.cluster import rpc, wire
 from sollol_ops.cluster.local import LocalServer
 
 
@@ -99,7 +99,7 @@ def test_a_queued_hello_aborted_with_a_reset_leaves_the_server_alive(rpc_server:
     queued.sendall(struct.pack("<BQ", 14, 24) + bytes(24))
     with pytest.raises(TimeoutError):
         queued.recv(8)
-    rpc._abort(queued)
+    wire.abort(queued)
     holder.close()
     assert not _wait_dead(server, 2.0), "rpc-server died after a queued HELLO was aborted with a reset"
     assert rpc.probe(endpoint).status is rpc.Status.READY
@@ -117,7 +117,7 @@ def test_an_unanswered_request_aborted_mid_session_leaves_the_server_alive(rpc_s
     os.kill(server.pid, signal.SIGSTOP)  # the server waits in recv() for our next request
     try:
         sock.sendall(struct.pack("<BQ", 11, 4) + struct.pack("<I", 0))  # GET_DEVICE_MEMORY, never read
-        rpc._abort(sock)
+        wire.abort(sock)
     finally:
         os.kill(server.pid, signal.SIGCONT)
     assert not _wait_dead(server, 2.0), "rpc-server died answering a request aborted with a reset"

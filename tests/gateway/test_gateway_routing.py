@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sollol_ops.cluster.inventory import PoolNode, cluster_from_inventory_data, gateway_settings_from_inventory_data
+from sollol_ops.cluster.inventory import cluster_from_inventory_data
 from sollol_ops.dev.devstore import write_store
 from sollol_ops.errors import InventoryError
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.pool import Pool
 from sollol_ops.gateway.routing import GatewayConfig, Router
+from sollol_ops.gateway.settings import PoolNode, gateway_settings_from_inventory_data
 from sollol_ops.model.ollama import resolve_model
 
 MODEL = "smollm2:135m"
