@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+# The on-demand shard's events, counted since the gateway started (exposed as sollol_gateway_shard_<what>_total).
+SHARD_COUNTS = {
+    "loads": "Coordinators the gateway started on demand.",
+    "swaps": "Coordinators stopped to serve another sharded model.",
+    "unloads": "Coordinators stopped after their keep_alive (or keep_alive 0).",
+    "failures": "Coordinators found dead while serving (llama-server exited or lost a backend).",
+}
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -47,23 +54,23 @@ class Metrics:
         self.coordinator_up = Gauge(
             "sollol_gateway_coordinator_up", "1 when a coordinator recorded by `sollol-ops up` is running.", registry=r
         )
-        # Counts since the gateway started, copied from OnDemand at each scrape. Exposed under these names (what
-        # docs/gateway.md and the tests read); a prometheus_client Counter would expose `<name>_total` instead.
-        self.shard_loads = self._count("loads", "Coordinators the gateway started on demand (since it started).")
-        self.shard_swaps = self._count(
-            "swaps", "Coordinators stopped to serve another sharded model (since the gateway started)."
-        )
-        self.shard_unloads = self._count("unloads", "Coordinators stopped after their keep_alive (or keep_alive 0).")
-        self.shard_failures = self._count(
-            "failures", "Coordinators found dead while serving (llama-server exited or lost a backend)."
-        )
+        # Counters of the on-demand shard, brought up to OnDemand's own counts at each refresh (copy_shard_counts).
+        self.shard_counts = {
+            what: Counter(f"sollol_gateway_shard_{what}", documentation, registry=r)
+            for what, documentation in SHARD_COUNTS.items()
+        }
+        self._copied = dict.fromkeys(SHARD_COUNTS, 0)
         self.shard_waiting = Gauge(
             "sollol_gateway_shard_waiting", "Requests waiting for a sharded model to load or swap in.", registry=r
         )
         self.shard_loading = Gauge("sollol_gateway_shard_loading", "1 while a sharded model loads.", registry=r)
 
-    def _count(self, what: str, documentation: str) -> Gauge:
-        return Gauge(f"sollol_gateway_shard_{what}", documentation, registry=self.registry)
+    def copy_shard_counts(self, counts: dict[str, int]) -> None:
+        """Advance each shard counter to OnDemand's count of it (monotonic since the gateway started)."""
+        for what, value in counts.items():
+            if value > self._copied[what]:
+                self.shard_counts[what].inc(value - self._copied[what])
+                self._copied[what] = value
 
     def _latency(self, name: str, documentation: str) -> Histogram:
         return Histogram(name, documentation, ["route", "model", "node"], buckets=_LATENCY, registry=self.registry)

@@ -45,10 +45,7 @@ class GatewayStatus:
         m.coordinator_up.set(1 if self.router.uses_shard and self.router.catalog.running() else 0)
         if self.shard is not None:
             od = self.shard
-            m.shard_loads.set(od.loads)
-            m.shard_swaps.set(od.swaps)
-            m.shard_unloads.set(od.unloads)
-            m.shard_failures.set(od.deaths)
+            m.copy_shard_counts({"loads": od.loads, "swaps": od.swaps, "unloads": od.unloads, "failures": od.deaths})
             m.shard_waiting.set(len(od.queue))
             m.shard_loading.set(1 if od.phase == Phase.LOADING else 0)
 

@@ -101,6 +101,7 @@ def _broken_source(tmp_path: Path) -> Path:
     return archive
 
 
+@pytest.mark.slow
 def test_failed_compile_names_the_log_and_keeps_the_previous_install(tmp_path: Path, previous_install: Path) -> None:
     before = _snapshot(previous_install)
     archive = _broken_source(tmp_path)

@@ -81,6 +81,7 @@ def test_check_fails_against_another_protocol_version(tmp_path: Path, version: t
     assert re.search(r"PLAY RECAP.*coord\s+:.*failed=1", proc.stdout, re.S), proc.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_check_passes_against_our_protocol_version(tmp_path: Path) -> None:
     with RpcDouble(version=(7, 0, 0)) as double:
         proc = _check(tmp_path, double)

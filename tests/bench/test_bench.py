@@ -134,6 +134,7 @@ def _check_stat(stat: dict) -> None:
     assert stat["min"] <= stat["median"] <= stat["max"] and stat["n"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.toolchain
 @pytest.mark.model
 def test_bench_smoke_end_to_end(sollol_env: dict[str, str]) -> None:
@@ -185,6 +186,7 @@ def test_bench_smoke_end_to_end(sollol_env: dict[str, str]) -> None:
     assert not list((Path(sollol_env["XDG_CACHE_HOME"]) / "sollol-ops" / "bench").glob("run-*"))
 
 
+@pytest.mark.slow
 @pytest.mark.toolchain
 @pytest.mark.model
 def test_bench_text_and_markdown(sollol_env: dict[str, str], tmp_path: Path) -> None:
@@ -403,6 +405,7 @@ def test_coordinator_device_setups_share_the_cores_and_split_equally(
     assert argv[argv.index("--threads") + 1] == "2"
 
 
+@pytest.mark.slow
 @pytest.mark.toolchain
 @pytest.mark.model
 def test_bench_coordinator_device_rows(sollol_env: dict[str, str], tmp_path: Path) -> None:

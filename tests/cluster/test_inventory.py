@@ -654,6 +654,7 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, d
     return {case: (procs[case], befores[case], snapshot(jobs[case][0])) for case in jobs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_NEEDLES))
 def test_bad_inventory_fails_cleanly(case: str, bad_runs: dict[str, Any]) -> None:
     proc, before, after = bad_runs[case]

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from placementparts import GIB, model_info
 from rpcdouble import RpcDouble
 
 from sollol_ops.cluster import rpc
 from sollol_ops.cluster.inventory import Backend
 from sollol_ops.cluster.placement import MIB, assign_layers, build_slots, plan_placement
 from sollol_ops.errors import PlacementError
-from sollol_ops.model.gguf_info import GGUFInfo
 from sollol_ops.serve.server_log import parse_distribution
-
-GIB = 1 << 30
-
-
-def _info(n_layer: int = 30, layer_mib: float = 2.0, embd_mib: float = 28.0) -> GGUFInfo:
-    return GGUFInfo(
-        path=Path("x.gguf"), architecture="llama", name=None, block_count=n_layer, context_length=8192,
-        embedding_length=576, head_count=9, head_count_kv=3, file_type=3, file_type_name="Q4_1",
-        tensor_bytes=int((n_layer * layer_mib + embd_mib) * MIB), layer_bytes=[int(layer_mib * MIB)] * n_layer,
-        other_bytes=int(embd_mib * MIB), file_size=0, token_embd_bytes=int(embd_mib * MIB),
-        output_bytes=int(embd_mib * MIB),
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -74,7 +60,7 @@ def test_split_follows_memory_and_predicts_bytes() -> None:
     # declared caps above what is reported are capped at the reported free memory
     assert [s.usable_bytes for s in slots] == [GIB, 1000 * MIB]
     slots = build_slots([(big, _probe([(8 * GIB, 8 * GIB)])), (small, _probe([(8 * GIB, 8 * GIB)]))])
-    plan = plan_placement(_info(), slots, n_ctx=2048)
+    plan = plan_placement(model_info(), slots, n_ctx=2048)
     assert plan.tensor_split == [0.75, 0.25]
     assert [s.layers for s in plan.shares] == [24, 6]
     assert plan.shares[-1].has_output and not plan.shares[0].has_output
@@ -86,7 +72,7 @@ def test_declared_weights_override_memory() -> None:
     a = Backend("a", "10.0.0.1", 1, weight=1.0)
     b = Backend("b", "10.0.0.2", 1, weight=2.0)
     slots = build_slots([(a, _probe([(8 * GIB, 8 * GIB)])), (b, _probe([(8 * GIB, 8 * GIB)]))])
-    plan = plan_placement(_info(), slots, n_ctx=512)
+    plan = plan_placement(model_info(), slots, n_ctx=512)
     assert plan.tensor_split == pytest.approx([0.3333, 0.6667], abs=1e-3)
 
 
@@ -95,7 +81,7 @@ def test_output_layer_overflow_shifts_share_away() -> None:
     a = Backend("a", "10.0.0.1", 1, memory_mib=110)
     b = Backend("b", "10.0.0.2", 1, memory_mib=110)
     slots = build_slots([(a, _probe([(GIB, GIB)])), (b, _probe([(GIB, GIB)]))])
-    plan = plan_placement(_info(n_layer=30, layer_mib=1.0), slots, n_ctx=256)
+    plan = plan_placement(model_info(n_layer=30, layer_mib=1.0), slots, n_ctx=256)
     assert all(s.fits for s in plan.shares)
     assert plan.shares[0].layers > plan.shares[1].layers
 
@@ -104,7 +90,7 @@ def test_refusal_carries_the_numbers() -> None:
     a = Backend("a", "10.0.0.1", 1, memory_mib=50)
     slots = build_slots([(a, _probe([(GIB, GIB)]))])
     with pytest.raises(PlacementError) as err:
-        plan_placement(_info(), slots, n_ctx=4096, model="big:1b")
+        plan_placement(model_info(), slots, n_ctx=4096, model="big:1b")
     text = str(err.value)
     assert "big:1b does not fit" in text and "ctx 4096" in text and "backends offer 50 MiB" in text
     assert "10.0.0.1:1 needs" in text and "declared cap" in text
@@ -116,7 +102,7 @@ def test_gpu_double_devices_become_separate_slots() -> None:
         result = rpc.probe(double.endpoint)
     host, port = rpc.split_endpoint(double.endpoint)
     slots = build_slots([(Backend("gpu", host, port, backend="cuda"), result)])
-    plan = plan_placement(_info(), slots, n_ctx=1024)
+    plan = plan_placement(model_info(), slots, n_ctx=1024)
     assert plan.devices == ["RPC0", "RPC1"]
     assert plan.tensor_split == pytest.approx([0.75, 0.25], abs=1e-3)
     assert plan.rpc_endpoints == [double.endpoint]

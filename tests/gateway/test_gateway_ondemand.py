@@ -170,7 +170,7 @@ def test_two_sharded_models_asked_in_turn_swap_once(gw: GatewayProc) -> None:
     after = od(gw)
     assert after["loads"] - before["loads"] == 2 and after["swaps"] - before["swaps"] == 1, after
     metrics = httpx.get(f"{gw.url}/metrics", timeout=10).text
-    assert f"sollol_gateway_shard_swaps {float(after['swaps'])}" in metrics
+    assert f"sollol_gateway_shard_swaps_total {float(after['swaps'])}" in metrics
     # one more request for each, in turn: a swap each (no more than that)
     assert chat(gw, MODEL).status_code == 200 and chat(gw, OTHER).status_code == 200
     assert od(gw)["swaps"] - after["swaps"] == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Local, assert_clean_failure, run_cli
+from placementparts import GIB, model_info
 from ports import free_port
 
 from sollol_ops.cluster import rpc
@@ -19,21 +20,8 @@ from sollol_ops.cluster.inventory import Backend, Cluster, Coordinator, cluster_
 from sollol_ops.cluster.placement import MIB, LocalDevice, build_slots, layer_counts, plan_placement
 from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.errors import InventoryError, PlacementError
-from sollol_ops.model.gguf_info import GGUFInfo
 from sollol_ops.serve.command import StartOptions, command, parse_list_devices
 from sollol_ops.serve.server_log import parse_distribution
-
-GIB = 1 << 30
-
-
-def _info(n_layer: int = 30, layer_mib: float = 2.0, embd_mib: float = 28.0) -> GGUFInfo:
-    return GGUFInfo(
-        path=Path("x.gguf"), architecture="llama", name=None, block_count=n_layer, context_length=8192,
-        embedding_length=576, head_count=9, head_count_kv=3, file_type=3, file_type_name="Q4_1",
-        tensor_bytes=int((n_layer * layer_mib + embd_mib) * MIB), layer_bytes=[int(layer_mib * MIB)] * n_layer,
-        other_bytes=int(embd_mib * MIB), file_size=0, token_embd_bytes=int(embd_mib * MIB),
-        output_bytes=int(embd_mib * MIB),
-    )  # fmt: skip
 
 
 def _probe(free: int, endpoint: str) -> rpc.ProbeResult:
@@ -66,7 +54,7 @@ def test_cpu_keeps_the_leading_layers_and_devices_split_the_rest() -> None:
 def test_plan_with_the_coordinator_cpu_builds_ngl_and_leaves_it_out_of_device() -> None:
     cpu = Coordinator("c", "127.0.0.1", memory_mib=1000)
     slots = build_slots([_remote("w", "10.0.0.1", 1000)], coordinator=cpu, local_available=8 * GIB)
-    plan = plan_placement(_info(), slots, n_ctx=1024)
+    plan = plan_placement(model_info(), slots, n_ctx=1024)
     assert plan.tensor_split == [0.5] and plan.devices == ["RPC0"]
     assert plan.host_layers == 16 and plan.n_gpu_layers == 15
     host, worker = plan.shares
@@ -87,7 +75,7 @@ def test_off_leaves_the_command_line_byte_for_byte_as_before() -> None:
         "--metrics", "-lv", "4",
     ]  # fmt: skip
     for offer in (None, Coordinator("c", "127.0.0.1", memory_mib=0), Coordinator("c", "127.0.0.1", 0, "CUDA0")):
-        plan = plan_placement(_info(), build_slots(probes, coordinator=offer), n_ctx=1024)
+        plan = plan_placement(model_info(), build_slots(probes, coordinator=offer), n_ctx=1024)
         assert plan.n_gpu_layers is None
         assert command(TOOLCHAIN, Path("/m"), StartOptions(port=9000, n_ctx=1024, threads=2), plan) == expected
 
@@ -118,7 +106,7 @@ def test_a_coordinator_gpu_is_one_more_device_first_in_the_list() -> None:
     assert slot.name == "CUDA1" and slot.usable_bytes == int(11811 * MIB * 0.95) and slot.source == "device free - 5%"
     gpu = Coordinator("c", "127.0.0.1", memory_mib=8000, device="CUDA1")
     slots = build_slots([_remote("w", "10.0.0.1", 8000)], coordinator=gpu, local_devices=devices)
-    plan = plan_placement(_info(), slots, n_ctx=1024)
+    plan = plan_placement(model_info(), slots, n_ctx=1024)
     assert plan.devices == ["CUDA1", "RPC0"] and plan.tensor_split == [0.5, 0.5] and plan.n_gpu_layers is None
     assert plan.rpc_endpoints == ["10.0.0.1:50052"]
     assert [s.layers for s in plan.shares] == [16, 14] and plan.shares[1].has_output
@@ -148,7 +136,7 @@ def test_refusal_names_the_coordinator_like_a_backend() -> None:
     cpu = Coordinator("c", "127.0.0.1", memory_mib=40)
     slots = build_slots([_remote("w", "10.0.0.1", 40)], coordinator=cpu, local_available=8 * GIB)
     with pytest.raises(PlacementError) as err:
-        plan_placement(_info(), slots, n_ctx=1024, model="big:1b")
+        plan_placement(model_info(), slots, n_ctx=1024, model="big:1b")
     text = str(err.value)
     assert "big:1b does not fit" in text and "coordinator CPU needs" in text and "10.0.0.1:50052 needs" in text
     assert "sollol_coordinator_memory_mib" in text and "backends offer 80 MiB" in text
