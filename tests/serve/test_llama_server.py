@@ -116,7 +116,7 @@ def test_health_speaks_http_and_tells_status_from_silence(tmp_path: Path) -> Non
             assert server_http.health(url) == 503
         finally:
             httpd.shutdown()
-    assert server_http.health(server_http.base_url("127.0.0.1", free_port(18970))) is None
+    assert server_http.health(server_http.base_url("127.0.0.1", free_port())) is None
 
     with socketserver.TCPServer(("127.0.0.1", 0), socketserver.StreamRequestHandler) as junk:
         junk.RequestHandlerClass = type(
