@@ -29,6 +29,16 @@ def _hold(endpoint: str) -> socket.socket:
     return sock
 
 
+def _queued_hello(endpoint: str) -> socket.socket:
+    """A HELLO sent while another client holds the server: it stays queued, unanswered."""
+    host, port = rpc.split_endpoint(endpoint)
+    sock = socket.create_connection((host, port), timeout=1)
+    sock.sendall(struct.pack("<BQ", 14, 24) + bytes(24))
+    with pytest.raises(TimeoutError):
+        sock.recv(8)
+    return sock
+
+
 def _mem_total_bytes() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -70,12 +80,8 @@ def test_busy_while_held_and_server_survives(rpc_server: tuple[str, LocalServer]
 def test_a_naive_probe_would_kill_the_server(rpc_server: tuple[str, LocalServer]) -> None:
     """Why the probe knocks first: a HELLO left queued by a client that gives up kills rpc-server."""
     endpoint, server = rpc_server
-    host, port = rpc.split_endpoint(endpoint)
     holder = _hold(endpoint)
-    naive = socket.create_connection((host, port), timeout=1)
-    naive.sendall(struct.pack("<BQ", 14, 24) + bytes(24))
-    with pytest.raises(TimeoutError):
-        naive.recv(8)
+    naive = _queued_hello(endpoint)
     naive.close()
     holder.close()
     assert _wait_dead(server, 5.0), "expected SIGPIPE death of rpc-server"
@@ -93,12 +99,8 @@ def test_a_queued_hello_aborted_with_a_reset_leaves_the_server_alive(rpc_server:
     """The other half of the naive probe above: the same queued HELLO, abandoned with a reset (RST, what
     the probe does) instead of a FIN, does not kill the server when it gets to it."""
     endpoint, server = rpc_server
-    host, port = rpc.split_endpoint(endpoint)
     holder = _hold(endpoint)
-    queued = socket.create_connection((host, port), timeout=1)
-    queued.sendall(struct.pack("<BQ", 14, 24) + bytes(24))
-    with pytest.raises(TimeoutError):
-        queued.recv(8)
+    queued = _queued_hello(endpoint)
     wire.abort(queued)
     holder.close()
     assert not _wait_dead(server, 2.0), "rpc-server died after a queued HELLO was aborted with a reset"

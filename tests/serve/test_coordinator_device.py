@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Local, assert_clean_failure, run_cli
-from placementparts import GIB, model_info
+from placementparts import GIB, model_info, refusal
 from ports import free_port
 
 from sollol_ops.cluster import rpc
@@ -135,9 +135,7 @@ def test_coordinator_cpu_is_bounded_by_memavailable_and_local_workers_share_the_
 def test_refusal_names_the_coordinator_like_a_backend() -> None:
     cpu = Coordinator("c", "127.0.0.1", memory_mib=40)
     slots = build_slots([_remote("w", "10.0.0.1", 40)], coordinator=cpu, local_available=8 * GIB)
-    with pytest.raises(PlacementError) as err:
-        plan_placement(model_info(), slots, n_ctx=1024, model="big:1b")
-    text = str(err.value)
+    text = refusal(slots, n_ctx=1024)
     assert "big:1b does not fit" in text and "coordinator CPU needs" in text and "10.0.0.1:50052 needs" in text
     assert "sollol_coordinator_memory_mib" in text and "backends offer 80 MiB" in text
 

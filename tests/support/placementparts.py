@@ -1,10 +1,14 @@
-"""What the placement tests share: a GGUFInfo of a made-up model with even layers (no file behind it)."""
+"""What the placement tests share: a GGUFInfo of a made-up model with even layers (no file behind it), and
+the refusal a plan for it that does not fit raises."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sollol_ops.cluster.placement import MIB
+import pytest
+
+from sollol_ops.cluster.placement import MIB, Slot, plan_placement
+from sollol_ops.errors import PlacementError
 from sollol_ops.model.gguf_info import GGUFInfo
 
 GIB = 1 << 30
@@ -19,3 +23,10 @@ def model_info(n_layer: int = 30, layer_mib: float = 2.0, embd_mib: float = 28.0
         other_bytes=int(embd_mib * MIB), file_size=0, token_embd_bytes=int(embd_mib * MIB),
         output_bytes=int(embd_mib * MIB),
     )  # fmt: skip
+
+
+def refusal(slots: list[Slot], n_ctx: int, model: str = "big:1b") -> str:
+    """The one-line PlacementError that plan_placement raises for a made-up model that does not fit `slots`."""
+    with pytest.raises(PlacementError) as err:
+        plan_placement(model_info(), slots, n_ctx=n_ctx, model=model)
+    return str(err.value)
