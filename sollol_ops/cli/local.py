@@ -76,6 +76,9 @@ def local_status(ctx: Context, root: Path | None, as_json: bool) -> None:
         return
     echo_table(
         ["ENDPOINT", "PID", "ALIVE", "LOG"],
-        [[f"{cluster.host}:{s.port}", s.pid, procs.is_ours(s.pid, s.start_time, s.argv0), s.log] for s in rows],
+        [
+            [ep, s.pid, procs.is_ours(s.pid, s.start_time, s.argv0), s.log]
+            for ep, s in zip(cluster.endpoints, rows, strict=True)
+        ],
     )
     click.echo(f"inventory: {cluster.inventory}")

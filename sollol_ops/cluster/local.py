@@ -36,7 +36,8 @@ class LocalCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"{self.host}:{s.port}" for s in self.servers]
+        """What a client on this host dials (a wildcard bind is reached on loopback)."""
+        return [f"{dial_address(self.host)}:{s.port}" for s in self.servers]
 
 
 @dataclass
@@ -94,6 +95,14 @@ def load(root: Path | None = None, warn: statefile.Warn = statefile.warn_stderr)
     return statefile.load(_state_file(root or default_root()), LocalCluster, "local cluster state", warn)
 
 
+def dial_address(host: str) -> str:
+    """The address a client on this host dials for a server bound to ``host``: a wildcard bind (every
+    interface) is reached on loopback; any other address as it is."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return "::1" if host == "::" else host
+
+
 def exposure_warning(host: str) -> str | None:
     if procs.is_loopback(host):
         return None
@@ -149,7 +158,7 @@ def start(
                 for p in ports:
                     spec = RpcServerSpec(host, p, threads, root / f"rpc-{p}.log", rpc_cache)
                     cluster.servers.append(start_rpc_server(toolchain, spec))
-                write_inventory(inventory, host, ports, threads)
+                write_inventory(inventory, dial_address(host), ports, threads)
                 slot.commit(cluster)
             except (OSError, StateError) as exc:
                 for s in cluster.servers:
