@@ -18,6 +18,10 @@ from sollol_ops.errors import BenchError, SollolError
 from sollol_ops.serve import server_log
 
 NETNS_SUBNET = "10.213"
+# Loopback rpc-servers are searched from here: below the kernel's ephemeral range (32768-60999 by default), so an
+# outgoing connection cannot take the port between the free-port check and rpc-server's bind (a busy port makes
+# rpc-server print "Failed to create server socket" and exit 0).
+RPC_PORT_LOOPBACK = 29400
 RPC_PORT_NETNS = cluster_vars.DEFAULT_PORT
 
 
@@ -99,7 +103,7 @@ class LoopbackBackends(SpawnedBackends):
 
     def start(self, k: int, threads: int | None, cache: Path | None) -> list[str]:
         self.stop()
-        ports = procs.free_ports("127.0.0.1", k, 50400)
+        ports = procs.free_ports("127.0.0.1", k, RPC_PORT_LOOPBACK)
         logs = []
         for port in ports:
             spec = RpcServerSpec("127.0.0.1", port, threads or 1, self.logs / f"rpc-{port}.log", cache)
