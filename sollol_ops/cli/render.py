@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from sollol_ops.cluster.placement import Plan
+from sollol_ops.serve.draft import NO_DRAFT, Draft, DraftMode
 from sollol_ops.serve.lifecycle import Reporter
 from sollol_ops.serve.server_log import Distribution
 from sollol_ops.timings import PhaseClock
@@ -54,7 +55,23 @@ class CliReporter(Reporter):
             click.echo("\r\033[K", err=True, nl=False)
 
 
-def echo_plan(plan: Plan) -> None:
+def _draft_row(draft: Draft) -> list[str]:
+    """The draft model as one more row of the plan: on the coordinator, its own weights, KV cache and compute."""
+    return [
+        f"coordinator {draft.device}",
+        draft.device,
+        "-",
+        "draft",
+        f"{draft.weight_bytes / MIB:,.1f}",
+        f"{draft.kv_bytes / MIB:,.1f}",
+        f"{draft.compute_bytes / MIB:,.1f}",
+        f"{draft.need_bytes / MIB:,.0f}",
+        "-",
+        f"draft {draft.model} ({draft.source})",
+    ]
+
+
+def echo_plan(plan: Plan, draft: Draft = NO_DRAFT) -> None:
     echo_table(
         ["BACKEND", "DEVICE", "SPLIT", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "NEED", "USABLE", "USABLE FROM"],
         [
@@ -71,7 +88,8 @@ def echo_plan(plan: Plan) -> None:
                 s.slot.source,
             ]
             for s in plan.shares
-        ],
+        ]
+        + ([_draft_row(draft)] if draft.mode is DraftMode.MODEL else []),
         right=(2, 3, 4, 5, 6, 7, 8),
     )
     where = (
@@ -81,6 +99,8 @@ def echo_plan(plan: Plan) -> None:
         else f"input embeddings {plan.local_bytes / MIB:,.1f} MiB stay on the coordinator"
     )
     click.echo(f"(MiB; ctx {plan.n_ctx}; {plan.n_layer} layers + output; {where}; {'; '.join(plan.notes)})")
+    if draft.mode is DraftMode.NGRAM:
+        click.echo(f"speculative decoding: n-gram drafts from the text so far, no draft model ({draft.source})")
 
 
 def echo_distribution(dist: Distribution) -> None:
@@ -94,6 +114,9 @@ def echo_distribution(dist: Distribution) -> None:
         ]
         for d in dist.devices
     ]
+    if dist.draft is not None:
+        d = dist.draft
+        rows.append(["draft", "-", f"{d.model_mib:,.2f}", f"{d.kv_mib:,.2f}", f"{d.compute_mib:,.2f}"])
     echo_table(["WHERE", "LAYERS", "MODEL MiB", "KV MiB", "COMPUTE MiB"], rows, right=(1, 2, 3, 4))
     if dist.offloaded:
         done, total = dist.offloaded

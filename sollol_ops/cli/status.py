@@ -56,6 +56,8 @@ def _render(report: status_report.StatusReport) -> None:
             click.echo(f"  {c.detail}")
     if c.degraded and c.state is not CoordinatorPhase.NOT_RUNNING:
         click.echo(f"  {c.degraded_note} (sollol_skip_unhealthy)")
+    if c.draft is not None and c.state is not CoordinatorPhase.NOT_RUNNING:
+        click.echo(f"  {c.draft.describe()}")
     if (
         c.state not in (CoordinatorPhase.NOT_RUNNING, CoordinatorPhase.EXITED)
         and c.distribution

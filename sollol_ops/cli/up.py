@@ -46,6 +46,13 @@ from sollol_ops.ui import echo_json, echo_table
     help="Which of its devices offers it: CPU, or one `llama-server --list-devices` names (default: "
     "sollol_coordinator_device, CPU).",
 )
+@click.option(
+    "--draft",
+    metavar="MODEL|ngram|none",
+    help="Speculative decoding: a small model of the same vocabulary drafts on this machine (its CPU, or its "
+    "GPU when --coordinator-device is one), or `ngram` drafts from the text so far, or `none` (default: the "
+    "inventory's sollol_draft_models for MODEL, else none).",
+)
 @options.json_option("Print the outcome as JSON.")
 @click.option("--timings", is_flag=True, help="Print how long each phase took to stderr (also: SOLLOL_OPS_TRACE=1).")
 @click.pass_obj
@@ -98,6 +105,7 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
                 "command": outcome.command,
                 "ready_s": outcome.ready_s,
                 "distribution": outcome.distribution,
+                "draft": outcome.draft.state(),
             }
         )
         if outcome.kind is not lifecycle.Outcome.FOREGROUND:
@@ -116,7 +124,7 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
         )
         for b, r in outcome.skipped:
             click.echo(f"skipping {b.host} ({b.endpoint}): {r.status.value}, {r.detail}")
-        echo_plan(outcome.plan)
+        echo_plan(outcome.plan, outcome.draft)
     if outcome.kind is lifecycle.Outcome.DRY_RUN:
         click.echo("\ncommand: " + " ".join(outcome.command))
         click.echo("(dry run: nothing started)")
@@ -138,6 +146,7 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
             ["OpenAI API", st.openai_base],
             ["listens on", st.listen + ("  (beyond loopback)" if st.exposed else "")],
             ["model", st.model],
+            *([["draft", f"{st.draft.choice} ({st.draft.where})"]] if st.draft else []),
             ["pid", st.pid],
             ["log", st.log],
         ],

@@ -37,6 +37,9 @@ CLUSTER_WIDE: dict[str, object] = {
     # Start the coordinator on the healthy rpc-servers when some are down, if the model still fits them (as
     # `up --skip-unhealthy`; `status` then calls it degraded, naming the backends left out). Off: refuse, naming them.
     "sollol_skip_unhealthy": False,
+    # A draft model per target for speculative decoding (`up --draft`, docs/inventory.md): {"codellama:13b":
+    # "codellama:7b", "qwen:32b": "ngram"}; a model not named here is served without one.
+    "sollol_draft_models": {},
 }
 
 # The coordinator as a device (docs/inventory.md): variables of the coordinator group's host, read by `up` there

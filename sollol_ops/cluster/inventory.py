@@ -15,7 +15,8 @@ from typing import Any
 
 from sollol_ops.cluster import facts as cluster_vars
 from sollol_ops.cluster.ansible_inventory import ansible_inventory_list
-from sollol_ops.errors import InventoryError
+from sollol_ops.errors import InventoryError, UsageError
+from sollol_ops.model.names import parse_model_ref
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Cluster:
     coordinators: list[Coordinator]
     groups: list[str] = field(default_factory=list)
     skip_unhealthy: bool = False  # sollol_skip_unhealthy: start degraded on the healthy backends when some are down
+    draft_models: dict[str, str] = field(default_factory=dict)  # sollol_draft_models: target -> draft or `ngram`
 
     def rpc_list(self) -> str:
         return ",".join(b.endpoint for b in self.backends)
@@ -284,7 +286,12 @@ def cluster_from_inventory_data(
     coordinators = [_coordinator(h, hostvars.get(h, {})) for h in group_hosts(data, coordinator_group)]
     skip = cluster_wide_bool(data, "sollol_skip_unhealthy")
     return Cluster(
-        inventory=inventory, backends=backends, coordinators=coordinators, groups=groups, skip_unhealthy=skip
+        inventory=inventory,
+        backends=backends,
+        coordinators=coordinators,
+        groups=groups,
+        skip_unhealthy=skip,
+        draft_models=draft_models(cluster_wide_var(data, "sollol_draft_models")),
     )
 
 
@@ -330,3 +337,49 @@ def cluster_wide_bool(data: Mapping[str, Any], name: str) -> bool:
     if text in _FALSE:
         return False
     raise InventoryError(f"{name} must be true or false, got {value!r}")
+
+
+# `up --draft` / sollol_draft_models: a draft model's name, or one of these (a model called so: name:latest).
+DRAFT_NGRAM = "ngram"  # llama.cpp's draftless n-gram speculation
+DRAFT_NONE = "none"
+MAX_DRAFT_ENTRIES = 4096
+
+
+def _model_name(value: Any, what: str) -> str:
+    """`value` as the canonical model name (smollm2 -> smollm2:latest), or an InventoryError naming `what`."""
+    if not isinstance(value, str) or is_templated(value):
+        raise InventoryError(f"sollol_draft_models: {what} must be a model name, got {value!r:.80}")
+    try:
+        return str(parse_model_ref(value))
+    except UsageError as exc:
+        raise InventoryError(f"sollol_draft_models: {what}: {exc}") from exc
+
+
+def draft_models(value: Any) -> dict[str, str]:
+    """sollol_draft_models checked: canonical target name -> canonical draft name, `ngram` or `none`. A JSON
+    object in a string (an INI [all:vars] line) is read as one."""
+    if value is None:
+        return {}
+    if isinstance(value, str) and value.strip().startswith("{") and not is_templated(value):
+        import json  # only for this INI spelling
+
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InventoryError(f"sollol_draft_models is not a valid JSON object: {exc}") from exc
+    if not isinstance(value, Mapping):
+        raise InventoryError(
+            f"sollol_draft_models must map model names to a draft model or 'ngram' "
+            f'(e.g. {{"codellama:13b": "codellama:7b"}}), got {value!r:.80}'
+        )
+    if len(value) > MAX_DRAFT_ENTRIES:
+        raise InventoryError(f"sollol_draft_models has {len(value)} entries (the limit is {MAX_DRAFT_ENTRIES})")
+    out: dict[str, str] = {}
+    for key, draft in value.items():
+        target = _model_name(key, "a target")
+        keyword = isinstance(draft, str) and draft in (DRAFT_NGRAM, DRAFT_NONE)
+        choice = str(draft) if keyword else _model_name(draft, f"the draft of {target}")
+        if target in out and out[target] != choice:
+            raise InventoryError(f"sollol_draft_models names {target} twice, with drafts {out[target]} and {choice}")
+        out[target] = choice
+    return out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -17,8 +18,9 @@ from sollol_ops.errors import SollolError
 from sollol_ops.gateway.translate import parameter_size
 from sollol_ops.model.ollama import ResolvedModel, blob_path, list_models, resolve_model
 from sollol_ops.model.roots import store_roots
-from sollol_ops.serve import coordinator
+from sollol_ops.serve import coordinator, server_http
 from sollol_ops.serve.coordinator import CoordinatorState
+from sollol_ops.serve.draft import DraftStatus, draft_status
 
 log = logging.getLogger("sollol_ops.gateway")
 
@@ -144,3 +146,12 @@ class Catalog:
         if state is None or not coordinator.is_alive(state):
             return None
         return state
+
+
+async def draft_of(state: CoordinatorState) -> DraftStatus | None:
+    """The running coordinator's draft and its acceptance so far (llama-server's counters, read in a worker
+    thread); None when it runs without one."""
+    if state.draft is None:
+        return None
+    counters = await asyncio.to_thread(server_http.draft_counters, state.endpoint, 1.0)
+    return draft_status(state.draft, counters)

@@ -14,12 +14,13 @@ from starlette.responses import JSONResponse, Response
 from sollol_ops.gateway import translate
 from sollol_ops.gateway.bodies import read_json
 from sollol_ops.gateway.call import Call
-from sollol_ops.gateway.catalog import Catalog
+from sollol_ops.gateway.catalog import Catalog, draft_of
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.ondemand import OnDemand
 from sollol_ops.gateway.ondemand_status import Phase
 from sollol_ops.gateway.pool import Pool, normalize
 from sollol_ops.gateway.routing import Router, Target
+from sollol_ops.ui import to_jsonable
 
 
 class Listings:
@@ -111,6 +112,8 @@ class Listings:
                     "status": "serving" if od is None else od.phase,
                     "degraded": bool(state.skipped),  # started without some rpc-servers (sollol_skip_unhealthy)
                     "skipped_backends": [lo.describe() for lo in state.skipped],
+                    # speculative decoding (sollol_draft_models): its draft and acceptance; None without one
+                    "draft": to_jsonable(await draft_of(state)),
                 }
             )
         call.finish(200)

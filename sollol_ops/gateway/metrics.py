@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sollol_ops.serve.draft import DraftStatus
 
 # The on-demand shard's events, counted since the gateway started (exposed as sollol_gateway_shard_<what>_total).
 SHARD_COUNTS = {
@@ -11,6 +17,41 @@ SHARD_COUNTS = {
     "unloads": "Coordinators stopped after their keep_alive (or keep_alive 0).",
     "failures": "Coordinators found dead while serving (llama-server exited or lost a backend).",
 }
+_DRAFT_LABELS = ["model", "draft"]
+
+
+class DraftCollector(Collector):
+    """The sharded model's speculative decoding, as llama-server counts it since it started (set before each
+    scrape): counters that restart with the coordinator, as any counter of a restarted process does."""
+
+    def __init__(self) -> None:
+        self.current: tuple[str, DraftStatus] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        drafted = CounterMetricFamily(
+            "sollol_gateway_shard_draft_tokens", "Tokens drafted for the sharded model.", labels=_DRAFT_LABELS
+        )
+        accepted = CounterMetricFamily(
+            "sollol_gateway_shard_draft_accepted_tokens",
+            "Drafted tokens the sharded model accepted.",
+            labels=_DRAFT_LABELS,
+        )
+        rate = GaugeMetricFamily(
+            "sollol_gateway_shard_draft_acceptance_ratio",
+            "Accepted / drafted tokens of the sharded model since its coordinator started.",
+            labels=_DRAFT_LABELS,
+        )
+        if self.current is not None:
+            model, draft = self.current
+            labels = [model, draft.model or draft.mode]
+            if draft.drafted is not None and draft.accepted is not None:
+                drafted.add_metric(labels, draft.drafted)
+                accepted.add_metric(labels, draft.accepted)
+            if draft.acceptance_rate is not None:
+                rate.add_metric(labels, draft.acceptance_rate)
+        yield from (drafted, accepted, rate)
+
+
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -64,6 +105,8 @@ class Metrics:
             "sollol_gateway_shard_waiting", "Requests waiting for a sharded model to load or swap in.", registry=r
         )
         self.shard_loading = Gauge("sollol_gateway_shard_loading", "1 while a sharded model loads.", registry=r)
+        self.draft = DraftCollector()
+        r.register(self.draft)
 
     def copy_shard_counts(self, counts: dict[str, int]) -> None:
         """Advance each shard counter to OnDemand's count of it (monotonic since the gateway started)."""

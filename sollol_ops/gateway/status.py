@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from sollol_ops import __version__
 from sollol_ops.gateway.call import Call
+from sollol_ops.gateway.catalog import draft_of
 from sollol_ops.gateway.metrics import Metrics
 from sollol_ops.gateway.ondemand import OnDemand
 from sollol_ops.gateway.ondemand_status import Phase
@@ -63,6 +64,9 @@ class GatewayStatus:
 
     async def prometheus(self, request: Request, call: Call) -> Response:
         self.refresh_gauges()
+        state = self.router.catalog.running() if self.router.uses_shard else None
+        draft = await draft_of(state) if state is not None else None
+        self.metrics.draft.current = (state.model, draft) if state is not None and draft is not None else None
         call.finish(200)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4", headers=call.headers())
 

@@ -21,7 +21,7 @@ import stat
 import struct
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO, TypeVar
@@ -107,11 +107,20 @@ class TensorEntry:
 
 
 @dataclass(frozen=True)
+class StringArray:
+    """Where a string array the header skips (a tokenizer's tokens) lies: its first item's file offset."""
+
+    offset: int
+    count: int
+
+
+@dataclass(frozen=True)
 class Header:
     version: int
     metadata: dict[str, Any]
     tensors: list[TensorEntry]
     data_offset: int
+    string_arrays: dict[str, StringArray] = field(default_factory=dict)  # metadata key -> where (value None)
 
 
 class _Cursor:
@@ -121,6 +130,7 @@ class _Cursor:
         self.buf = buf
         self.order = order
         self.pos = 0
+        self.string_arrays: dict[str, StringArray] = {}
 
     def unpack(self, fmt: str) -> Any:
         st = struct.Struct(self.order + fmt)
@@ -202,7 +212,9 @@ def _read_array(cur: _Cursor, key: str) -> Any:
             return list(struct.unpack_from(f"{cur.order}{count}{fmt}", cur.buf, start))
         return None
     if item_type == GGUFValueType.STRING:
+        start = cur.pos
         _skip_strings(cur, count, key)
+        cur.string_arrays[key] = StringArray(start, count)
         return None
     raise _Corrupt(f"metadata key {key} is an array of arrays (llama.cpp rejects those)")
 
@@ -305,7 +317,7 @@ def _parse_header(buf: mmap.mmap | bytes) -> Header:
         tensors.append(tensor)
     align = _alignment(metadata)
     data_offset = -(-cur.pos // align) * align
-    return Header(version, metadata, tensors, data_offset)
+    return Header(version, metadata, tensors, data_offset, cur.string_arrays)
 
 
 def _check_data_fits(header: Header, file_size: int) -> None:
@@ -371,6 +383,28 @@ def read_checked(path: Path, build: Callable[[Path, Header, int], T]) -> T:
         raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except _PARSE_ERRORS as exc:
         raise GGUFError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+
+
+def read_string_items(path: str | Path, where: StringArray, first: int, stop: int) -> list[bytes]:
+    """Items first..stop-1 of a string array the header skipped (its raw UTF-8 bytes), each bounds-checked;
+    a one-line GGUFError when they run past the end (the file changed since its header was read)."""
+    path = Path(path)
+    stop = min(stop, where.count)
+    out: list[bytes] = []
+    try:
+        with _open_regular(path) as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            length = struct.Struct(_byte_order(buf) + "Q")
+            pos, end = where.offset, len(buf)
+            for i in range(stop):
+                n = length.unpack_from(buf, pos)[0] if pos + 8 <= end else end
+                if pos + 8 + n > end:
+                    raise GGUFError(f"{path} is truncated or corrupt: string item {i} runs past the end of the file")
+                if i >= first:
+                    out.append(bytes(buf[pos + 8 : pos + 8 + n]))
+                pos += 8 + n
+    except (OSError, ValueError) as exc:
+        raise GGUFError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    return out
 
 
 def read_tensor_table(path: str | Path) -> TensorTable:

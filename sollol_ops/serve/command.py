@@ -15,6 +15,7 @@ from sollol_ops import procs
 from sollol_ops.cluster.placement import LocalDevice, Plan
 from sollol_ops.cluster.toolchain import Toolchain
 from sollol_ops.errors import CoordinatorError, UsageError
+from sollol_ops.serve.draft import NO_DRAFT, Draft
 
 MIB = 1 << 20
 
@@ -31,6 +32,13 @@ class StartOptions:
     extra_args: list[str] = field(default_factory=list)
     alias: str | None = None
 
+
+# Speculative decoding's flags, set from `up --draft` / sollol_draft_models (serve/draft.py), in every spelling.
+DRAFT_FLAGS = (
+    "-md", "--model-draft", "--spec-draft-model", "-devd", "--device-draft", "--spec-draft-device",
+    "-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft", "--spec-draft-ngl", "--spec-type", "--spec-default",
+    "-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf", "-td", "--threads-draft", "--spec-draft-threads",
+)  # fmt: skip
 
 # llama-server flags that sollol-ops sets itself, from its own options or its plan. Passing one again through
 # --server-arg would make llama-server do something other than what the state file, `status` and the
@@ -59,6 +67,7 @@ MANAGED_FLAGS: dict[str, str] = {
     "-lv": "the log level sollol-ops parses",
     "--log-verbosity": "the log level sollol-ops parses",
     "--log-file": "the coordinator log sollol-ops parses",
+    **dict.fromkeys(DRAFT_FLAGS, "--draft"),
 }
 
 
@@ -78,11 +87,13 @@ def command(
     opts: StartOptions,
     plan: Plan | None = None,
     rpc: Sequence[str] = (),
+    draft: Draft = NO_DRAFT,
 ) -> list[str]:
     """The llama-server command line. With a plan: sharded as sollol-ops serves (explicit --device and a
     matching --tensor-split, every layer offloaded, metrics, the -lv 4 log the distribution is parsed
-    from). With RPC endpoints but no plan: upstream's own defaults (`--rpc ... -ngl 99`). With neither:
-    a plain local llama-server (the benchmark's baseline)."""
+    from), and the draft's flags when it has one (serve/draft.py). With RPC endpoints but no plan:
+    upstream's own defaults (`--rpc ... -ngl 99`). With neither: a plain local llama-server (the
+    benchmark's baseline)."""
     base = [str(toolchain.llama_server), "--model", str(blob)]
     where = ["--host", opts.host, "--port", str(opts.port)]
     if plan is None and rpc:
@@ -110,6 +121,9 @@ def command(
     ]  # fmt: skip
     if opts.alias:
         argv += ["--alias", opts.alias]
+    # A draft on the coordinator's CPU computes there, beside any rpc-server of this host: it gets the
+    # cores as the coordinator's own layers would (default_threads with host layers).
+    argv += draft.args(opts.threads or default_threads(plan.rpc_endpoints, host_layers=1))
     return argv + list(opts.extra_args)
 
 

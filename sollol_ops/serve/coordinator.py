@@ -25,6 +25,7 @@ from sollol_ops.errors import CoordinatorError, StateError, ToolchainError
 from sollol_ops.paths import state_dir
 from sollol_ops.serve import command, server_http, server_log, server_proc, statefile
 from sollol_ops.serve.command import StartOptions
+from sollol_ops.serve.draft import NO_DRAFT, Draft, DraftState
 from sollol_ops.serve.server_http import Stalled
 from sollol_ops.serve.server_log import Distribution
 
@@ -62,6 +63,7 @@ class CoordinatorState:
     foreground: bool = False
     plan: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[LeftOut] = field(default_factory=list)  # degraded: started without these (sollol_skip_unhealthy)
+    draft: DraftState | None = None  # its draft for speculative decoding (serve/draft.py); None: none
 
     def __post_init__(self) -> None:
         if self.pid <= 0:
@@ -123,9 +125,10 @@ class Launch:
     model: str
     digest: str
     skipped: list[LeftOut] = field(default_factory=list)
+    draft: Draft = NO_DRAFT
 
     def argv(self) -> list[str]:
-        return command.command(self.toolchain, self.blob, self.opts, self.plan)
+        return command.command(self.toolchain, self.blob, self.opts, self.plan, draft=self.draft)
 
     def record(self, *, pid: int, argv: list[str], log: Path, foreground: bool) -> CoordinatorState:
         return CoordinatorState(
@@ -145,6 +148,7 @@ class Launch:
             foreground=foreground,
             plan=plan_rows(self.plan),
             skipped=list(self.skipped),
+            draft=self.draft.state(),
         )
 
 

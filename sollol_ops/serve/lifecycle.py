@@ -19,8 +19,10 @@ from sollol_ops.errors import BackendError, CoordinatorError, PlacementError, Us
 from sollol_ops.model.gguf_info import GGUFInfo, read_gguf
 from sollol_ops.model.ollama import ResolvedModel, resolve_model
 from sollol_ops.serve import command, coordinator, statefile
+from sollol_ops.serve import draft as drafting
 from sollol_ops.serve.command import StartOptions
 from sollol_ops.serve.coordinator import CoordinatorState, Launch, LeftOut, Stopped
+from sollol_ops.serve.draft import NO_DRAFT, Draft
 from sollol_ops.serve.server_log import Distribution
 
 
@@ -35,6 +37,7 @@ class UpRequest:
     timeout: float = 600.0
     coordinator_memory_mib: int | None = None  # `up --coordinator-memory`: overrides the inventory's
     coordinator_device: str | None = None  # `up --coordinator-device`
+    draft: str | None = None  # `up --draft`: a draft model, ngram or none; None: the inventory's sollol_draft_models
 
 
 class Outcome(StrEnum):
@@ -59,6 +62,7 @@ class UpOutcome:
     distribution: Distribution | None = None
     replaced: str | None = None
     opts: StartOptions | None = None
+    draft: Draft = NO_DRAFT
 
 
 class Reporter:
@@ -113,6 +117,7 @@ class Prepared:
     skipped: list[tuple[Backend, rpc.ProbeResult]]
     plan: Plan
     command: list[str]
+    draft: Draft = NO_DRAFT
 
 
 def coordinator_offer(cluster: Cluster, memory_mib: int | None = None, device: str | None = None) -> Coordinator | None:
@@ -144,10 +149,11 @@ def plan_command(
     skip_unhealthy: bool = False,
     reporter: Reporter | None = None,
     coordinator: Coordinator | None = None,
+    draft: Draft = NO_DRAFT,
 ) -> Prepared:
-    """Probe the backends, plan placement (with the coordinator's own device when it offers memory),
-    build the llama-server command: the one path from a model to a sharded llama-server, shared by `up`
-    and the benchmark."""
+    """Probe the backends, plan placement (with the coordinator's own device when it offers memory, less
+    what a draft model takes of it), build the llama-server command: the one path from a model to a
+    sharded llama-server, shared by `up` and the benchmark."""
     reporter = reporter or Reporter()
     probes, skipped = check_backends(backends, skip_unhealthy, reporter)
     local_devices = []
@@ -156,7 +162,9 @@ def plan_command(
         if coordinator.device != HOST_DEVICE:
             local_devices = command.list_devices(toolchain)
     reporter.phase("backend probes")
-    slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices)
+    room = drafting.host_room(draft, coordinator)  # a draft outside the offer takes host memory first
+    slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices, local_available=room)
+    slots, draft_notes = drafting.fit(draft, slots, info)
     try:
         plan = plan_placement(info, slots, opts.n_ctx, model)
     except PlacementError as exc:
@@ -164,7 +172,8 @@ def plan_command(
             raise
         without = ", ".join(lo.describe() for lo in left_out(skipped))
         raise PlacementError(f"{exc} (on the {len(probes)} healthy backend(s), without {without})") from exc
-    prepared = Prepared(probes, skipped, plan, command.command(toolchain, blob, opts, plan))
+    plan.notes += draft_notes
+    prepared = Prepared(probes, skipped, plan, command.command(toolchain, blob, opts, plan, draft=draft), draft)
     reporter.phase("placement")
     return prepared
 
@@ -214,18 +223,24 @@ def _up(
     reporter.phase("model: manifest + GGUF header")
     model = resolved.ref
     opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
+    choice, source = drafting.choose(req.draft, cluster.draft_models, model)
     running = home.running()
-    if running is not None and running.model == model and running.digest == resolved.digest and not foreground:
+    same = running is not None and running.model == model and running.digest == resolved.digest
+    if same and running is not None and drafting.same_choice(running.draft, choice) and not foreground:
         return UpOutcome(Outcome.ALREADY_RUNNING, model, state=running, resolved=resolved)
     if running is not None and not req.replace and not req.dry_run:
+        other = f" with draft {running.draft.choice if running.draft else 'none'}" if same else ""
         raise CoordinatorError(
-            f"{running.model} is already served at {running.openai_base} (pid {running.pid}); "
-            f"pass --replace to serve {model} instead, or run `sollol-ops down`"
+            f"{running.model} is already served{other} at {running.openai_base} (pid {running.pid}); "
+            f"pass --replace to serve {model}{f' with draft {choice}' if same else ''} instead, "
+            "or run `sollol-ops down`"
         )
     info = resolved.gguf or read_gguf(resolved.blob)
+    offer = coordinator_offer(cluster, req.coordinator_memory_mib, req.coordinator_device)
+    draft = drafting.resolve(choice, source, resolved, info, opts.n_ctx, req.ollama_models, offer)
     toolchain = toolchain or find_toolchain()
     reporter.phase("state check + toolchain")
-    outcome = UpOutcome(Outcome.DRY_RUN, model, resolved=resolved, info=info, opts=opts)
+    outcome = UpOutcome(Outcome.DRY_RUN, model, resolved=resolved, info=info, opts=opts, draft=draft)
     if running is not None and req.replace and not req.dry_run:
         reporter.step(f"stopping {running.model} (pid {running.pid}) to serve {model}")
         home.stop()
@@ -233,21 +248,23 @@ def _up(
     if not req.dry_run and procs.port_in_use(opts.host, opts.port):
         raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
     skip = cluster.skip_unhealthy if req.skip_unhealthy is None else req.skip_unhealthy
-    offer = coordinator_offer(cluster, req.coordinator_memory_mib, req.coordinator_device)
-    prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter, offer)
+    prepared = plan_command(
+        model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter, offer, draft=draft
+    )
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command
     if req.dry_run:
         return outcome
     if warning := exposure_warning(opts):
         reporter.warn(warning)
+    if warning := drafting.size_warning(draft, info):
+        reporter.warn(warning)
     if foreground:
         outcome.kind = Outcome.FOREGROUND
         return outcome
     reporter.step(f"starting llama-server on {opts.host}:{opts.port}")
-    state = home.start(
-        Launch(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, left_out(outcome.skipped))
-    )
+    launch = Launch(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, left_out(outcome.skipped))
+    state = home.start(dataclasses.replace(launch, draft=draft))
     reporter.phase("state file + spawn")
     try:
         outcome.ready_s = home.wait_ready(state, timeout=req.timeout, on_progress=reporter.loading)
@@ -288,6 +305,7 @@ def run_foreground(
             outcome.model,
             outcome.resolved.digest,
             left_out(outcome.skipped),
+            outcome.draft,
         )
         return home.run_foreground(launch, on_ready=on_ready, ready_timeout=ready_timeout)
 

@@ -206,6 +206,20 @@ def metrics(url: str, timeout: float) -> dict[str, float] | None:
     return values
 
 
+# llama-server's counters of speculative decoding (tools/server/server-task.cpp, to_metrics), added up when
+# each request ends: draft tokens generated, and those the target accepted.
+DRAFTED = "spec_decode_num_draft_tokens_total"
+ACCEPTED = "spec_decode_num_accepted_tokens_total"
+
+
+def draft_counters(url: str, timeout: float = 2.0) -> tuple[int, int] | None:
+    """(drafted, accepted) tokens since llama-server started, from its /metrics; None when unreadable."""
+    values = metrics(url, timeout)
+    if not values or DRAFTED not in values:
+        return None
+    return int(values[DRAFTED]), int(values.get(ACCEPTED, 0))
+
+
 def is_stalled(url: str, window: float, poll: float = 0.25) -> bool:
     """True when requests are in flight but llama-server completes no model step (its `n_decode_total`
     counter stands still) for ``window`` seconds. Returns as soon as a step completes, so a busy,

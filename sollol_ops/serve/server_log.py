@@ -42,6 +42,8 @@ _KV_BUF = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
 _COMPUTE_BUF = re.compile(r"(?:sched_reserve|llama_context):\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _RPC_NAME = re.compile(r"^RPC\d+\[(.+)\]$")
+# llama-server loads a draft model after its target; the buffers logged from here on are the draft's.
+_DRAFT_START = "loading draft model"
 
 
 @dataclass
@@ -61,6 +63,7 @@ class DeviceUse:
 class Distribution:
     devices: list[DeviceUse]
     offloaded: tuple[int, int] | None
+    draft: DeviceUse | None = None  # the draft model's buffers (all on the coordinator), when it has one
 
     def rpc(self) -> list[DeviceUse]:
         return [d for d in self.devices if d.is_rpc]
@@ -81,8 +84,13 @@ def parse_distribution(log_text: str, kv_per_layer: int | None = None) -> Distri
         return devices.setdefault(name, DeviceUse(name))
 
     offloaded = None
+    draft: DeviceUse | None = None
     for line in log_text.splitlines():
-        if m := _MODEL_BUF.search(line):
+        if _DRAFT_START in line:
+            draft = DeviceUse("draft")
+        if draft is not None:
+            _add_draft(draft, line)
+        elif m := _MODEL_BUF.search(line):
             dev(m.group(1)).model_mib += float(m.group(2))
         elif m := _KV_BUF.search(line):
             dev(m.group(1)).kv_mib += float(m.group(2))
@@ -95,7 +103,16 @@ def parse_distribution(log_text: str, kv_per_layer: int | None = None) -> Distri
             if d.is_rpc or d.kv_mib > 0:  # the coordinator's rows have layers when it keeps some
                 d.layers = round(d.kv_mib * MIB / kv_per_layer)
     ordered = sorted(devices.values(), key=lambda d: (not d.is_rpc, 0))
-    return Distribution(ordered, offloaded)
+    return Distribution(ordered, offloaded, draft)
+
+
+def _add_draft(draft: DeviceUse, line: str) -> None:
+    if m := _MODEL_BUF.search(line):
+        draft.model_mib += float(m.group(2))
+    elif m := _KV_BUF.search(line):
+        draft.kv_mib += float(m.group(2))
+    elif m := _COMPUTE_BUF.search(line):
+        draft.compute_mib += float(m.group(2))
 
 
 def read_distribution(log: Path, kv_per_layer: int | None = None) -> Distribution:

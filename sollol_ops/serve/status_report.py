@@ -11,7 +11,9 @@ from typing import Any
 from sollol_ops.cluster import rpc
 from sollol_ops.cluster.inventory import Cluster
 from sollol_ops.errors import CheckFailed
+from sollol_ops.serve import server_http
 from sollol_ops.serve.coordinator import Coordinator, CoordinatorPhase, LeftOut
+from sollol_ops.serve.draft import DraftStatus, draft_status
 from sollol_ops.serve.server_log import Distribution
 from sollol_ops.stage import ledger
 
@@ -46,6 +48,7 @@ class CoordinatorStatus:
     degraded: bool = False  # started without some backends of the inventory (sollol_skip_unhealthy)
     skipped: list[LeftOut] = field(default_factory=list)  # those backends, as they were at its start
     progress: dict[str, Any] = field(default_factory=dict)  # while loading: elapsed_s, log (llama-server's last line)
+    draft: DraftStatus | None = None  # its draft for speculative decoding and the acceptance so far
 
     @property
     def degraded_note(self) -> str:
@@ -91,6 +94,10 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
     if state is None:
         return CoordinatorStatus(running=False, healthy=False)
     now = home.condition(state, stall_timeout)
+    draft = None
+    if state.draft is not None:
+        answering = now.phase in (CoordinatorPhase.SERVING, CoordinatorPhase.STALLED)
+        draft = draft_status(state.draft, server_http.draft_counters(state.endpoint) if answering else None)
     return CoordinatorStatus(
         running=now.phase is not CoordinatorPhase.EXITED,
         healthy=now.phase is CoordinatorPhase.SERVING,
@@ -110,6 +117,7 @@ def coordinator_status(root: Path | None = None, stall_timeout: float = 10.0) ->
         degraded=bool(state.skipped),
         skipped=list(state.skipped),
         progress=now.progress,
+        draft=draft,
     )
 
 

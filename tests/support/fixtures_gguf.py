@@ -66,6 +66,39 @@ def write_tiny_gguf(
     return path
 
 
+def tokens_of(n: int, prefix: str = "tok") -> list[str]:
+    """`n` distinct token texts."""
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def write_vocab_gguf(
+    path: Path,
+    tokens: list[str],
+    *,
+    model: str = "gpt2",
+    bos: int | None = 1,
+    eos: int | None = 2,
+    add_bos: bool | None = None,
+    add_eos: bool | None = None,
+) -> Path:
+    """A tiny GGUF (write_tiny_gguf) with a tokenizer: its model name, token list, BOS/EOS ids and flags."""
+
+    def tokenizer(writer: GGUFWriter) -> None:
+        writer.add_tokenizer_model(model)
+        writer.add_token_list(tokens)
+        writer.add_token_types([1] * len(tokens))
+        if bos is not None:
+            writer.add_bos_token_id(bos)
+        if eos is not None:
+            writer.add_eos_token_id(eos)
+        if add_bos is not None:
+            writer.add_add_bos_token(add_bos)
+        if add_eos is not None:
+            writer.add_add_eos_token(add_eos)
+
+    return write_tiny_gguf(path, edit=tokenizer)
+
+
 def tiny_store(base: Path, ref: str = TINY_REF, **gguf_kwargs: object) -> Path:
     """An Ollama store at base/store holding a tiny GGUF under `ref`, with template and params."""
     base.mkdir(parents=True, exist_ok=True)
