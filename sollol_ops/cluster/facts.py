@@ -37,7 +37,11 @@ CLUSTER_WIDE: dict[str, object] = {
     # Start the coordinator on the healthy rpc-servers when some are down, if the model still fits them (as
     # `up --skip-unhealthy`; `status` then calls it degraded, naming the backends left out). Off: refuse, naming them.
     "sollol_skip_unhealthy": False,
+    # How `up` and the gateway split a model's layers: speed (by the compute and link speeds `sollol-ops plan MODEL
+    # --measure` measured and cached; by memory while any worker is unmeasured) or memory (llama.cpp's rule).
+    "sollol_placement": "speed",
 }
+PLACEMENTS = ("speed", "memory")
 
 # The coordinator as a device (docs/inventory.md): variables of the coordinator group's host, read by `up` there
 # and written by roles/coordinator into the inventory it leaves for the CLI.
