@@ -174,13 +174,17 @@ def _read_bounded(path: Path) -> bytes | None:
         return None
     except OSError as exc:
         raise _Bad(exc.strerror or type(exc).__name__) from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _Bad("not a regular file")
         if info.st_size > MAX_CACHE_BYTES:
             raise _Bad(f"{info.st_size:,} bytes, more than the {MAX_CACHE_BYTES:,} a cache can hold")
-        data = f.read(MAX_CACHE_BYTES + 1)
+        data = os.read(fd, MAX_CACHE_BYTES + 1)
+    except OSError as exc:
+        raise _Bad(exc.strerror or type(exc).__name__) from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CACHE_BYTES:
         raise _Bad(f"more than the {MAX_CACHE_BYTES:,} bytes a cache can hold")
     return data
