@@ -25,6 +25,7 @@ from sollol_ops.cluster.link import LinkResult
 from sollol_ops.cluster.local import LocalServer, RpcServerSpec, start_rpc_server, wait_ready
 from sollol_ops.cluster.speed import ComputeSpeed, SpeedResult
 from sollol_ops.cluster.toolchain import find_toolchain
+from sollol_ops.serve import plan_report
 
 MODEL = "smollm2:135m"
 CTX = "512"
@@ -196,3 +197,34 @@ def test_a_worker_answering_garbage_during_measurement_is_one_line(
     assert proc.returncode == 6, err
     assert elapsed < 60, f"took {elapsed:.0f}s"
     assert uneven[0][0] in cache_path(sollol_env).read_text()
+
+
+def _temporary_rpc_servers() -> set[int]:
+    """Pids of rpc-servers on the ports plan_report searches for the coordinator's temporary one."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        argv = procs.cmdline(int(entry.name))
+        if argv and Path(argv[0]).name in ("ggml-rpc-server", "rpc-server") and "-p" in argv:
+            port = argv[argv.index("-p") + 1] if argv.index("-p") + 1 < len(argv) else ""
+            if port.isdigit() and 0 <= int(port) - plan_report.COORDINATOR_PORT_SEARCH < 100:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.toolchain
+@pytest.mark.model
+def test_measure_measures_the_coordinators_own_device(
+    uneven: list[tuple[str, LocalServer]], sollol_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With the coordinator offering its CPU, `--measure` measures it through a temporary rpc-server, stopped after."""
+    endpoints = [e for e, _ in uneven]
+    inventory = write_inventory(tmp_path / "inventory.ini", endpoints[:2])
+    before = _temporary_rpc_servers()
+    report = plan_json(sollol_env, inventory, "--measure", "--measure-mib", "8", "--coordinator-memory", "80")
+    assert [w["slot"] for w in report["workers"]] == ["CPU", "RPC0", "RPC1"]
+    assert report["unmeasured"] == [] and report["workers"][0]["ms_per_gib"] > 0
+    assert any(m.startswith("coordinator CPU compute") for m in report["measured"]), report["measured"]
+    assert "|coordinator:CPU|0|Q4_1" in cache_path(sollol_env).read_text()
+    assert _temporary_rpc_servers() <= before
