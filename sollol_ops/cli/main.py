@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "resolve": "sollol_ops.cli.resolve:resolve",
     "status": "sollol_ops.cli.status:status",
     "up": "sollol_ops.cli.up:up",
+    "plan": "sollol_ops.cli.plan:plan",
     "down": "sollol_ops.cli.down:down",
     "logs": "sollol_ops.cli.logs:logs",
     "local": "sollol_ops.cli.local:local",

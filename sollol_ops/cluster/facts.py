@@ -40,7 +40,11 @@ CLUSTER_WIDE: dict[str, object] = {
     # A draft model per target for speculative decoding (`up --draft`, docs/inventory.md): {"codellama:13b":
     # "codellama:7b", "qwen:32b": "ngram"}; a model not named here is served without one.
     "sollol_draft_models": {},
+    # How `up` and the gateway split a model's layers: speed (by the compute and link speeds `sollol-ops plan MODEL
+    # --measure` measured and cached; by memory while any worker is unmeasured) or memory (llama.cpp's rule).
+    "sollol_placement": "speed",
 }
+PLACEMENTS = ("speed", "memory")
 
 # The coordinator as a device (docs/inventory.md): variables of the coordinator group's host, read by `up` there
 # and written by roles/coordinator into the inventory it leaves for the CLI.

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,13 @@ class Coordinator:
     local: bool = False  # ansible_connection=local: the inventory says this is the machine reading it
 
 
+class Placement(StrEnum):
+    """sollol_placement: how the layers are split (docs/placement.md)."""
+
+    SPEED = "speed"  # by measured speed once every worker is measured, by memory before
+    MEMORY = "memory"  # by usable memory, as llama.cpp does
+
+
 @dataclass
 class Cluster:
     inventory: Path
@@ -64,6 +72,7 @@ class Cluster:
     groups: list[str] = field(default_factory=list)
     skip_unhealthy: bool = False  # sollol_skip_unhealthy: start degraded on the healthy backends when some are down
     draft_models: dict[str, str] = field(default_factory=dict)  # sollol_draft_models: target -> draft or `ngram`
+    placement: Placement = Placement.SPEED  # sollol_placement
 
     def rpc_list(self) -> str:
         return ",".join(b.endpoint for b in self.backends)
@@ -292,7 +301,17 @@ def cluster_from_inventory_data(
         groups=groups,
         skip_unhealthy=skip,
         draft_models=draft_models(cluster_wide_var(data, "sollol_draft_models")),
+        placement=placement_var(data),
     )
+
+
+def placement_var(data: Mapping[str, Any]) -> Placement:
+    """sollol_placement (cluster-wide; absent: cluster_vars' default)."""
+    value = cluster_wide_var(data, "sollol_placement")
+    value = cluster_vars.CLUSTER_WIDE["sollol_placement"] if value is None else value
+    if not isinstance(value, str) or value.strip().lower() not in cluster_vars.PLACEMENTS:
+        raise InventoryError(f"sollol_placement must be one of {', '.join(cluster_vars.PLACEMENTS)}, got {value!r}")
+    return Placement(value.strip().lower())
 
 
 def load_cluster(

@@ -278,6 +278,21 @@ def _shares(info: GGUFInfo, slots: Sequence[Slot], splits: Sequence[float], n_ct
     return shares
 
 
+def plan_for_split(
+    info: GGUFInfo, slots: Sequence[Slot], splits: Sequence[float], n_ctx: int, notes: Sequence[str] = ()
+) -> Plan:
+    """The plan of an explicit --tensor-split over `slots` (the coordinator's CPU first, if any), fitting or not
+    (each Share says whether it fits): what llama.cpp will do with that command line."""
+    return Plan(
+        _shares(info, slots, splits, n_ctx),
+        n_ctx,
+        info.block_count,
+        info.token_embd_bytes,
+        info.kv_cache_bytes(n_ctx) // max(1, info.block_count),
+        list(notes),
+    )
+
+
 def plan_placement(info: GGUFInfo, slots: Sequence[Slot], n_ctx: int, model: str = "the model") -> Plan:
     if not slots:
         raise PlacementError("no usable RPC backend to place layers on")
@@ -302,14 +317,7 @@ def plan_placement(info: GGUFInfo, slots: Sequence[Slot], n_ctx: int, model: str
             for s, o in zip(shares, over, strict=True)
         ]
         shares = _shares(info, slots, splits, n_ctx)
-    plan = Plan(
-        shares,
-        n_ctx,
-        info.block_count,
-        info.token_embd_bytes,
-        info.kv_cache_bytes(n_ctx) // max(1, info.block_count),
-        notes,
-    )
+    plan = plan_for_split(info, slots, splits, n_ctx, notes)
     if not all(s.fits for s in shares):
         detail = ", ".join(
             f"{s.slot.endpoint} needs {s.need_bytes / MIB:,.0f} of {s.slot.usable_bytes / MIB:,.0f} MiB "

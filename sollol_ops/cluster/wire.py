@@ -6,6 +6,9 @@ DEVICE_COUNT (15): nothing in, ``u32`` out. GET_DEVICE_MEMORY (11): ``u32`` devi
 ALLOC_BUFFER (0): ``u32 device, u64 size`` in, ``u64 remote_ptr, u64 remote_size`` out (remote_ptr 0: failed).
 BUFFER_GET_BASE (3): ``u64 remote_ptr`` in, ``u64 base`` out. FREE_BUFFER (4): ``u64 remote_ptr`` in, no reply.
 SET_TENSOR (6): ``rpc_tensor | u8 cache_flag | u64 offset | data`` in, no reply (see `RPC_TENSOR`).
+BUFFER_CLEAR (5): ``u64 remote_ptr, u8 value`` in, no reply. GRAPH_COMPUTE (10): ``u32 device | u32 n_nodes |
+u64 node ids | u32 n_tensors | rpc_tensor...`` in, no reply; GRAPH_RECOMPUTE (16): ``u32 device`` in, no reply
+(the graph last sent again). `sollol_ops.cluster.speed` times them.
 
 Replies are checked against their exact size before a byte of them is read. Standard library only: the
 staging client (`sollol_ops.stage.worker`) is copied to workers with this module.
@@ -23,10 +26,13 @@ from typing import Any
 CMD_ALLOC_BUFFER = 0
 CMD_BUFFER_GET_BASE = 3
 CMD_FREE_BUFFER = 4
+CMD_BUFFER_CLEAR = 5
 CMD_SET_TENSOR = 6
+CMD_GRAPH_COMPUTE = 10
 CMD_GET_DEVICE_MEMORY = 11
 CMD_HELLO = 14
 CMD_DEVICE_COUNT = 15
+CMD_GRAPH_RECOMPUTE = 16
 CONN_CAPS_SIZE = 24
 HELLO_REPLY_SIZE = 4 + CONN_CAPS_SIZE
 

@@ -11,8 +11,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from sollol_ops import procs
-from sollol_ops.cluster import rpc
-from sollol_ops.cluster.inventory import HOST_DEVICE, Backend, Cluster, Coordinator
+from sollol_ops.cluster import rpc, speed_plan
+from sollol_ops.cluster.inventory import HOST_DEVICE, Backend, Cluster, Coordinator, Placement
 from sollol_ops.cluster.placement import Plan, build_slots, describe_backend_problem, is_local_address, plan_placement
 from sollol_ops.cluster.toolchain import Toolchain, find_toolchain
 from sollol_ops.errors import BackendError, CoordinatorError, PlacementError, UsageError
@@ -150,10 +150,12 @@ def plan_command(
     reporter: Reporter | None = None,
     coordinator: Coordinator | None = None,
     draft: Draft = NO_DRAFT,
+    placement: Placement | None = None,
 ) -> Prepared:
     """Probe the backends, plan placement (with the coordinator's own device when it offers memory, less
-    what a draft model takes of it), build the llama-server command: the one path from a model to a
-    sharded llama-server, shared by `up` and the benchmark."""
+    what a draft model takes of it; by measured speed with `placement` speed, cluster/speed_plan.py; None: by
+    memory, no note), build the llama-server command: the one path from a model to a sharded llama-server,
+    shared by `up` and the benchmark."""
     reporter = reporter or Reporter()
     probes, skipped = check_backends(backends, skip_unhealthy, reporter)
     local_devices = []
@@ -172,6 +174,8 @@ def plan_command(
             raise
         without = ", ".join(lo.describe() for lo in left_out(skipped))
         raise PlacementError(f"{exc} (on the {len(probes)} healthy backend(s), without {without})") from exc
+    totals = {(b.endpoint, d.index): d.total for b, r in probes for d in r.devices}
+    plan = speed_plan.choose(plan, info, slots, totals, placement, toolchain, reporter.warn)
     plan.notes += draft_notes
     prepared = Prepared(probes, skipped, plan, command.command(toolchain, blob, opts, plan, draft=draft), draft)
     reporter.phase("placement")
@@ -249,7 +253,7 @@ def _up(
         raise CoordinatorError(f"port {opts.port} on {opts.host} is already in use by another process; pass --port")
     skip = cluster.skip_unhealthy if req.skip_unhealthy is None else req.skip_unhealthy
     prepared = plan_command(
-        model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter, offer, draft=draft
+        model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter, offer, draft, cluster.placement
     )
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command

@@ -179,6 +179,24 @@ MUTATIONS = [
     ),
     (
         "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_placement | default('speed')",
+        "sollol_placement | default('memory')",
+        "roles/coordinator/templates/inventory.yml.j2: sollol_placement | default('memory'), cluster_vars says 'speed'",
+    ),
+    (
+        "roles/sollol_cluster/defaults/main.yml",
+        "sollol_placement: speed",
+        "sollol_placement: memory",
+        "roles/sollol_cluster/defaults/main.yml: sollol_placement is 'memory', cluster_vars says 'speed'",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "    sollol_placement: {{",
+        "    sollol_placement_x: {{",
+        "all.vars.sollol_placement is written as None, not 'speed'",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
         "sollol_coordinator_memory_mib: {{ sollol_coordinator_memory_mib | int }}",
         "sollol_coordinator_memory_mib: 512",
         "the coordinator's sollol_coordinator_memory_mib is written as 512, not 0",
