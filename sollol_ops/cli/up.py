@@ -96,6 +96,7 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
                     {"endpoint": b.endpoint, "status": r.status, "detail": r.detail} for b, r in outcome.skipped
                 ],
                 "command": outcome.command,
+                "parallel": outcome.opts.parallel if outcome.opts else None,
                 "ready_s": outcome.ready_s,
                 "distribution": outcome.distribution,
             }
@@ -117,6 +118,8 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
         for b, r in outcome.skipped:
             click.echo(f"skipping {b.host} ({b.endpoint}): {r.status.value}, {r.detail}")
         echo_plan(outcome.plan)
+        if outcome.opts is not None:
+            click.echo(f"parallel slots: {outcome.opts.parallel}, ctx {outcome.opts.n_ctx} each")
     if outcome.kind is lifecycle.Outcome.DRY_RUN:
         click.echo("\ncommand: " + " ".join(outcome.command))
         click.echo("(dry run: nothing started)")
@@ -138,6 +141,7 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
             ["OpenAI API", st.openai_base],
             ["listens on", st.listen + ("  (beyond loopback)" if st.exposed else "")],
             ["model", st.model],
+            *([["parallel slots", f"{outcome.opts.parallel} x ctx {st.n_ctx}"]] if outcome.opts else []),
             ["pid", st.pid],
             ["log", st.log],
         ],

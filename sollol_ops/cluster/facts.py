@@ -37,6 +37,9 @@ CLUSTER_WIDE: dict[str, object] = {
     # Start the coordinator on the healthy rpc-servers when some are down, if the model still fits them (as
     # `up --skip-unhealthy`; `status` then calls it degraded, naming the backends left out). Off: refuse, naming them.
     "sollol_skip_unhealthy": False,
+    # Run the coordinator's llama-server with --embeddings, so /api/embed, /api/embeddings and /v1/embeddings work
+    # on sharded models (through `up` and the gateway); off: the gateway answers them 501 naming this variable.
+    "sollol_embeddings": False,
 }
 
 # The coordinator as a device (docs/inventory.md): variables of the coordinator group's host, read by `up` there
@@ -46,6 +49,9 @@ COORDINATOR_VARS: dict[str, object] = {
     "sollol_coordinator_memory_mib": 0,
     # The device that offers it: CPU (host memory), or one `llama-server --list-devices` names (CUDA0, Vulkan0, ...).
     "sollol_coordinator_device": "CPU",
+    # The coordinator's own Ollama (http://HOST:11434): where the gateway pulls models that no pool node takes
+    # (/api/pull, /api/delete, /api/copy); its store is the one the coordinator serves from. Empty: none.
+    "sollol_coordinator_ollama_url": "",
 }
 
 # Every variable of roles/sollol_cluster with its default (that file must equal this mapping).
@@ -119,5 +125,8 @@ GATEWAY_DEFAULTS: dict[str, object] = {
     "sollol_gateway_pins": {},
     # Streamed requests that wait for a sharded model to load get its loading progress as reasoning/thinking text.
     "sollol_gateway_loading_progress": False,
+    # Token limit the gateway sets on a generation request that sets none (Ollama options.num_predict, OpenAI
+    # max_tokens / max_completion_tokens); 0: none (llama-server then generates until the slot's context is full).
+    "sollol_gateway_default_num_predict": 2048,
 }
 GATEWAY_MODES = ("shard", "pool", "hybrid")

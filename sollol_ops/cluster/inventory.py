@@ -62,6 +62,7 @@ class Cluster:
     coordinators: list[Coordinator]
     groups: list[str] = field(default_factory=list)
     skip_unhealthy: bool = False  # sollol_skip_unhealthy: start degraded on the healthy backends when some are down
+    embeddings: bool = False  # sollol_embeddings: the coordinator's llama-server runs with --embeddings
 
     def rpc_list(self) -> str:
         return ",".join(b.endpoint for b in self.backends)
@@ -285,7 +286,12 @@ def cluster_from_inventory_data(
     coordinators = [_coordinator(h, hostvars.get(h, {})) for h in group_hosts(data, coordinator_group)]
     skip = cluster_wide_bool(data, "sollol_skip_unhealthy")
     return Cluster(
-        inventory=inventory, backends=backends, coordinators=coordinators, groups=groups, skip_unhealthy=skip
+        inventory=inventory,
+        backends=backends,
+        coordinators=coordinators,
+        groups=groups,
+        skip_unhealthy=skip,
+        embeddings=cluster_wide_bool(data, "sollol_embeddings"),
     )
 
 

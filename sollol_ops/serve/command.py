@@ -25,11 +25,12 @@ class StartOptions:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    n_ctx: int = 4096
-    parallel: int = 1
+    n_ctx: int = 4096  # of each slot (sharded: llama-server gets --ctx-size n_ctx x parallel)
+    parallel: int = 1  # slots; 0 (cluster.parallel.AUTO): as many as the placement leaves room for
     threads: int | None = None
     extra_args: list[str] = field(default_factory=list)
     alias: str | None = None
+    embeddings: bool = False  # --embeddings (the inventory's sollol_embeddings): /v1/embeddings on the model
 
 
 # llama-server flags that sollol-ops sets itself, from its own options or its plan. Passing one again through
@@ -59,6 +60,8 @@ MANAGED_FLAGS: dict[str, str] = {
     "-lv": "the log level sollol-ops parses",
     "--log-verbosity": "the log level sollol-ops parses",
     "--log-file": "the coordinator log sollol-ops parses",
+    "--embeddings": "sollol_embeddings in the inventory",
+    "--embedding": "sollol_embeddings in the inventory",
 }
 
 
@@ -101,8 +104,8 @@ def command(
         "--tensor-split", ",".join(f"{s:g}" for s in plan.tensor_split),
         "--n-gpu-layers", ngl,
         "--fit", "off",
-        "--ctx-size", str(opts.n_ctx),
-        "--parallel", str(opts.parallel),
+        "--ctx-size", str(opts.n_ctx * max(1, opts.parallel)),  # llama-server splits it: n_ctx for each slot
+        "--parallel", str(max(1, opts.parallel)),
         "--threads", str(threads),
         *where,
         "--metrics",
@@ -110,6 +113,8 @@ def command(
     ]  # fmt: skip
     if opts.alias:
         argv += ["--alias", opts.alias]
+    if opts.embeddings:  # mean pooling: a chat model's GGUF names none (a --server-arg --pooling comes later, wins)
+        argv += ["--embeddings", "--pooling", "mean"]
     return argv + list(opts.extra_args)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from sollol_ops import procs
 from sollol_ops.cluster import rpc
 from sollol_ops.cluster.inventory import HOST_DEVICE, Backend, Cluster, Coordinator
-from sollol_ops.cluster.placement import Plan, build_slots, describe_backend_problem, is_local_address, plan_placement
+from sollol_ops.cluster.parallel import fit_parallel
+from sollol_ops.cluster.placement import Plan, build_slots, describe_backend_problem, is_local_address
 from sollol_ops.cluster.toolchain import Toolchain, find_toolchain
 from sollol_ops.errors import BackendError, CoordinatorError, PlacementError, UsageError
 from sollol_ops.model.gguf_info import GGUFInfo, read_gguf
@@ -113,6 +114,7 @@ class Prepared:
     skipped: list[tuple[Backend, rpc.ProbeResult]]
     plan: Plan
     command: list[str]
+    opts: StartOptions | None = None  # the options it starts with: -np sized (cluster.parallel)
 
 
 def coordinator_offer(cluster: Cluster, memory_mib: int | None = None, device: str | None = None) -> Coordinator | None:
@@ -158,13 +160,14 @@ def plan_command(
     reporter.phase("backend probes")
     slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices)
     try:
-        plan = plan_placement(info, slots, opts.n_ctx, model)
+        plan, parallel = fit_parallel(info, slots, opts.n_ctx, model, opts.parallel)  # -np: given, or what fits
     except PlacementError as exc:
         if not skipped:
             raise
         without = ", ".join(lo.describe() for lo in left_out(skipped))
         raise PlacementError(f"{exc} (on the {len(probes)} healthy backend(s), without {without})") from exc
-    prepared = Prepared(probes, skipped, plan, command.command(toolchain, blob, opts, plan))
+    opts = dataclasses.replace(opts, parallel=parallel)
+    prepared = Prepared(probes, skipped, plan, command.command(toolchain, blob, opts, plan), opts)
     reporter.phase("placement")
     return prepared
 
@@ -213,7 +216,9 @@ def _up(
     resolved = resolve_model(req.model, req.ollama_models)
     reporter.phase("model: manifest + GGUF header")
     model = resolved.ref
-    opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
+    opts = dataclasses.replace(
+        req.opts, alias=req.opts.alias or model, embeddings=req.opts.embeddings or cluster.embeddings
+    )
     running = home.running()
     if running is not None and running.model == model and running.digest == resolved.digest and not foreground:
         return UpOutcome(Outcome.ALREADY_RUNNING, model, state=running, resolved=resolved)
@@ -237,6 +242,7 @@ def _up(
     prepared = plan_command(model, resolved.blob, info, cluster.backends, opts, toolchain, skip, reporter, offer)
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command
+    outcome.opts = opts = prepared.opts or opts
     if req.dry_run:
         return outcome
     if warning := exposure_warning(opts):
