@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ class Ticket:
     keep_alive: float | None
     fut: asyncio.Future[Lease]
     priority: Priority = Priority.INTERACTIVE
+    seq: int = 0  # order of arrival
 
 
 @dataclass
@@ -118,6 +120,8 @@ class OnDemand:
         self._watch: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._background: collections.Counter[int] = collections.Counter()  # gen -> background leases in flight
+        self._seq = itertools.count()
+        self._group_end: tuple[int, int] | None = None  # (gen, seq): the last ticket served before a swap
 
     # ---------------------------------------------------------------- lifecycle of the manager
 
@@ -162,7 +166,7 @@ class OnDemand:
                 "retry later",
                 headers={"Retry-After": str(self.settings.retry_after)},
             )
-        ticket = Ticket(name, keep_alive, asyncio.get_running_loop().create_future(), priority)
+        ticket = Ticket(name, keep_alive, asyncio.get_running_loop().create_future(), priority, next(self._seq))
         self.queue.append(ticket)
         self._kick()
         return ticket
@@ -228,13 +232,15 @@ class OnDemand:
             assert self.state is not None
             self.queue = [t for t in self.queue if not t.fut.done()]  # left while queued
             slots = slots_of(self.state.command)  # no more at once than llama-server has slots: interactive first
-            for t in admit(self.queue, self.current, self.inflight, self._background[self.gen], slots):
+            group = self._group()  # requests grouped by model: those queued before another model's, first
+            for t in admit(group, self.current, self.inflight, self._background[self.gen], slots):
                 self.queue.remove(t)
                 self.inflight += 1
                 self._background[self.gen] += t.priority is Priority.BACKGROUND
                 self.keep_alive = t.keep_alive
                 t.fut.set_result(Lease(self, self.state, self.gen, priority=t.priority))
-            if any(t.name != self.current for t in self.queue):
+            if self._group_end is not None and not self._group():  # its group is served: swap
+                self._group_end = None
                 self.phase = Phase.DRAINING  # another sharded model waits: serve no more of this one
                 log.info(
                     "swap from %s to %s once %d request(s) finish", self.current, self.queue[0].name, self.inflight
@@ -252,6 +258,17 @@ class OnDemand:
             self._busy = asyncio.get_running_loop().create_task(self._load(name))
         for callback in self._listeners:
             callback()
+
+    def _group(self) -> list[Ticket]:
+        """The queued tickets of the served model to admit before a swap: all of them, or once another model
+        waits, those that came before (the group ends with the last of them then)."""
+        mine = [t for t in self.queue if t.name == self.current]
+        if not any(t.name != self.current for t in self.queue):
+            self._group_end = None
+            return mine
+        if self._group_end is None or self._group_end[0] != self.gen:
+            self._group_end = (self.gen, max((t.seq for t in mine), default=-1))
+        return [t for t in mine if t.seq <= self._group_end[1]]
 
     def _expired(self) -> bool:
         if self.keep_alive is FOREVER:

@@ -21,6 +21,7 @@ class GatewayConfig:
         DEFAULT_NUM_PREDICT  # gateway.limits: the token limit of a request that sets none (0: none)
     )
     embeddings: bool = False  # sollol_embeddings: the coordinator runs with --embeddings
+    coordinator_ollama_url: str = ""  # sollol_coordinator_ollama_url: where pulls for the shard go (models_admin)
 
 
 @dataclass

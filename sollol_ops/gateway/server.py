@@ -54,6 +54,7 @@ def build(opts: ServeOptions, settings: GatewaySettings, cluster: Callable[[], C
     limit = opts.default_num_predict if opts.default_num_predict is not None else settings.default_num_predict
     config.default_num_predict = config.default_num_predict if limit is None else limit
     config.embeddings = settings.embeddings
+    config.coordinator_ollama_url = settings.coordinator_ollama_url
     shard = None
     if opts.on_demand is not None and cluster is not None and mode in ("shard", "hybrid"):
         shard = OnDemand(opts.on_demand, cluster, opts.ollama_models)
