@@ -104,12 +104,14 @@ molecule: venv llama model
 	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh user-scope
 
 # Benchmark (sollol_ops/bench/): sharding vs. one node, coordinator start-up, shaped links (and staging on them),
-# settings grid, the coordinator as a device, and the gateway (--gateway). Three sessions, each measuring its own
-# baselines; together they rewrite their sections of docs/benchmarks.md (other sections are kept) and docs/bench.png.
+# settings grid, the coordinator as a device, the gateway (--gateway) and big inventories. Four sessions, each
+# measuring its own baselines; together they rewrite their sections of docs/benchmarks.md (other sections are kept) and docs/bench.png.
 BENCH_MODELS ?= smollm2:135m synthetic:4x2048-q8_0 synthetic:8x2048-q8_0
 BENCH_ARGS ?= --tokens 16 --prompt-tokens 64 --ctx 1024
 # The gateway's sections (issues 11 and 12): gateway vs. direct, pool of 2 vs. 1, loading on demand (~2-3 min on a quiet machine).
 GATEWAY_BENCH_ARGS ?= --repeats 5 --tokens 32 --prompt-tokens 64 --ctx 1024
+# Reading a generated inventory, first and from the cache (issue 20: 10k hosts cached < 2 s; ~95k as reported).
+INVENTORY_BENCH_HOSTS ?= 10000,95000
 BENCH_ENV = SOLLOL_INVENTORY= OLLAMA_MODELS=$(MODELS) PATH=$(BIN):$$PATH
 
 $(LLAMA_PREFIX)/current/bin/llama-server:
@@ -133,3 +135,4 @@ bench: venv model $(LLAMA_PREFIX)/current/bin/llama-server
 	  --links 1gbit,100mbit --stage --grid --grid-repeats 3 --coordinator-device --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m --gateway --backends 2 $(GATEWAY_BENCH_ARGS) \
 	  --out-md docs/benchmarks.md
+	$(BENCH_ENV) $(BIN)/sollol-ops bench --inventory-hosts $(INVENTORY_BENCH_HOSTS) --repeats 3 --out-md docs/benchmarks.md

@@ -10,6 +10,7 @@ from typing import Any
 from sollol_ops.bench.settings import NO_LATENCY_NOTE
 from sollol_ops.bench.tables import (
     GATEWAY_SECTIONS,
+    INVENTORY_SECTION,
     STAGING_HEADERS,
     STAGING_NOTE,
     STAGING_TITLE,
@@ -33,8 +34,9 @@ def render_text(doc: dict[str, Any]) -> str:
         "x = ratio to the local-only baseline of the same model in this run (gateway sections: to the section's "
         "first row)",
     ]
-    shard = [r for r in doc["rows"] if r["section"] not in GATEWAY_SECTIONS]
-    groups = [shard] + [[r for r in doc["rows"] if r["section"] == key] for key in GATEWAY_SECTIONS]
+    own = (*GATEWAY_SECTIONS, INVENTORY_SECTION)  # sections with tables of their own
+    shard = [r for r in doc["rows"] if r["section"] not in own]
+    groups = [shard] + [[r for r in doc["rows"] if r["section"] == key] for key in own]
     for rows in groups:
         if rows:
             headers, cells = compact_table(rows)
@@ -140,6 +142,7 @@ SECTION_TITLES = {
     "gateway-pool": "## Gateway pool: 2 members vs. 1",
     "ondemand": "## Sharded models on demand through the gateway",
     "coordinator-device": "## The coordinator as a device: coordinator + 1 worker vs. 2 workers",
+    INVENTORY_SECTION: "## Reading a big inventory: first read vs. the cache",
 }
 
 
@@ -169,9 +172,15 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
                 and (r["setup"] == "baseline" or r["backends"] == rows[0]["backends"])
             ]
             rows = refs + rows
-        gateway = key in GATEWAY_SECTIONS
+        gateway = key in (*GATEWAY_SECTIONS, INVENTORY_SECTION)  # comparisons with the goal
         reference = "ratio to the first row of this section (the reference: " + rows[0]["settings"] + ")"
         head = machine.replace("ratio to the local-only baseline of the same model measured in the same run", reference)
+        if key == INVENTORY_SECTION:  # no model, no tokens: rounds only
+            head = head.replace(reference, "ratio to the first read of the same inventory").replace(
+                f"({s['repeats']} repeat(s), {s['tokens']} generated / {s['prompt_tokens']} prompt tokens, "
+                f"ctx {s['ctx']}; ",
+                f"({s['repeats']} round(s); ",
+            )
         body = [title, "", head if gateway else machine, ""]
         body.append(_md_table(*compact_table(rows)))
         comps = [c for c in doc["comparisons"] if c.get("section", "coordinator") == key]

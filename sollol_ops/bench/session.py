@@ -16,6 +16,7 @@ from typing import Any
 
 from sollol_ops.bench.base import BenchBase
 from sollol_ops.bench.gateway import GatewayBench
+from sollol_ops.bench.inventory_read import InventoryBench
 from sollol_ops.bench.models import resolve_models
 from sollol_ops.bench.runs import Bench
 from sollol_ops.bench.settings import BenchConfig
@@ -99,13 +100,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
         raise BenchError(
             "--gateway starts its own loopback parts: leave out --grid, --coordinator-device, --links, --use-inventory"
         )
-    toolchain = find_toolchain()
+    if cfg.inventory_hosts and (cfg.models or cfg.gateway):
+        raise BenchError("--inventory-hosts reads generated inventories only: leave out MODEL and --gateway")
+    if not cfg.inventory_hosts and not cfg.models:
+        raise BenchError("name at least one MODEL (or pass --inventory-hosts N,...)")
+    toolchain = None if cfg.inventory_hosts else find_toolchain()  # the inventory bench runs no llama.cpp
     started = time.time()
     t0 = time.perf_counter()
     machine = machine_info(toolchain)
     with _workdir() as work, _sigterm_interrupts():
         models = resolve_models(cfg, work / "store")
-        bench: BenchBase = (GatewayBench if cfg.gateway else Bench)(cfg, toolchain, work, log)
+        kind = InventoryBench if cfg.inventory_hosts else GatewayBench if cfg.gateway else Bench
+        bench: BenchBase = kind(cfg, toolchain, work, log)  # type: ignore[arg-type]
         bench.run(models)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {
@@ -127,6 +133,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "coordinator_device": cfg.coordinator_device,
             "grid_repeats": cfg.grid_repeats or cfg.repeats,
             "use_inventory": cfg.use_inventory,
+            "inventory_hosts": cfg.inventory_hosts,
         },
         "models": [m.describe() for m in models],
         "rows": bench.rows,

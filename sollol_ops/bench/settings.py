@@ -38,6 +38,7 @@ class BenchConfig:
     timeout: float = 300.0
     command: str = "sollol-ops bench"
     up_before: Path | None = None  # a source tree (its sollol_ops) whose `up` is measured too: before vs. after
+    inventory_hosts: list[int] = field(default_factory=list)  # instead: reading inventories of these sizes
 
 
 def parse_int_list(text: str, what: str, lo: int = 1, hi: int = 16) -> list[int]:

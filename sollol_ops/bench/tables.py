@@ -39,6 +39,8 @@ def compact_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[
     """Headers and cells, leaving out the metric columns no row has a value in."""
     if rows and rows[0]["section"] in GATEWAY_SECTIONS:
         return _compact(GATEWAY_HEADERS, gateway_rows(rows))
+    if rows and rows[0]["section"] == INVENTORY_SECTION:
+        return list(INVENTORY_HEADERS), inventory_rows(rows)
     return _compact(TABLE_HEADERS, table_rows(rows))
 
 
@@ -51,6 +53,18 @@ GATEWAY_SECTIONS = ("gateway", "gateway-pool", "ondemand")
 GATEWAY_HEADERS = (
     "MODEL", "MiB", "SETUP", "SETTINGS", "TTFT s", "TTFT x", "GEN tok/s", "GEN x", "AGG tok/s", "AGG x", "LOAD 1m",
 )  # fmt: skip
+
+
+INVENTORY_SECTION = "inventory"  # sollol_ops.bench.inventory_read
+INVENTORY_HEADERS = ("HOSTS", "READ", "SECONDS", "x FIRST READ", "LOAD 1m")
+
+
+def inventory_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Cells of the inventory section: seconds median (min-max), x = ratio to the first read."""
+    return [
+        [r["model"], r["setup"], fmt_stat(r, "read_s", 3), fmt_ratio(r, "read_s"), f"{r['loadavg_1m']:.2f}"]
+        for r in rows
+    ]
 
 
 def _where(row: dict[str, Any]) -> str:

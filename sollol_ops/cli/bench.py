@@ -17,7 +17,7 @@ from sollol_ops.ui import to_jsonable
 
 
 @click.command()
-@click.argument("models", nargs=-1, required=True)
+@click.argument("models", nargs=-1)
 @click.option("--backends", default="1,2", show_default=True, help="rpc-server counts to compare, e.g. 1,2,3.")
 @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True)
 @click.option("--tokens", type=click.IntRange(1, 4096), default=32, show_default=True, help="Generated tokens.")
@@ -48,6 +48,10 @@ from sollol_ops.ui import to_jsonable
     help="Also compare coordinator + 1 worker (its CPU keeps layers) with 2 workers on the same cores (first model).",
 )
 @click.option("--grid-repeats", type=click.IntRange(1, 50), help="Rounds of the --grid cells (default: --repeats).")
+@click.option(
+    "--inventory-hosts",
+    help="Instead: read generated inventories of these host counts (e.g. 10000,95000): first read vs. the cache.",
+)
 @click.option("--use-inventory", is_flag=True, help="Use the inventory's running rpc-servers (no shaping).")
 @options.ollama_models_option(options.STORE_FIRST_HELP)
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True, help="Seconds per load.")
@@ -71,12 +75,14 @@ def bench(
     plot_path: Path | None,
     out_md: Path | None,
     plot_link: str | None,
+    inventory_hosts: str | None,
     **params: Any,
 ) -> None:
     """Benchmark MODEL(s) sharded over rpc-servers against a local-only llama-server.
 
     MODEL is an Ollama ref (smollm2:135m) or a synthetic llama model synthetic:LAYERSxN_EMBD[-f16|-q8_0].
     With --gateway: `sollol-ops gateway` in front of the first MODEL instead (sections in docs/gateway.md).
+    With --inventory-hosts N,...: no MODEL; reading generated inventories of N hosts, first and from the cache.
     """
     if plot_path is not None:
         lib.require_matplotlib()
@@ -85,6 +91,7 @@ def bench(
         backends=lib.parse_int_list(backends, "--backends"),
         ctx=n_ctx,
         links=lib.parse_links(links),
+        inventory_hosts=lib.parse_int_list(inventory_hosts, "--inventory-hosts", 2, 1 << 20) if inventory_hosts else [],
         command="sollol-ops " + shlex.join(sys.argv[1:]),
         **params,  # the other options by their BenchConfig name
     )

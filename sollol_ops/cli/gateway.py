@@ -85,6 +85,13 @@ def _settings(ctx: Context) -> GatewaySettings:
     help="Streamed requests that wait for a sharded model to load get its progress as reasoning (OpenAI) / "
     "thinking (Ollama) text (default: the inventory's sollol_gateway_loading_progress, else off).",
 )
+@click.option(
+    "--default-num-predict",
+    type=click.IntRange(0, 1 << 20),
+    metavar="N",
+    help="Token limit of a generation request that sets none (Ollama options.num_predict, OpenAI max_tokens); "
+    "0: none (default: the inventory's sollol_gateway_default_num_predict, else 2048).",
+)
 @options.server_args_option()
 @click.pass_obj
 def gateway(
@@ -109,6 +116,7 @@ def gateway(
     load_timeout: float,
     skip_unhealthy: bool | None,
     loading_progress: bool | None,
+    default_num_predict: int | None,
     server_args: tuple[str, ...],
 ) -> None:
     """Serve the Ollama and OpenAI APIs on one port, routing each model to the pool or the coordinator."""
@@ -143,6 +151,7 @@ def gateway(
             loading_progress=settings.loading_progress if loading_progress is None else loading_progress,
         )
     opts = server.ServeOptions(host, port, mode, api_key, ollama_models, max_body_mib << 20, pool, on_demand)
+    opts.default_num_predict = default_num_predict
     gw = server.build(opts, settings, ctx.cluster)
     sock = server.bind(host, port)
     server.setup_logging()

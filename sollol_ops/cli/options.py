@@ -29,7 +29,12 @@ def ollama_models_option(help: str = STORE_HELP) -> Decorator[F]:
 def ctx_size_option(help: str | None = None) -> Decorator[F]:
     """`-c/--ctx-size`: the coordinator's context size."""
     return click.option(
-        "-c", "--ctx-size", type=click.IntRange(64, 1 << 22), default=4096, show_default=True, help=help
+        "-c",
+        "--ctx-size",
+        type=click.IntRange(64, 1 << 22),
+        default=4096,
+        show_default=True,
+        help=help or "Context of each parallel slot, tokens.",
     )
 
 
@@ -44,8 +49,16 @@ def port_option(name: str, default: int, help: str | None = None) -> Decorator[F
 
 
 def parallel_option(help: str) -> Decorator[F]:
-    """`-np/--parallel`: the coordinator's parallel slots."""
-    return click.option("-np", "--parallel", type=click.IntRange(1, 256), default=1, show_default=True, help=help)
+    """`-np/--parallel`: the coordinator's parallel slots, each with --ctx-size of context; 0 (the default): as
+    many as the memory left after placement holds, up to 4 (sollol_ops.cluster.parallel)."""
+    return click.option(
+        "-np",
+        "--parallel",
+        type=click.IntRange(0, 256),
+        default=0,
+        show_default="0: as many as fit, up to 4",
+        help=help + " Each gets --ctx-size of context.",
+    )
 
 
 def threads_option(help: str, short: bool = True) -> Decorator[F]:

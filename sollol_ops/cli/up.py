@@ -103,6 +103,7 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
                     {"endpoint": b.endpoint, "status": r.status, "detail": r.detail} for b, r in outcome.skipped
                 ],
                 "command": outcome.command,
+                "parallel": outcome.opts.parallel if outcome.opts else None,
                 "ready_s": outcome.ready_s,
                 "distribution": outcome.distribution,
                 "draft": outcome.draft.state(),
@@ -125,6 +126,8 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
         for b, r in outcome.skipped:
             click.echo(f"skipping {b.host} ({b.endpoint}): {r.status.value}, {r.detail}")
         echo_plan(outcome.plan, outcome.draft)
+        if outcome.opts is not None:
+            click.echo(f"parallel slots: {outcome.opts.parallel}, ctx {outcome.opts.n_ctx} each")
     if outcome.kind is lifecycle.Outcome.DRY_RUN:
         click.echo("\ncommand: " + " ".join(outcome.command))
         click.echo("(dry run: nothing started)")
@@ -147,6 +150,7 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
             ["listens on", st.listen + ("  (beyond loopback)" if st.exposed else "")],
             ["model", st.model],
             *([["draft", f"{st.draft.choice} ({st.draft.where})"]] if st.draft else []),
+            *([["parallel slots", f"{outcome.opts.parallel} x ctx {st.n_ctx}"]] if outcome.opts else []),
             ["pid", st.pid],
             ["log", st.log],
         ],

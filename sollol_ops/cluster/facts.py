@@ -43,6 +43,9 @@ CLUSTER_WIDE: dict[str, object] = {
     # How `up` and the gateway split a model's layers: speed (by the compute and link speeds `sollol-ops plan MODEL
     # --measure` measured and cached; by memory while any worker is unmeasured) or memory (llama.cpp's rule).
     "sollol_placement": "speed",
+    # Run the coordinator's llama-server with --embeddings, so /api/embed, /api/embeddings and /v1/embeddings work
+    # on sharded models (through `up` and the gateway); off: the gateway answers them 501 naming this variable.
+    "sollol_embeddings": False,
 }
 PLACEMENTS = ("speed", "memory")
 
@@ -53,6 +56,9 @@ COORDINATOR_VARS: dict[str, object] = {
     "sollol_coordinator_memory_mib": 0,
     # The device that offers it: CPU (host memory), or one `llama-server --list-devices` names (CUDA0, Vulkan0, ...).
     "sollol_coordinator_device": "CPU",
+    # The coordinator's own Ollama (http://HOST:11434): where the gateway pulls models that no pool node takes
+    # (/api/pull, /api/delete, /api/copy); its store is the one the coordinator serves from. Empty: none.
+    "sollol_coordinator_ollama_url": "",
 }
 
 # Every variable of roles/sollol_cluster with its default (that file must equal this mapping).
@@ -126,5 +132,8 @@ GATEWAY_DEFAULTS: dict[str, object] = {
     "sollol_gateway_pins": {},
     # Streamed requests that wait for a sharded model to load get its loading progress as reasoning/thinking text.
     "sollol_gateway_loading_progress": False,
+    # Token limit the gateway sets on a generation request that sets none (Ollama options.num_predict, OpenAI
+    # max_tokens / max_completion_tokens); 0: none (llama-server then generates until the slot's context is full).
+    "sollol_gateway_default_num_predict": 2048,
 }
 GATEWAY_MODES = ("shard", "pool", "hybrid")

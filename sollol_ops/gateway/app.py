@@ -19,6 +19,7 @@ from sollol_ops.gateway.errors import ApiError, body_for
 from sollol_ops.gateway.listings import Listings
 from sollol_ops.gateway.loading import Loading
 from sollol_ops.gateway.metrics import Metrics
+from sollol_ops.gateway.models_admin import ModelsAdmin
 from sollol_ops.gateway.ollama_routes import OllamaRoutes
 from sollol_ops.gateway.ondemand import OnDemand
 from sollol_ops.gateway.openai_routes import OpenAIRoutes
@@ -50,6 +51,7 @@ class Gateway:
         self.openai = OpenAIRoutes(config.max_body, self.router, loading, upstream)
         self.listings = Listings(config.max_body, self.router, self.shard, self.http)
         self.status = GatewayStatus(self.router, self.shard, self.metrics)
+        self.admin = ModelsAdmin(self.router, pool, catalog, self.http, config.coordinator_ollama_url)
         if self.shard is not None:
             self.shard.subscribe(self.status.refresh_gauges)
 
@@ -119,6 +121,9 @@ def create_app(gw: Gateway) -> Starlette:
         Route("/api/generate", ep(o, "generate", ollama.proxy), methods=["POST"]),
         Route("/api/embed", ep(o, "embed", ollama.proxy), methods=["POST"]),
         Route("/api/embeddings", ep(o, "embeddings", ollama.proxy), methods=["POST"]),
+        Route("/api/pull", ep(o, "pull", gw.admin.pull), methods=["POST"]),  # model management: models_admin
+        Route("/api/delete", ep(o, "delete", gw.admin.delete), methods=["DELETE"]),
+        Route("/api/copy", ep(o, "copy", gw.admin.copy), methods=["POST"]),
         Route("/v1/models", ep(oa, "models", listings.v1_models), methods=["GET"]),
         Route("/v1/chat/completions", ep(oa, "chat.completions", openai.proxy), methods=["POST"]),
         Route("/v1/completions", ep(oa, "completions", openai.proxy), methods=["POST"]),

@@ -12,6 +12,7 @@ from sollol_ops.gateway.errors import ApiError, body_for
 from sollol_ops.gateway.metrics import Metrics
 from sollol_ops.gateway.ondemand import Lease
 from sollol_ops.gateway.pool import Pool
+from sollol_ops.gateway.priority import Priority
 from sollol_ops.gateway.routing import Target
 
 log = logging.getLogger("sollol_ops.gateway")
@@ -36,6 +37,7 @@ class Call:
         self.done = False
         self.queued = False
         self.lease: Lease | None = None
+        self.priority = Priority.INTERACTIVE  # on the sharded model's slots (gateway.priority)
 
     def bind(self, target: Target) -> None:
         self.target = target

@@ -116,6 +116,10 @@ class Catalog:
         self._read_at = -1e9
         self.error = ""
 
+    def refresh(self) -> None:
+        """Re-read the store at the next look (a model was pulled, copied or deleted through the gateway)."""
+        self._read_at = -1e9
+
     def roots(self) -> list[Path]:
         return store_roots(self.ollama_models, os.environ)
 

@@ -70,7 +70,7 @@ class Loading:
         shard = self.shard
         ka = parse_keep_alive(keep_alive, shard.settings.keep_alive)
         call.route, call.node = "shard", "coordinator"
-        ticket = shard.enqueue(call.model, ka)  # ApiError 503 when the queue is full
+        ticket = shard.enqueue(call.model, ka, call.priority)  # ApiError 503 when the queue is full
         if progress and shard.settings.loading_progress and not ticket.fut.done():
             return Waiting(ticket, progress)
 

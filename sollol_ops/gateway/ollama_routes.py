@@ -17,8 +17,10 @@ from sollol_ops.gateway.bodies import read_json
 from sollol_ops.gateway.call import Call
 from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.keepalive import parse_keep_alive
+from sollol_ops.gateway.limits import default_limit, refuse_shard_embeddings
 from sollol_ops.gateway.loading import load_answer
 from sollol_ops.gateway.model_routes import ModelRoutes
+from sollol_ops.gateway.priority import classify
 from sollol_ops.gateway.routing import Target
 from sollol_ops.gateway.upstream import NDJSON, STREAM_HEADERS, Relay, watching
 
@@ -30,6 +32,9 @@ class OllamaRoutes(ModelRoutes):
         """/api/chat, /api/generate, /api/embed, /api/embeddings."""
         body = await read_json(request, self.max_body)
         kind = call.endpoint
+        if kind in ("chat", "generate"):  # the user's own, or a background task; a limit where none is set
+            call.priority = classify(body, request.headers)
+            default_limit(body, "ollama", self.router.config.default_num_predict)
         if kind == "chat":
             t = translate.chat_request(body)
         elif kind == "generate":
@@ -37,6 +42,8 @@ class OllamaRoutes(ModelRoutes):
         else:
             t = translate.embed_request(body, legacy=kind == "embeddings")
         targets = self.targets(call, t.model)
+        if kind in ("embed", "embeddings"):
+            refuse_shard_embeddings(targets[0].route, self.router.config.embeddings)
         raw = json.dumps(body).encode()
         bare = kind == "generate" and not body.get("prompt") and not body.get("images")
         if bare and self.loading.shard is not None and targets[0].route == "shard" and not targets[0].url:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from sollol_ops.gateway.errors import ApiError
 from sollol_ops.gateway.keepalive import FOREVER
 from sollol_ops.gateway.ondemand_status import OnDemandStatus, Phase
 from sollol_ops.gateway.pool import normalize
+from sollol_ops.gateway.priority import Priority, admit, slots_of
 from sollol_ops.serve import coordinator, lifecycle, server_log, server_proc
 from sollol_ops.serve.command import StartOptions
 from sollol_ops.serve.coordinator import CoordinatorState
@@ -50,6 +52,8 @@ class Ticket:
     name: str
     keep_alive: float | None
     fut: asyncio.Future[Lease]
+    priority: Priority = Priority.INTERACTIVE
+    seq: int = 0  # order of arrival
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Lease:
     state: CoordinatorState
     gen: int
     done: bool = False
+    priority: Priority = Priority.INTERACTIVE
 
     def release(self, failed: bool = False) -> None:
         if not self.done:
@@ -114,6 +119,9 @@ class OnDemand:
         self._busy: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._background: collections.Counter[int] = collections.Counter()  # gen -> background leases in flight
+        self._seq = itertools.count()
+        self._group_end: tuple[int, int] | None = None  # (gen, seq): the last ticket served before a swap
 
     # ---------------------------------------------------------------- lifecycle of the manager
 
@@ -145,9 +153,9 @@ class OnDemand:
 
     # ---------------------------------------------------------------- requests
 
-    def enqueue(self, model: str, keep_alive: float | None) -> Ticket:
-        """Join the queue for `model`: its ticket is already done when the model is served now. ApiError 503
-        (with Retry-After) when the queue is full."""
+    def enqueue(self, model: str, keep_alive: float | None, priority: Priority = Priority.INTERACTIVE) -> Ticket:
+        """Join the queue for `model`: its ticket is already done when the model is served now with a slot
+        free for it (gateway.priority). ApiError 503 (with Retry-After) when the queue is full."""
         name = normalize(model)
         waiting = len(self.queue)
         served_now = self.phase == Phase.SERVING and self.current == name
@@ -158,7 +166,7 @@ class OnDemand:
                 "retry later",
                 headers={"Retry-After": str(self.settings.retry_after)},
             )
-        ticket = Ticket(name, keep_alive, asyncio.get_running_loop().create_future())
+        ticket = Ticket(name, keep_alive, asyncio.get_running_loop().create_future(), priority, next(self._seq))
         self.queue.append(ticket)
         self._kick()
         return ticket
@@ -188,12 +196,15 @@ class OnDemand:
             return line + (f"; llama-server: {p['log']}" if p.get("log") else "")
         if self.current not in (None, name) and self.phase in (Phase.SERVING, Phase.DRAINING, Phase.STOPPING):
             return f"waiting for {self.current} to finish {self.inflight} request(s) and unload, then loading {name}"
+        if self.current == name and self.phase == Phase.SERVING:
+            return f"waiting for a free slot of {name} ({self.inflight} request(s) in flight)"
         return f"waiting to load {name}"
 
     def release(self, lease: Lease, failed: bool) -> None:
         """A lease given back (Lease.release): one request fewer in flight; a failed one gets a check soon."""
         if lease.gen == self.gen:
             self.inflight -= 1
+            self._background[lease.gen] -= lease.priority is Priority.BACKGROUND
             if self.inflight == 0:
                 self.idle_since = time.monotonic()
         if failed and lease.gen == self.gen and self._watch is not None:
@@ -218,15 +229,18 @@ class OnDemand:
 
     def _kick(self) -> None:
         if self.phase == Phase.SERVING:
-            for t in [t for t in self.queue if t.name == self.current]:
+            assert self.state is not None
+            self.queue = [t for t in self.queue if not t.fut.done()]  # left while queued
+            slots = slots_of(self.state.command)  # no more at once than llama-server has slots: interactive first
+            group = self._group()  # requests grouped by model: those queued before another model's, first
+            for t in admit(group, self.current, self.inflight, self._background[self.gen], slots):
                 self.queue.remove(t)
-                if t.fut.done():
-                    continue
-                assert self.state is not None
                 self.inflight += 1
+                self._background[self.gen] += t.priority is Priority.BACKGROUND
                 self.keep_alive = t.keep_alive
-                t.fut.set_result(Lease(self, self.state, self.gen))
-            if self.queue:
+                t.fut.set_result(Lease(self, self.state, self.gen, priority=t.priority))
+            if self._group_end is not None and not self._group():  # its group is served: swap
+                self._group_end = None
                 self.phase = Phase.DRAINING  # another sharded model waits: serve no more of this one
                 log.info(
                     "swap from %s to %s once %d request(s) finish", self.current, self.queue[0].name, self.inflight
@@ -244,6 +258,17 @@ class OnDemand:
             self._busy = asyncio.get_running_loop().create_task(self._load(name))
         for callback in self._listeners:
             callback()
+
+    def _group(self) -> list[Ticket]:
+        """The queued tickets of the served model to admit before a swap: all of them, or once another model
+        waits, those that came before (the group ends with the last of them then)."""
+        mine = [t for t in self.queue if t.name == self.current]
+        if not any(t.name != self.current for t in self.queue):
+            self._group_end = None
+            return mine
+        if self._group_end is None or self._group_end[0] != self.gen:
+            self._group_end = (self.gen, max((t.seq for t in mine), default=-1))
+        return [t for t in mine if t.seq <= self._group_end[1]]
 
     def _expired(self) -> bool:
         if self.keep_alive is FOREVER:

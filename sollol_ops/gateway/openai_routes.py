@@ -13,7 +13,9 @@ from sollol_ops.gateway import translate
 from sollol_ops.gateway.bodies import read_json
 from sollol_ops.gateway.call import Call
 from sollol_ops.gateway.errors import ApiError
+from sollol_ops.gateway.limits import default_limit, refuse_shard_embeddings
 from sollol_ops.gateway.model_routes import ModelRoutes
+from sollol_ops.gateway.priority import classify
 from sollol_ops.gateway.routing import Target
 from sollol_ops.gateway.upstream import watching
 
@@ -27,7 +29,12 @@ class OpenAIRoutes(ModelRoutes):
         body = await read_json(request, self.max_body)
         model = translate.check_model(body)
         stream = translate.check_stream(body, False)
+        if call.endpoint in ("chat.completions", "completions"):  # as on the Ollama routes
+            call.priority = classify(body, request.headers)
+            default_limit(body, "openai", self.router.config.default_num_predict)
         targets = self.targets(call, model)
+        if call.endpoint == "embeddings":
+            refuse_shard_embeddings(targets[0].route, self.router.config.embeddings)
         raw = json.dumps(body).encode()
         progress = "chat.completions" if stream and call.endpoint == "chat.completions" else ""
         return await self.when_ready(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sollol_ops.gateway.catalog import Catalog
 from sollol_ops.gateway.errors import ApiError
+from sollol_ops.gateway.limits import DEFAULT_NUM_PREDICT
 from sollol_ops.gateway.pool import Node, Pool, normalize
 from sollol_ops.serve.coordinator import CoordinatorState
 
@@ -16,6 +17,11 @@ class GatewayConfig:
     pins: dict[str, str] = field(default_factory=dict)
     api_key: str | None = None
     max_body: int = 32 << 20
+    default_num_predict: int = (
+        DEFAULT_NUM_PREDICT  # gateway.limits: the token limit of a request that sets none (0: none)
+    )
+    embeddings: bool = False  # sollol_embeddings: the coordinator runs with --embeddings
+    coordinator_ollama_url: str = ""  # sollol_coordinator_ollama_url: where pulls for the shard go (models_admin)
 
 
 @dataclass

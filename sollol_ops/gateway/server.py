@@ -31,6 +31,7 @@ class ServeOptions:
     max_body: int = 32 << 20
     pool: PoolSettings | None = None
     on_demand: OnDemandSettings | None = None  # None: the shard route only uses a coordinator `up` started
+    default_num_predict: int | None = None  # --default-num-predict (None: the inventory's, else the default)
 
 
 def choose_mode(option: str | None, settings: GatewaySettings) -> str:
@@ -50,6 +51,10 @@ def build(opts: ServeOptions, settings: GatewaySettings, cluster: Callable[[], C
     if mode == "pool" and not settings.pool:
         raise GatewayError("--mode pool needs hosts in the inventory group ollama_nodes (docs/inventory.md)")
     config = GatewayConfig(mode=mode, pins=settings.pins, api_key=opts.api_key or None, max_body=opts.max_body)
+    limit = opts.default_num_predict if opts.default_num_predict is not None else settings.default_num_predict
+    config.default_num_predict = config.default_num_predict if limit is None else limit
+    config.embeddings = settings.embeddings
+    config.coordinator_ollama_url = settings.coordinator_ollama_url
     shard = None
     if opts.on_demand is not None and cluster is not None and mode in ("shard", "hybrid"):
         shard = OnDemand(opts.on_demand, cluster, opts.ollama_models)

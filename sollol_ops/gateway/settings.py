@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,9 @@ class GatewaySettings:
     mode: str | None
     pins: dict[str, str]
     loading_progress: bool = False
+    default_num_predict: int | None = None  # sollol_gateway_default_num_predict (None: unset)
+    embeddings: bool = False  # sollol_embeddings
+    coordinator_ollama_url: str = ""  # sollol_coordinator_ollama_url (gateway.models_admin)
 
 
 def _pool_node(host: str, hv: Mapping[str, Any]) -> PoolNode:
@@ -89,4 +93,23 @@ def gateway_settings_from_inventory_data(
     if not isinstance(pins, Mapping) or not all(isinstance(k, str) and v in ("pool", "shard") for k, v in pins.items()):
         raise InventoryError(f"sollol_gateway_pins must map model names to 'pool' or 'shard', got {pins!r}")
     progress = cluster_wide_bool(data, "sollol_gateway_loading_progress")
-    return GatewaySettings(pool, group_hosts(data, rpc_group), mode, dict(pins), progress)
+    settings = GatewaySettings(pool, group_hosts(data, rpc_group), mode, dict(pins), progress)
+    limit = cluster_wide_var(data, "sollol_gateway_default_num_predict")
+    if limit is not None:
+        settings.default_num_predict = checked_int(
+            "all", "sollol_gateway_default_num_predict", limit, low=0, high=1 << 20
+        )
+    settings.embeddings = cluster_wide_bool(data, "sollol_embeddings")
+    settings.coordinator_ollama_url = ollama_url(cluster_wide_var(data, "sollol_coordinator_ollama_url"))
+    return settings
+
+
+def ollama_url(value: Any, var: str = "sollol_coordinator_ollama_url") -> str:
+    """An Ollama base URL (http://HOST:PORT, no path), without a trailing slash; "" when unset."""
+    if value in (None, ""):
+        return ""
+    text = str(value).strip().rstrip("/")
+    m = re.fullmatch(r"https?://([^/:\s]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?", text)
+    if is_templated(value) or m is None or (m.group(2) and not 0 < int(m.group(2)[1:]) < 65536):
+        raise InventoryError(f"{var} must be an URL like http://10.0.0.5:11434, got {value!r}")
+    return text

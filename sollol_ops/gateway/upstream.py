@@ -112,7 +112,10 @@ class Upstream:
                 req = self.http().build_request(
                     "POST", target.url + path, content=content, headers={"Content-Type": "application/json"}
                 )
-                resp = await self.http().send(req, stream=True)
+                try:
+                    resp = await self.http().send(req, stream=True)
+                except httpx.RemoteProtocolError:  # a kept-alive connection the server had just closed: no byte
+                    resp = await self.http().send(req, stream=True)  # of an answer came; once more, afresh
             except httpx.HTTPError as exc:
                 why = f"{type(exc).__name__}: {exc}".strip(": ")
                 last = ApiError(502, f"{target.node_name} failed: {why}", route=target.route, node=target.node_name)

@@ -26,11 +26,12 @@ class StartOptions:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    n_ctx: int = 4096
-    parallel: int = 1
+    n_ctx: int = 4096  # of each slot (sharded: llama-server gets --ctx-size n_ctx x parallel)
+    parallel: int = 1  # slots; 0 (cluster.parallel.AUTO): as many as the placement leaves room for
     threads: int | None = None
     extra_args: list[str] = field(default_factory=list)
     alias: str | None = None
+    embeddings: bool = False  # --embeddings (the inventory's sollol_embeddings): /v1/embeddings on the model
 
 
 # Speculative decoding's flags, set from `up --draft` / sollol_draft_models (serve/draft.py), in every spelling.
@@ -68,6 +69,8 @@ MANAGED_FLAGS: dict[str, str] = {
     "--log-verbosity": "the log level sollol-ops parses",
     "--log-file": "the coordinator log sollol-ops parses",
     **dict.fromkeys(DRAFT_FLAGS, "--draft"),
+    "--embeddings": "sollol_embeddings in the inventory",
+    "--embedding": "sollol_embeddings in the inventory",
 }
 
 
@@ -112,8 +115,8 @@ def command(
         "--tensor-split", ",".join(f"{s:g}" for s in plan.tensor_split),
         "--n-gpu-layers", ngl,
         "--fit", "off",
-        "--ctx-size", str(opts.n_ctx),
-        "--parallel", str(opts.parallel),
+        "--ctx-size", str(opts.n_ctx * max(1, opts.parallel)),  # llama-server splits it: n_ctx for each slot
+        "--parallel", str(max(1, opts.parallel)),
         "--threads", str(threads),
         *where,
         "--metrics",
@@ -124,6 +127,8 @@ def command(
     # A draft on the coordinator's CPU computes there, beside any rpc-server of this host: it gets the
     # cores as the coordinator's own layers would (default_threads with host layers).
     argv += draft.args(opts.threads or default_threads(plan.rpc_endpoints, host_layers=1))
+    if opts.embeddings:  # mean pooling: a chat model's GGUF names none (a --server-arg --pooling comes later, wins)
+        argv += ["--embeddings", "--pooling", "mean"]
     return argv + list(opts.extra_args)
 
 

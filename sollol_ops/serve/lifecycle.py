@@ -13,7 +13,8 @@ from pathlib import Path
 from sollol_ops import procs
 from sollol_ops.cluster import rpc, speed_plan
 from sollol_ops.cluster.inventory import HOST_DEVICE, Backend, Cluster, Coordinator, Placement
-from sollol_ops.cluster.placement import Plan, build_slots, describe_backend_problem, is_local_address, plan_placement
+from sollol_ops.cluster.parallel import fit_parallel
+from sollol_ops.cluster.placement import Plan, build_slots, describe_backend_problem, is_local_address
 from sollol_ops.cluster.toolchain import Toolchain, find_toolchain
 from sollol_ops.errors import BackendError, CoordinatorError, PlacementError, UsageError
 from sollol_ops.model.gguf_info import GGUFInfo, read_gguf
@@ -118,6 +119,7 @@ class Prepared:
     plan: Plan
     command: list[str]
     draft: Draft = NO_DRAFT
+    opts: StartOptions | None = None  # the options it starts with: -np sized (cluster.parallel)
 
 
 def coordinator_offer(cluster: Cluster, memory_mib: int | None = None, device: str | None = None) -> Coordinator | None:
@@ -168,7 +170,7 @@ def plan_command(
     slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices, local_available=room)
     slots, draft_notes = drafting.fit(draft, slots, info)
     try:
-        plan = plan_placement(info, slots, opts.n_ctx, model)
+        plan, parallel = fit_parallel(info, slots, opts.n_ctx, model, opts.parallel)  # -np: given, or what fits
     except PlacementError as exc:
         if not skipped:
             raise
@@ -177,7 +179,9 @@ def plan_command(
     totals = {(b.endpoint, d.index): d.total for b, r in probes for d in r.devices}
     plan = speed_plan.choose(plan, info, slots, totals, placement, toolchain, reporter.warn)
     plan.notes += draft_notes
-    prepared = Prepared(probes, skipped, plan, command.command(toolchain, blob, opts, plan, draft=draft), draft)
+    opts = dataclasses.replace(opts, parallel=parallel)
+    argv = command.command(toolchain, blob, opts, plan, draft=draft)
+    prepared = Prepared(probes, skipped, plan, argv, draft, opts)
     reporter.phase("placement")
     return prepared
 
@@ -226,7 +230,9 @@ def _up(
     resolved = resolve_model(req.model, req.ollama_models)
     reporter.phase("model: manifest + GGUF header")
     model = resolved.ref
-    opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
+    opts = dataclasses.replace(
+        req.opts, alias=req.opts.alias or model, embeddings=req.opts.embeddings or cluster.embeddings
+    )
     choice, source = drafting.choose(req.draft, cluster.draft_models, model)
     running = home.running()
     same = running is not None and running.model == model and running.digest == resolved.digest
@@ -257,6 +263,7 @@ def _up(
     )
     outcome.probes, outcome.skipped = prepared.probes, prepared.skipped
     outcome.plan, outcome.command = prepared.plan, prepared.command
+    outcome.opts = opts = prepared.opts or opts
     if req.dry_run:
         return outcome
     if warning := exposure_warning(opts):

@@ -466,3 +466,32 @@ def test_grid_summary_names_the_best_cell_and_the_ratios() -> None:
     prompt = next(x for x in lines if x.startswith("| PROMPT tok/s"))
     assert "upstream defaults: 250.0" in prompt and "| 0.80x | 0.80x |" in prompt
     assert grid_summary([row("rpc -t 1", 1.0, 1.0)], 3) == []  # no defaults row: nothing to compare
+
+
+def test_bench_inventory_rows_and_markdown(tmp_path: Path) -> None:
+    """`bench --inventory-hosts`: no model, no llama.cpp; rows per host count and read, each read checked."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state"), "SOLLOL_INVENTORY": ""}
+    md = tmp_path / "benchmarks.md"
+    proc = run_cli("bench", "--inventory-hosts", "40", "--repeats", "2", "--json", "--out-md", str(md), env=env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = [r for r in doc["rows"] if r["section"] == "inventory"]
+    assert [(r["model"], r["setup"]) for r in rows] == [
+        ("40 hosts", "first read"),
+        ("40 hosts", "cached read"),
+        ("40 hosts", "rpc-list, cached"),
+    ]
+    for r in rows:
+        _check_stat(r["metrics"]["read_s"])
+        assert r["metrics"]["read_s"]["n"] == 2
+    assert doc["comparisons"] == []  # the goal is for 10k hosts or more
+    text = md.read_text()
+    assert "## Reading a big inventory: first read vs. the cache" in text and "| 40 hosts | cached read |" in text
+    assert not list((tmp_path / "cache" / "sollol-ops" / "bench").glob("run-*"))  # the work dir is removed
+
+
+def test_bench_inventory_refuses_a_model_beside_it(tmp_path: Path) -> None:
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "SOLLOL_INVENTORY": ""}
+    assert_clean_failure(run_cli("bench", "smollm2:135m", "--inventory-hosts", "40", env=env), "--inventory-hosts")
+    assert_clean_failure(run_cli("bench", "--inventory-hosts", "1", env=env), "--inventory-hosts")
+    assert_clean_failure(run_cli("bench", env=env), "MODEL")

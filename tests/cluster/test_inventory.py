@@ -420,6 +420,34 @@ def test_cache_second_call_does_not_run_ansible(
     assert json.loads(entry.read_text())["rpc_servers"]["hosts"] == ["w1", "w2"]
 
 
+def test_big_inventory_read_once_then_from_the_cache(tmp_path: Path, counted_runs: list[list[str]]) -> None:
+    """Issue 20: a big inventory (here the bench's generator, 3,000 hosts; the bench reads 10k and 95k) is read
+    by ansible-inventory once; the second read is the cache's, with the same hosts in the same order."""
+    from sollol_ops.bench.inventory_read import write_inventory
+
+    inventory, backends = write_inventory(tmp_path / "big", 3000)
+    first = load_cluster(inventory)
+    assert len(counted_runs) == 1 and len(first.backends) == backends
+    again = load_cluster(inventory)
+    assert len(counted_runs) == 1  # the cache, not ansible-inventory
+    assert [b.endpoint for b in again.backends] == [b.endpoint for b in first.backends]
+    assert [b.host for b in again.backends][:3] == ["gpu0", "gpu0", "gpu1"]  # gpu0 runs two instances
+    assert again.backends[-1].host == "cpu2699" and [c.host for c in again.coordinators] == ["coord"]
+
+
+def test_group_hosts_keeps_inventory_order_and_each_host_once() -> None:
+    """A host in two child groups (and the group itself) counts once, where it first appears."""
+    from sollol_ops.cluster.inventory import group_hosts
+
+    data = {
+        "rpc_servers": {"hosts": ["z"], "children": ["gpu", "cpu", "gpu"]},
+        "gpu": {"hosts": ["b", "a", "z"], "children": ["rpc_servers"]},  # a loop back to the parent
+        "cpu": {"hosts": ["a", "c"]},
+    }
+    assert group_hosts(data, "rpc_servers") == ["z", "b", "a", "c"]
+    assert group_hosts(data, "nosuch") == []
+
+
 def test_cache_invalidated_by_group_vars_edit(small: Path, counted_runs: list[list[str]]) -> None:
     assert load_cluster(small).rpc_list() == "10.1.0.1:50070,10.1.0.2:50070"
     assert load_cluster(small).rpc_list() == "10.1.0.1:50070,10.1.0.2:50070"
