@@ -62,6 +62,8 @@ class Cluster:
     coordinators: list[Coordinator]
     groups: list[str] = field(default_factory=list)
     skip_unhealthy: bool = False  # sollol_skip_unhealthy: start degraded on the healthy backends when some are down
+    heal: str = str(cluster_vars.CLUSTER_WIDE["sollol_heal"])  # sollol_heal: auto | manual
+    stall_timeout: float = float(cluster_vars.CLUSTER_WIDE["sollol_stall_timeout"])  # type: ignore[arg-type]
 
     def rpc_list(self) -> str:
         return ",".join(b.endpoint for b in self.backends)
@@ -283,9 +285,8 @@ def cluster_from_inventory_data(
             backends.append(b)
     coordinators = [_coordinator(h, hostvars.get(h, {})) for h in group_hosts(data, coordinator_group)]
     skip = cluster_wide_bool(data, "sollol_skip_unhealthy")
-    return Cluster(
-        inventory=inventory, backends=backends, coordinators=coordinators, groups=groups, skip_unhealthy=skip
-    )
+    heal, stall_timeout = heal_settings(data)
+    return Cluster(inventory, backends, coordinators, groups, skip, heal, stall_timeout)
 
 
 def load_cluster(
@@ -330,3 +331,20 @@ def cluster_wide_bool(data: Mapping[str, Any], name: str) -> bool:
     if text in _FALSE:
         return False
     raise InventoryError(f"{name} must be true or false, got {value!r}")
+
+
+def heal_settings(data: Mapping[str, Any]) -> tuple[str, float]:
+    """sollol_heal (auto | manual) and sollol_stall_timeout (seconds > 0), cluster-wide."""
+    heal = cluster_wide_var(data, "sollol_heal")
+    heal = cluster_vars.CLUSTER_WIDE["sollol_heal"] if heal is None else heal
+    if heal not in cluster_vars.HEAL_MODES:
+        raise InventoryError(f"sollol_heal must be one of {', '.join(cluster_vars.HEAL_MODES)}, got {heal!r}")
+    value = cluster_wide_var(data, "sollol_stall_timeout")
+    value = cluster_vars.CLUSTER_WIDE["sollol_stall_timeout"] if value is None else value
+    try:
+        seconds = float(value) if not isinstance(value, bool) and not is_templated(value) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0 < seconds <= 86400:
+        raise InventoryError(f"sollol_stall_timeout must be a number of seconds in (0, 86400], got {value!r}")
+    return str(heal), seconds
