@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "status": "sollol_ops.cli.status:status",
     "up": "sollol_ops.cli.up:up",
     "down": "sollol_ops.cli.down:down",
+    "heal": "sollol_ops.cli.heal:heal",
     "logs": "sollol_ops.cli.logs:logs",
     "local": "sollol_ops.cli.local:local",
     "bench": "sollol_ops.cli.bench:bench",

@@ -62,6 +62,7 @@ class CoordinatorState:
     foreground: bool = False
     plan: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[LeftOut] = field(default_factory=list)  # degraded: started without these (sollol_skip_unhealthy)
+    request: dict[str, Any] = field(default_factory=dict)  # the `up` request, to start it again (serve/heal.py)
 
     def __post_init__(self) -> None:
         if self.pid <= 0:
@@ -123,6 +124,7 @@ class Launch:
     model: str
     digest: str
     skipped: list[LeftOut] = field(default_factory=list)
+    request: dict[str, Any] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         return command.command(self.toolchain, self.blob, self.opts, self.plan)
@@ -145,6 +147,7 @@ class Launch:
             foreground=foreground,
             plan=plan_rows(self.plan),
             skipped=list(self.skipped),
+            request=dict(self.request),
         )
 
 
@@ -207,6 +210,25 @@ def chat(
         ).text
     except Stalled as exc:
         raise Stalled(stall_message(state, stall_timeout)) from exc
+
+
+def _wait_watched(
+    proc: subprocess.Popen[bytes], state: CoordinatorState, watch: Callable[[CoordinatorState], bool] | None
+) -> int:
+    """Wait for an attached llama-server; stop it (SIGTERM, SIGKILL after 15 s) once ``watch`` says so."""
+    while watch is not None:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        if watch(state):
+            proc.terminate()
+            try:
+                return proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                break
+    return proc.wait()
 
 
 class Coordinator:
@@ -300,8 +322,10 @@ class Coordinator:
         launch: Launch,
         on_ready: Callable[[CoordinatorState], None] | None = None,
         ready_timeout: float = 600.0,
+        watch: Callable[[CoordinatorState], bool] | None = None,
     ) -> int:
-        """Run llama-server attached (for a systemd unit): signals are forwarded, state removed on exit."""
+        """Run llama-server attached (for a systemd unit): signals are forwarded, state removed on exit. Once
+        ready, ``watch`` is asked every second; when it answers True, llama-server is stopped (serve/heal.py)."""
         state, started = self._spawn_recorded(launch, foreground=True)
         assert started is not None
         proc = started
@@ -318,7 +342,7 @@ class Coordinator:
                 except CoordinatorError:
                     if proc.poll() is None:
                         raise
-            return proc.wait()
+            return _wait_watched(proc, state, watch)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -5,10 +5,12 @@ share. The CLI commands call only this module and status_report (`status`); they
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sollol_ops import procs
 from sollol_ops.cluster import rpc
@@ -35,6 +37,7 @@ class UpRequest:
     timeout: float = 600.0
     coordinator_memory_mib: int | None = None  # `up --coordinator-memory`: overrides the inventory's
     coordinator_device: str | None = None  # `up --coordinator-device`
+    restart: bool = False  # with replace: start it again even when it serves this model (serve/heal.py)
 
 
 class Outcome(StrEnum):
@@ -215,7 +218,8 @@ def _up(
     model = resolved.ref
     opts = dataclasses.replace(req.opts, alias=req.opts.alias or model)
     running = home.running()
-    if running is not None and running.model == model and running.digest == resolved.digest and not foreground:
+    same = running is not None and running.model == model and running.digest == resolved.digest
+    if same and not foreground and not req.restart:
         return UpOutcome(Outcome.ALREADY_RUNNING, model, state=running, resolved=resolved)
     if running is not None and not req.replace and not req.dry_run:
         raise CoordinatorError(
@@ -245,9 +249,8 @@ def _up(
         outcome.kind = Outcome.FOREGROUND
         return outcome
     reporter.step(f"starting llama-server on {opts.host}:{opts.port}")
-    state = home.start(
-        Launch(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, left_out(outcome.skipped))
-    )
+    launch = Launch(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, left_out(outcome.skipped))
+    state = home.start(dataclasses.replace(launch, request=recorded_request(req, model, opts)))
     reporter.phase("state file + spawn")
     try:
         outcome.ready_s = home.wait_ready(state, timeout=req.timeout, on_progress=reporter.loading)
@@ -262,12 +265,19 @@ def _up(
     return outcome
 
 
+def recorded_request(req: UpRequest, model: str, opts: StartOptions) -> dict[str, Any]:
+    """The request as the coordinator's state keeps it (JSON), so that `sollol-ops heal` can start it again."""
+    done = dataclasses.replace(req, model=model, opts=opts, dry_run=False, replace=False, restart=False)
+    return json.loads(json.dumps(dataclasses.asdict(done), default=str))
+
+
 def run_foreground(
     outcome: UpOutcome,
     root: Path | None = None,
     on_ready: Callable[[CoordinatorState], None] | None = None,
     ready_timeout: float = 600.0,
     toolchain: Toolchain | None = None,
+    watch: Callable[[CoordinatorState], bool] | None = None,
 ) -> int:
     """Run the planned llama-server attached (a systemd unit's main process), holding the coordinator
     lock for its whole life; returns its exit code."""
@@ -289,7 +299,7 @@ def run_foreground(
             outcome.resolved.digest,
             left_out(outcome.skipped),
         )
-        return home.run_foreground(launch, on_ready=on_ready, ready_timeout=ready_timeout)
+        return home.run_foreground(launch, on_ready=on_ready, ready_timeout=ready_timeout, watch=watch)
 
 
 def down(root: Path | None = None, timeout: float = 15.0) -> Stopped | None:
