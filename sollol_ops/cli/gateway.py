@@ -92,6 +92,18 @@ def _settings(ctx: Context) -> GatewaySettings:
     help="Token limit of a generation request that sets none (Ollama options.num_predict, OpenAI max_tokens); "
     "0: none (default: the inventory's sollol_gateway_default_num_predict, else 2048).",
 )
+@click.option(
+    "--heal",
+    type=click.Choice(["auto", "manual"]),
+    help="auto: reload a degraded coordinator on its backends once they are back and stop a stalled one; manual: "
+    "leave both to `sollol-ops heal` (default: the inventory's sollol_heal, else auto).",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(0.1, 86400),
+    help="Seconds with requests in flight and no model step before the coordinator counts as stalled and is "
+    "stopped (default: the inventory's sollol_stall_timeout, else 60).",
+)
 @options.server_args_option()
 @click.pass_obj
 def gateway(
@@ -117,6 +129,8 @@ def gateway(
     skip_unhealthy: bool | None,
     loading_progress: bool | None,
     default_num_predict: int | None,
+    heal: str | None,
+    stall_timeout: float | None,
     server_args: tuple[str, ...],
 ) -> None:
     """Serve the Ollama and OpenAI APIs on one port, routing each model to the pool or the coordinator."""
@@ -149,6 +163,8 @@ def gateway(
             load_timeout=load_timeout,
             skip_unhealthy=skip_unhealthy,  # None: the inventory's sollol_skip_unhealthy, read at each load
             loading_progress=settings.loading_progress if loading_progress is None else loading_progress,
+            heal=heal,  # None: the inventory's sollol_heal / sollol_stall_timeout, read at each check
+            stall_timeout=stall_timeout,
         )
     opts = server.ServeOptions(host, port, mode, api_key, ollama_models, max_body_mib << 20, pool, on_demand)
     opts.default_num_predict = default_num_predict

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "up": "sollol_ops.cli.up:up",
     "plan": "sollol_ops.cli.plan:plan",
     "down": "sollol_ops.cli.down:down",
+    "heal": "sollol_ops.cli.heal:heal",
     "logs": "sollol_ops.cli.logs:logs",
     "local": "sollol_ops.cli.local:local",
     "bench": "sollol_ops.cli.bench:bench",

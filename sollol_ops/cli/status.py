@@ -83,3 +83,5 @@ def _render(report: status_report.StatusReport) -> None:
     if report.staged:
         click.echo("")
         echo_staged(report.staged)
+    if report.incident is not None:
+        click.echo(f"\nlast incident: {report.incident.describe()}")

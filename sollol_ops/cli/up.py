@@ -11,7 +11,7 @@ from sollol_ops.cli.context import Context
 from sollol_ops.cli.render import CliReporter, echo_distribution, echo_plan
 from sollol_ops.cluster.inventory import device_name_problem
 from sollol_ops.errors import UsageError
-from sollol_ops.serve import coordinator, lifecycle
+from sollol_ops.serve import coordinator, heal, lifecycle
 from sollol_ops.serve.command import StartOptions
 from sollol_ops.timings import FIRST_PHASE, PhaseClock, wanted
 from sollol_ops.ui import echo_json, echo_table
@@ -133,8 +133,8 @@ def _up(ctx: Context, req: lifecycle.UpRequest, foreground: bool, as_json: bool,
         click.echo("(dry run: nothing started)")
         return
     if outcome.kind is lifecycle.Outcome.FOREGROUND:
-        code = lifecycle.run_foreground(
-            outcome, on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True), ready_timeout=req.timeout
+        code = heal.run_foreground(
+            outcome, req, cluster, reporter, on_ready=lambda st: click.echo(f"ready: {st.openai_base}", err=True)
         )
         raise SystemExit(code)
     st = outcome.state

@@ -46,8 +46,15 @@ CLUSTER_WIDE: dict[str, object] = {
     # Run the coordinator's llama-server with --embeddings, so /api/embed, /api/embeddings and /v1/embeddings work
     # on sharded models (through `up` and the gateway); off: the gateway answers them 501 naming this variable.
     "sollol_embeddings": False,
+    # What is done when the coordinator ran degraded and a backend left out answers again, or it stalls (a frozen
+    # rpc-server): `auto`, the gateway and `up --foreground` reload it on the full set (with no request in flight) and
+    # stop one stalled longer than sollol_stall_timeout; `manual`, only `sollol-ops heal` does.
+    "sollol_heal": "auto",
+    # Seconds with requests in flight and no model step before the coordinator counts as stalled and is stopped.
+    "sollol_stall_timeout": 60,
 }
 PLACEMENTS = ("speed", "memory")
+HEAL_MODES = ("auto", "manual")
 
 # The coordinator as a device (docs/inventory.md): variables of the coordinator group's host, read by `up` there
 # and written by roles/coordinator into the inventory it leaves for the CLI.

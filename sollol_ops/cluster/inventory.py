@@ -74,6 +74,8 @@ class Cluster:
     draft_models: dict[str, str] = field(default_factory=dict)  # sollol_draft_models: target -> draft or `ngram`
     placement: Placement = Placement.SPEED  # sollol_placement
     embeddings: bool = False  # sollol_embeddings: the coordinator's llama-server runs with --embeddings
+    heal: str = str(cluster_vars.CLUSTER_WIDE["sollol_heal"])  # sollol_heal: auto | manual
+    stall_timeout: float = float(cluster_vars.CLUSTER_WIDE["sollol_stall_timeout"])  # type: ignore[arg-type]
 
     def rpc_list(self) -> str:
         return ",".join(b.endpoint for b in self.backends)
@@ -296,12 +298,15 @@ def cluster_from_inventory_data(
             backends.append(b)
     coordinators = [_coordinator(h, hostvars.get(h, {})) for h in group_hosts(data, coordinator_group)]
     skip = cluster_wide_bool(data, "sollol_skip_unhealthy")
+    heal, stall_timeout = heal_settings(data)
     return Cluster(
         inventory=inventory,
         backends=backends,
         coordinators=coordinators,
         groups=groups,
         skip_unhealthy=skip,
+        heal=heal,
+        stall_timeout=stall_timeout,
         draft_models=draft_models(cluster_wide_var(data, "sollol_draft_models")),
         placement=placement_var(data),
         embeddings=cluster_wide_bool(data, "sollol_embeddings"),
@@ -405,3 +410,20 @@ def draft_models(value: Any) -> dict[str, str]:
             raise InventoryError(f"sollol_draft_models names {target} twice, with drafts {out[target]} and {choice}")
         out[target] = choice
     return out
+
+
+def heal_settings(data: Mapping[str, Any]) -> tuple[str, float]:
+    """sollol_heal (auto | manual) and sollol_stall_timeout (seconds > 0), cluster-wide."""
+    heal = cluster_wide_var(data, "sollol_heal")
+    heal = cluster_vars.CLUSTER_WIDE["sollol_heal"] if heal is None else heal
+    if heal not in cluster_vars.HEAL_MODES:
+        raise InventoryError(f"sollol_heal must be one of {', '.join(cluster_vars.HEAL_MODES)}, got {heal!r}")
+    value = cluster_wide_var(data, "sollol_stall_timeout")
+    value = cluster_vars.CLUSTER_WIDE["sollol_stall_timeout"] if value is None else value
+    try:
+        seconds = float(value) if not isinstance(value, bool) and not is_templated(value) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0 < seconds <= 86400:
+        raise InventoryError(f"sollol_stall_timeout must be a number of seconds in (0, 86400], got {value!r}")
+    return str(heal), seconds

@@ -21,11 +21,12 @@ from sollol_ops.cluster import facts as cluster_vars
 from sollol_ops.cluster.inventory import Cluster
 from sollol_ops.errors import ModelNotFound, SollolError
 from sollol_ops.gateway.errors import ApiError
+from sollol_ops.gateway.healing import Healer
 from sollol_ops.gateway.keepalive import FOREVER
 from sollol_ops.gateway.ondemand_status import OnDemandStatus, Phase
 from sollol_ops.gateway.pool import normalize
 from sollol_ops.gateway.priority import Priority, admit, slots_of
-from sollol_ops.serve import coordinator, lifecycle, server_log, server_proc
+from sollol_ops.serve import coordinator, heal, lifecycle, server_log, server_proc
 from sollol_ops.serve.command import StartOptions
 from sollol_ops.serve.coordinator import CoordinatorState
 
@@ -43,6 +44,8 @@ class OnDemandSettings:
     loading_progress: bool = False  # streamed requests that wait for a load get progress chunks (app.py)
     watch_interval: float = 1.0  # liveness checks of the serving coordinator
     retry_after: int = 5
+    heal: str | None = None  # sollol_heal for its coordinator (gateway/healing.py); None: the inventory's
+    stall_timeout: float | None = None  # None: the inventory's sollol_stall_timeout
 
 
 @dataclass
@@ -122,6 +125,7 @@ class OnDemand:
         self._background: collections.Counter[int] = collections.Counter()  # gen -> background leases in flight
         self._seq = itertools.count()
         self._group_end: tuple[int, int] | None = None  # (gen, seq): the last ticket served before a swap
+        self.healer = Healer(cluster, settings.heal, settings.stall_timeout, root)
 
     # ---------------------------------------------------------------- lifecycle of the manager
 
@@ -355,7 +359,8 @@ class OnDemand:
     async def _check(self) -> None:
         """Serving: is the coordinator still there, and are its backends? A coordinator that died or lost a
         backend is stopped (its requests in flight see their connection close: an error in the API's
-        shape) and the next request starts it again. Idle: adopt one started by hand."""
+        shape) and the next request starts it again; so is a stalled one, and a degraded one is loaded again when
+        its backends are back (_heal). Idle: adopt one started by hand."""
         if self._busy is not None:
             return
         if self.phase == Phase.IDLE:
@@ -372,7 +377,7 @@ class OnDemand:
         if gen != self.gen or self._busy is not None:
             return
         if alive and not lost and recorded is not None and recorded.pid == state.pid:
-            return
+            return await self._heal(state, gen)
         if (alive and not lost) or (recorded is None and self.inflight == 0):  # `up --replace` or `down` by hand
             log.warning("the coordinator for %s was replaced or stopped outside the gateway", self.current)
             self._to_idle()
@@ -387,7 +392,23 @@ class OnDemand:
         self.phase = Phase.STOPPING
         self._busy = asyncio.get_running_loop().create_task(self._stop_dead())
 
-    async def _stop_dead(self) -> None:
+    async def _heal(self, state: CoordinatorState, gen: int) -> None:
+        """sollol_heal (gateway/healing.py): a stalled coordinator is stopped as a dead one is; a degraded one
+        this gateway started, with nothing in flight or queued, is stopped and loaded again on the backends back."""
+        verdict = await self.healer.verdict(state, self.owned and self.inflight == 0 and not self.queue)
+        if verdict is None or gen != self.gen or self._busy is not None:
+            return
+        if verdict.action is heal.Action.RELOAD and (self.inflight or self.queue or self.phase != Phase.SERVING):
+            return
+        if verdict.action is heal.Action.STOP:
+            self.deaths += 1
+            self.last_error = f"the coordinator for {self.current} failed: {verdict.message}"
+        self.phase = Phase.STOPPING
+        reload = self.current if verdict.action is heal.Action.RELOAD else None
+        self._busy = asyncio.get_running_loop().create_task(self._stop_dead(reload))
+        await self.healer.record(verdict, state, self.inflight)
+
+    async def _stop_dead(self, reload: str | None = None) -> None:
         try:
             await asyncio.to_thread(coordinator.Coordinator(self.root).stop, 5)
         except (SollolError, OSError) as exc:
@@ -395,6 +416,9 @@ class OnDemand:
         finally:
             self._to_idle()
             self._busy = None
+            if reload is not None:  # healed: the same model again, on the backends that answer now
+                self.phase, self.current, self.progress, self.load_t0 = Phase.LOADING, reload, {}, time.monotonic()
+                self._busy = asyncio.get_running_loop().create_task(self._load(reload))
             self._kick()
 
     # ---------------------------------------------------------------- reporting
@@ -421,4 +445,5 @@ class OnDemand:
             unloads=self.unloads,
             deaths=self.deaths,
             last_error=self.last_error,
+            heals=self.healer.heals,
         )

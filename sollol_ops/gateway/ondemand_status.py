@@ -38,6 +38,7 @@ class OnDemandStatus:
     unloads: int
     deaths: int
     last_error: str
+    heals: int = 0  # degraded coordinators loaded again on the backends back (sollol_heal)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -64,6 +64,7 @@ class CoordinatorState:
     plan: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[LeftOut] = field(default_factory=list)  # degraded: started without these (sollol_skip_unhealthy)
     draft: DraftState | None = None  # its draft for speculative decoding (serve/draft.py); None: none
+    request: dict[str, Any] = field(default_factory=dict)  # the `up` request, to start it again (serve/heal.py)
 
     def __post_init__(self) -> None:
         if self.pid <= 0:
@@ -126,6 +127,7 @@ class Launch:
     digest: str
     skipped: list[LeftOut] = field(default_factory=list)
     draft: Draft = NO_DRAFT
+    request: dict[str, Any] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         return command.command(self.toolchain, self.blob, self.opts, self.plan, draft=self.draft)
@@ -149,6 +151,7 @@ class Launch:
             plan=plan_rows(self.plan),
             skipped=list(self.skipped),
             draft=self.draft.state(),
+            request=dict(self.request),
         )
 
 
@@ -211,6 +214,25 @@ def chat(
         ).text
     except Stalled as exc:
         raise Stalled(stall_message(state, stall_timeout)) from exc
+
+
+def _wait_watched(
+    proc: subprocess.Popen[bytes], state: CoordinatorState, watch: Callable[[CoordinatorState], bool] | None
+) -> int:
+    """Wait for an attached llama-server; stop it (SIGTERM, SIGKILL after 15 s) once ``watch`` says so."""
+    while watch is not None:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        if watch(state):
+            proc.terminate()
+            try:
+                return proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                break
+    return proc.wait()
 
 
 class Coordinator:
@@ -304,8 +326,10 @@ class Coordinator:
         launch: Launch,
         on_ready: Callable[[CoordinatorState], None] | None = None,
         ready_timeout: float = 600.0,
+        watch: Callable[[CoordinatorState], bool] | None = None,
     ) -> int:
-        """Run llama-server attached (for a systemd unit): signals are forwarded, state removed on exit."""
+        """Run llama-server attached (for a systemd unit): signals are forwarded, state removed on exit. Once
+        ready, ``watch`` is asked every second; when it answers True, llama-server is stopped (serve/heal.py)."""
         state, started = self._spawn_recorded(launch, foreground=True)
         assert started is not None
         proc = started
@@ -322,7 +346,7 @@ class Coordinator:
                 except CoordinatorError:
                     if proc.poll() is None:
                         raise
-            return proc.wait()
+            return _wait_watched(proc, state, watch)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -5,10 +5,12 @@ share. The CLI commands call only this module and status_report (`status`); they
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sollol_ops import procs
 from sollol_ops.cluster import rpc, speed_plan
@@ -39,6 +41,7 @@ class UpRequest:
     coordinator_memory_mib: int | None = None  # `up --coordinator-memory`: overrides the inventory's
     coordinator_device: str | None = None  # `up --coordinator-device`
     draft: str | None = None  # `up --draft`: a draft model, ngram or none; None: the inventory's sollol_draft_models
+    restart: bool = False  # with replace: start it again even when it serves this model (serve/heal.py)
 
 
 class Outcome(StrEnum):
@@ -236,7 +239,13 @@ def _up(
     choice, source = drafting.choose(req.draft, cluster.draft_models, model)
     running = home.running()
     same = running is not None and running.model == model and running.digest == resolved.digest
-    if same and running is not None and drafting.same_choice(running.draft, choice) and not foreground:
+    if (
+        same
+        and running is not None
+        and drafting.same_choice(running.draft, choice)
+        and not foreground
+        and not req.restart
+    ):
         return UpOutcome(Outcome.ALREADY_RUNNING, model, state=running, resolved=resolved)
     if running is not None and not req.replace and not req.dry_run:
         other = f" with draft {running.draft.choice if running.draft else 'none'}" if same else ""
@@ -275,7 +284,7 @@ def _up(
         return outcome
     reporter.step(f"starting llama-server on {opts.host}:{opts.port}")
     launch = Launch(toolchain, resolved.blob, outcome.plan, opts, model, resolved.digest, left_out(outcome.skipped))
-    state = home.start(dataclasses.replace(launch, draft=draft))
+    state = home.start(dataclasses.replace(launch, draft=draft, request=recorded_request(req, model, opts)))
     reporter.phase("state file + spawn")
     try:
         outcome.ready_s = home.wait_ready(state, timeout=req.timeout, on_progress=reporter.loading)
@@ -290,12 +299,19 @@ def _up(
     return outcome
 
 
+def recorded_request(req: UpRequest, model: str, opts: StartOptions) -> dict[str, Any]:
+    """The request as the coordinator's state keeps it (JSON), so that `sollol-ops heal` can start it again."""
+    done = dataclasses.replace(req, model=model, opts=opts, dry_run=False, replace=False, restart=False)
+    return json.loads(json.dumps(dataclasses.asdict(done), default=str))
+
+
 def run_foreground(
     outcome: UpOutcome,
     root: Path | None = None,
     on_ready: Callable[[CoordinatorState], None] | None = None,
     ready_timeout: float = 600.0,
     toolchain: Toolchain | None = None,
+    watch: Callable[[CoordinatorState], bool] | None = None,
 ) -> int:
     """Run the planned llama-server attached (a systemd unit's main process), holding the coordinator
     lock for its whole life; returns its exit code."""
@@ -318,7 +334,7 @@ def run_foreground(
             left_out(outcome.skipped),
             outcome.draft,
         )
-        return home.run_foreground(launch, on_ready=on_ready, ready_timeout=ready_timeout)
+        return home.run_foreground(launch, on_ready=on_ready, ready_timeout=ready_timeout, watch=watch)
 
 
 def down(root: Path | None = None, timeout: float = 15.0) -> Stopped | None:

@@ -11,9 +11,10 @@ from typing import Any
 from sollol_ops.cluster import rpc
 from sollol_ops.cluster.inventory import Cluster
 from sollol_ops.errors import CheckFailed
-from sollol_ops.serve import server_http
+from sollol_ops.serve import incident, server_http
 from sollol_ops.serve.coordinator import Coordinator, CoordinatorPhase, LeftOut
 from sollol_ops.serve.draft import DraftStatus, draft_status
+from sollol_ops.serve.incident import Incident
 from sollol_ops.serve.server_log import Distribution
 from sollol_ops.stage import ledger
 
@@ -62,6 +63,7 @@ class StatusReport:
     backends: list[BackendStatus]
     inventory: str | None
     staged: list[dict[str, Any]] = field(default_factory=list)  # the staging ledger (sollol_ops.stage.ledger)
+    incident: Incident | None = None  # the last heal or stall stop (serve/incident.py): history, not a problem
 
     def problems(self, require_coordinator: bool = False) -> list[str]:
         """What `status --check` fails on: a coordinator that exists but is not serving (or none, when
@@ -73,7 +75,7 @@ class StatusReport:
         elif c.state is CoordinatorPhase.NOT_RUNNING and require_coordinator:
             out.append("no coordinator is running (start one with `sollol-ops up MODEL`)")
         if c.degraded and c.state is not CoordinatorPhase.NOT_RUNNING:
-            fix = f"`sollol-ops up {c.model} --replace` once they are back"
+            fix = "`sollol-ops heal` once they are back"
             out.append(f"coordinator {c.model} is {c.degraded_note} ({fix})")
         for b in self.backends:
             if b.status not in (rpc.Status.READY.value, rpc.Status.SERVING.value):
@@ -152,4 +154,5 @@ def status(
         if coord.state is not CoordinatorPhase.NOT_RUNNING and b.endpoint in {lo.endpoint for lo in coord.skipped}:
             detail = f"{detail}; left out of {coord.model}'s coordinator (degraded)".lstrip("; ")
         rows.append(BackendStatus(b.host, b.endpoint, r.status.value, r.version, r.devices, detail))
-    return StatusReport(coord, rows, str(cluster.inventory), ledger.staged_summary(ledger.load_ledger(root)))
+    staged = ledger.staged_summary(ledger.load_ledger(root))
+    return StatusReport(coord, rows, str(cluster.inventory), staged, incident.load(root))

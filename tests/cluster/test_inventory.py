@@ -854,3 +854,45 @@ def test_inventory_cache_is_private_even_with_umask_022(tmp_path: Path) -> None:
     proc = _sollol_umask_022("-i", str(root / "hosts.ini"), "rpc-list", cache=cache)
     assert (proc.returncode, proc.stdout) == (0, "10.1.0.1:50052\n"), proc.stderr
     assert (_mode(cache_dir), _mode(entry)) == (0o700, 0o600)
+
+
+def _wide(**values: object) -> dict[str, Any]:
+    return {"_meta": {"hostvars": {"w1": dict(values)}}, "rpc_servers": {"hosts": ["w1"]}}
+
+
+def test_heal_settings_default_to_auto_and_60_s() -> None:
+    from sollol_ops.cluster.inventory import cluster_from_inventory_data
+
+    cluster = cluster_from_inventory_data(_wide(), Path("i"))
+    assert (cluster.heal, cluster.stall_timeout) == ("auto", 60.0)
+    cluster = cluster_from_inventory_data(_wide(sollol_heal="manual", sollol_stall_timeout="2.5"), Path("i"))
+    assert (cluster.heal, cluster.stall_timeout) == ("manual", 2.5)  # an INI [all:vars] value is a string
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"sollol_heal": "sometimes"}, "sollol_heal must be one of auto, manual, got 'sometimes'"),
+        ({"sollol_stall_timeout": "soon"}, "sollol_stall_timeout must be a number of seconds"),
+        ({"sollol_stall_timeout": 0}, "sollol_stall_timeout must be a number of seconds in (0, 86400], got 0"),
+        ({"sollol_stall_timeout": True}, "sollol_stall_timeout must be a number of seconds"),
+        ({"sollol_stall_timeout": "{{ t }}"}, "sollol_stall_timeout must be a number of seconds"),
+    ],
+)
+def test_bad_heal_settings_are_refused_naming_the_variable(values: dict[str, object], needle: str) -> None:
+    from sollol_ops.cluster.inventory import cluster_from_inventory_data
+
+    with pytest.raises(InventoryError, match="sollol_") as exc:
+        cluster_from_inventory_data(_wide(**values), Path("i"))
+    assert needle in str(exc.value)
+
+
+def test_cli_heal_without_a_coordinator_and_with_a_bad_setting(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "inv", {"hosts.ini": "[rpc_servers]\nw1 ansible_host=127.0.0.1\n"})
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = run_cli("-i", str(root / "hosts.ini"), "heal", env=env, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "nothing to heal: no coordinator running\n"), proc.stderr
+    (root / "hosts.ini").write_text("[rpc_servers]\nw1 ansible_host=127.0.0.1\n\n[all:vars]\nsollol_heal=never\n")
+    proc = run_cli("-i", str(root / "hosts.ini"), "heal", "--json", env=env, timeout=60)
+    assert proc.returncode == 3
+    assert_clean_failure(proc, "sollol_heal must be one of auto, manual, got 'never'")

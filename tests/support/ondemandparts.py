@@ -27,10 +27,10 @@ def gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
-def revive(local: Local, env: dict[str, Any], down: Iterable[int] = ()) -> None:
+def revive(local: Local, env: dict[str, Any], down: Iterable[int] = (), held: Iterable[int] = ()) -> None:
     """What systemd's Restart=on-failure does for a real worker: an rpc-server whose client vanished while
     it wrote its reply dies of SIGPIPE (docs/cli.md), so restart any that died, on the same port; those in
-    `down` (killed by the test) stay down."""
+    `down` (killed by the test) stay down. Those in `held` (a coordinator's) are not probed afterwards."""
     down = set(down)
     root = Path(env["env"]["XDG_STATE_HOME"]) / "sollol-ops" / "local"
     state = local_cluster.load(root)
@@ -42,4 +42,4 @@ def revive(local: Local, env: dict[str, Any], down: Iterable[int] = ()) -> None:
         new = local_cluster.start_rpc_server(find_toolchain(), spec)
         local.revived.append(new)  # type: ignore[attr-defined]
         local.pids[i] = new.pid
-    local_cluster.wait_ready([e for i, e in enumerate(local.endpoints) if i not in down], 30)
+    local_cluster.wait_ready([e for i, e in enumerate(local.endpoints) if i not in down | set(held)], 30)
