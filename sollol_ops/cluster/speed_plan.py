@@ -18,6 +18,7 @@ The split is written as a --tensor-split of the layer counts themselves, which l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -191,8 +192,13 @@ class CostModel:
 
 def counts_of(plan: Plan, slots: Sequence[Slot]) -> list[int]:
     """Each slot's layers (of the n_layer + 1) in `plan`; 0 for a slot the plan does not use."""
-    by_slot = {s.slot: s.layers + s.has_output for s in plan.shares}
-    return [by_slot.get(slot, 0) for slot in slots]
+    by_slot = {_identity(s.slot): s.layers + s.has_output for s in plan.shares}
+    return [by_slot.get(_identity(slot), 0) for slot in slots]
+
+
+def _identity(slot: Slot) -> tuple[object, ...]:
+    """A slot whatever llama.cpp names it in a given --rpc list: its server and device, or the coordinator's."""
+    return (slot.backend, slot.device_index) if slot.backend is not None else (None, slot.name)
 
 
 def plan_from_counts(
@@ -208,7 +214,7 @@ def plan_from_counts(
     used = [(s, c) for s, c in zip(slots, counts, strict=True) if c > 0]
     if not used or all(s.on_host for s, _ in used):
         raise PlacementError("a split must give layers to at least one device besides the coordinator's CPU")
-    kept = [s for s, _ in used]
+    kept = renumbered(slots, [s for s, _ in used])
     splits = [float(c) for _, c in used]
     if layer_counts(kept, splits, info.block_count) != [c for _, c in used]:  # llama.cpp's rule, in single precision
         raise PlacementError(f"the split {[c for _, c in used]} does not map back to itself under llama.cpp's rule")
@@ -221,6 +227,20 @@ def plan_from_counts(
         )
         raise PlacementError(f"the split {[c for _, c in used]} does not fit: {detail}")
     return plan
+
+
+def renumbered(slots: Sequence[Slot], kept: Sequence[Slot]) -> list[Slot]:
+    """`kept` with their llama.cpp device names as a --rpc list of only the kept rpc-servers numbers them:
+    RPC<n> counts every device of each listed endpoint in order, so leaving a server out renames those after it."""
+    endpoints = list(dict.fromkeys(s.backend.endpoint for s in kept if s.backend is not None))
+    offsets, n = {}, 0
+    for endpoint in endpoints:
+        offsets[endpoint] = n
+        n += sum(1 for s in slots if s.backend is not None and s.backend.endpoint == endpoint)
+    return [
+        dataclasses.replace(s, name=f"RPC{offsets[s.backend.endpoint] + s.device_index}") if s.backend else s
+        for s in kept
+    ]
 
 
 @dataclass

@@ -265,3 +265,23 @@ def test_sollol_placement_in_the_inventory() -> None:
     assert cluster_from_inventory_data(_inventory(sollol_placement="memory"), Path("i")).placement is Placement.MEMORY
     with pytest.raises(InventoryError, match="sollol_placement must be one of speed, memory, got 'fastest'"):
         cluster_from_inventory_data(_inventory(sollol_placement="fastest"), Path("i"))
+
+
+def test_a_worker_left_out_of_the_middle_renames_the_devices_after_it() -> None:
+    """Reproduces the benchmark's `invalid device: RPC2`: with w1 left out, --rpc lists w0 and w2, whose device
+    llama.cpp names RPC1; the plan must say so (and counts_of still finds each slot)."""
+    info, slots = model_info(), [rpc_slot(i, 4096) for i in range(3)]
+    plan = plan_from_counts(info, slots, [20, 0, 11], N_CTX)
+    assert plan.rpc_endpoints == ["10.0.0.1:50052", "10.0.0.3:50052"]
+    assert plan.devices == ["RPC0", "RPC1"]
+    assert counts_of(plan, slots) == [20, 0, 11]
+
+
+def test_every_device_of_a_listed_server_counts_in_the_numbering() -> None:
+    """rpc-server -d A,B exposes two devices: leaving out the first server shifts both of the second's."""
+    two = Backend("w1", "10.0.0.2", 50052)
+    slots = [rpc_slot(0, 4096), Slot(two, 0, "RPC1", 4096 * MIB, "x"), Slot(two, 1, "RPC2", 4096 * MIB, "x")]
+    plan = plan_from_counts(model_info(), slots, [0, 16, 15], N_CTX)
+    assert plan.devices == ["RPC0", "RPC1"]
+    plan = plan_from_counts(model_info(), slots, [10, 0, 21], N_CTX)
+    assert plan.devices == ["RPC0", "RPC2"]
