@@ -76,8 +76,8 @@ def test_the_command_line_of_each_kind_of_draft() -> None:
     ]  # fmt: skip
     cpu = command(TOOLCHAIN, Path("/m"), StartOptions(port=9000, threads=3), plan, draft=DRAFT)
     assert cpu[cpu.index("-lv") + 2 :] == [
-        "--spec-type", "draft-simple", "--model-draft", "/d.gguf", "--device-draft", "none",
-        "--spec-draft-threads", "3",
+        "--spec-type", "draft-simple", "--model-draft", "/d.gguf", "--spec-draft-n-max", "16",
+        "--device-draft", "none", "--spec-draft-threads", "3",
     ]  # fmt: skip
     gpu = Draft(DraftMode.MODEL, "small:1b", Path("/d.gguf"), device="CUDA0")
     argv = command(TOOLCHAIN, Path("/m"), opts, plan, draft=gpu)
