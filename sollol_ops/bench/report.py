@@ -11,6 +11,7 @@ from sollol_ops.bench.settings import NO_LATENCY_NOTE
 from sollol_ops.bench.tables import (
     GATEWAY_SECTIONS,
     INVENTORY_SECTION,
+    SPECULATIVE_SECTIONS,
     STAGING_HEADERS,
     STAGING_NOTE,
     STAGING_TITLE,
@@ -34,7 +35,7 @@ def render_text(doc: dict[str, Any]) -> str:
         "x = ratio to the local-only baseline of the same model in this run (gateway sections: to the section's "
         "first row)",
     ]
-    own = (*GATEWAY_SECTIONS, INVENTORY_SECTION)  # sections with tables of their own
+    own = (*GATEWAY_SECTIONS, *SPECULATIVE_SECTIONS, INVENTORY_SECTION)  # sections with tables of their own
     shard = [r for r in doc["rows"] if r["section"] not in own]
     groups = [shard] + [[r for r in doc["rows"] if r["section"] == key] for key in own]
     for rows in groups:
@@ -48,6 +49,8 @@ def render_text(doc: dict[str, Any]) -> str:
         lines += ["", "staging (first load unstaged vs. staged vs. warm):"]
         lines.append(table(STAGING_HEADERS, staging_rows(doc), right=(1, *range(3, len(STAGING_HEADERS)))))
     lines += [f"note: {n}" for n in doc["notes"]]
+    notes = doc.get("section_notes", {})
+    lines += [f"note ({key}): {n}" for key in SPECULATIVE_SECTIONS for n in notes.get(key, [])]
     lines.append(f"wall time: {doc['wall_s']:.1f}s")
     return "\n".join(lines)
 
@@ -143,6 +146,8 @@ SECTION_TITLES = {
     "ondemand": "## Sharded models on demand through the gateway",
     "coordinator-device": "## The coordinator as a device: coordinator + 1 worker vs. 2 workers",
     INVENTORY_SECTION: "## Reading a big inventory: first read vs. the cache",
+    "speculative": "## Speculative decoding on a sharded model",
+    "placement": "## Placement from measured speed vs. llama.cpp's memory split",
 }
 
 
@@ -184,7 +189,7 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
         body = [title, "", head if gateway else machine, ""]
         body.append(_md_table(*compact_table(rows)))
         comps = [c for c in doc["comparisons"] if c.get("section", "coordinator") == key]
-        if comps and gateway:
+        if comps and (gateway or any(c.get("goal") for c in comps)):
             body += ["", "| model | what | a | b | ratio b/a | goal | met |", "|---|---|---|---|---|---|---|"]
             body += [_comparison_row(c) for c in comps]
         elif comps:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sollol_ops.bench import coordinator, coordinator_device, staged
+from sollol_ops.bench import coordinator, coordinator_device, placement, speculative, staged
 from sollol_ops.bench.backends import InventoryBackends, LoopbackBackends, NetnsBackends, RpcBackends
 from sollol_ops.bench.harness import Harness
 from sollol_ops.bench.models import BenchModel
@@ -69,6 +69,10 @@ class Bench(Harness):
                 model = models[0]
                 self.say(f"== {model.ref}: coordinator + 1 worker vs. 2 workers")
                 coordinator_device.run(self, model, loop, loop_link)
+            if cfg.speculative and models:
+                speculative.run(self, models[0], loop)
+            if cfg.placement and models:
+                placement.run(self, models[0])
             if cfg.grid and models:
                 model = models[0]
                 self.say(f"== grid on {model.ref}, {kmax} backend(s)")

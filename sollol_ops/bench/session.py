@@ -96,14 +96,24 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
     """The whole benchmark session; returns the JSON document described in the sollol_ops.bench docstring."""
     if cfg.repeats < 1 or cfg.tokens < 1 or cfg.prompt_tokens < 1:
         raise BenchError("--repeats, --tokens and --prompt-tokens must be at least 1")
-    if cfg.gateway and (cfg.grid or cfg.coordinator_device or cfg.use_inventory or cfg.links != ["none"]):
+    if cfg.gateway and (
+        cfg.grid
+        or cfg.coordinator_device
+        or cfg.speculative
+        or cfg.placement
+        or cfg.use_inventory
+        or cfg.links != ["none"]
+    ):
         raise BenchError(
-            "--gateway starts its own loopback parts: leave out --grid, --coordinator-device, --links, --use-inventory"
+            "--gateway starts its own loopback parts: leave out --grid, --coordinator-device, --speculative, "
+            "--placement, --links, --use-inventory"
         )
     if cfg.inventory_hosts and (cfg.models or cfg.gateway):
         raise BenchError("--inventory-hosts reads generated inventories only: leave out MODEL and --gateway")
     if not cfg.inventory_hosts and not cfg.models:
         raise BenchError("name at least one MODEL (or pass --inventory-hosts N,...)")
+    if (cfg.speculative or cfg.placement) and cfg.use_inventory:
+        raise BenchError("--speculative and --placement start their own rpc-servers: leave out --use-inventory")
     toolchain = None if cfg.inventory_hosts else find_toolchain()  # the inventory bench runs no llama.cpp
     started = time.time()
     t0 = time.perf_counter()
@@ -131,6 +141,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
             "stage": cfg.stage,
             "gateway": cfg.gateway,
             "coordinator_device": cfg.coordinator_device,
+            "speculative": cfg.speculative,
+            "placement": cfg.placement,
             "grid_repeats": cfg.grid_repeats or cfg.repeats,
             "use_inventory": cfg.use_inventory,
             "inventory_hosts": cfg.inventory_hosts,

@@ -31,6 +31,8 @@ class BenchConfig:
     stage: bool = False  # with shaped --links: first load unstaged vs. staged vs. warm (sollol_ops.stage.staging)
     gateway: bool = False  # the gateway's sections (sollol_ops.bench.gateway) instead of the sharding ones
     coordinator_device: bool = False
+    placement: bool = False  # the speed planner vs. the memory split and a sweep (sollol_ops.bench.placement)
+    speculative: bool = False  # speculative decoding vs. plain on a sharded F32 target (sollol_ops.bench.speculative)
     grid_repeats: int | None = None  # rounds of the --grid cells (default: repeats)
     use_inventory: bool = False
     inventory_backends: list[Backend] = field(default_factory=list)

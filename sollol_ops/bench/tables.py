@@ -41,6 +41,8 @@ def compact_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[
         return _compact(GATEWAY_HEADERS, gateway_rows(rows))
     if rows and rows[0]["section"] == INVENTORY_SECTION:
         return list(INVENTORY_HEADERS), inventory_rows(rows)
+    if rows and rows[0]["section"] in SPECULATIVE_SECTIONS:
+        return _compact(SPECULATIVE_HEADERS, speculative_rows(rows))
     return _compact(TABLE_HEADERS, table_rows(rows))
 
 
@@ -50,6 +52,34 @@ def _compact(headers: Sequence[str], cells: list[list[str]]) -> tuple[list[str],
 
 
 GATEWAY_SECTIONS = ("gateway", "gateway-pool", "ondemand")
+SPECULATIVE_SECTIONS = ("speculative", "placement")
+SPECULATIVE_HEADERS = (
+    "MODEL", "MiB", "LINK", "SETTINGS", "LOAD s", "TTFT s", "GEN tok/s", "PRED tok/s", "ACCEPTED", "IDENTICAL",
+    "LOAD 1m",
+)  # fmt: skip
+
+
+def speculative_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Cells of the speculative and placement sections: the link, the generation rate, the draft acceptance
+    rate, the share of rounds whose greedy answer matched the plain one, and the planner's predicted rate."""
+    return [
+        [
+            r["model"],
+            f"{r['size_mib']:,.0f}",
+            f"{r['backends']} rpc ({r['link']})",
+            r["settings"],
+            fmt_stat(r, "load_s", 1),
+            fmt_stat(r, "ttft_s", 3),
+            fmt_stat(r, "gen_tps", 1),
+            fmt_stat(r, "pred_tps", 1),
+            fmt_stat(r, "accept_rate", 2),
+            fmt_stat(r, "identical", 2),
+            f"{r['loadavg_1m']:.2f}",
+        ]
+        for r in rows
+    ]
+
+
 GATEWAY_HEADERS = (
     "MODEL", "MiB", "SETUP", "SETTINGS", "TTFT s", "TTFT x", "GEN tok/s", "GEN x", "AGG tok/s", "AGG x", "LOAD 1m",
 )  # fmt: skip

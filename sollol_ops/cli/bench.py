@@ -47,6 +47,18 @@ from sollol_ops.ui import to_jsonable
     is_flag=True,
     help="Also compare coordinator + 1 worker (its CPU keeps layers) with 2 workers on the same cores (first model).",
 )
+@click.option(
+    "--speculative",
+    is_flag=True,
+    help="Also compare speculative decoding (a draft model, n-gram) with plain generation on the first model "
+    "re-encoded to F32, sharded over 2 rpc-servers, on loopback and behind 0.3 ms / 2 ms / 1 Gbit links.",
+)
+@click.option(
+    "--placement",
+    is_flag=True,
+    help="Also compare the speed planner's split with llama.cpp's memory split and >= 20 swept splits on an uneven "
+    "cluster of 3 rpc-servers (one in a CPU quota, one behind a slower link), the first model re-encoded to F32.",
+)
 @click.option("--grid-repeats", type=click.IntRange(1, 50), help="Rounds of the --grid cells (default: --repeats).")
 @click.option(
     "--inventory-hosts",
