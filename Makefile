@@ -133,6 +133,8 @@ bench: venv model $(LLAMA_PREFIX)/current/bin/llama-server
 	rm -rf $(UP_BEFORE_TREE)
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m synthetic:4x2048-q8_0 --backends 2 --repeats 3 $(BENCH_ARGS) \
 	  --links 1gbit,100mbit --stage --grid --grid-repeats 3 --coordinator-device --out-md docs/benchmarks.md
+	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m --backends 2 --repeats 3 --tokens 64 $(BENCH_ARGS) \
+	  --speculative --placement --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench smollm2:135m --gateway --backends 2 $(GATEWAY_BENCH_ARGS) \
 	  --out-md docs/benchmarks.md
 	$(BENCH_ENV) $(BIN)/sollol-ops bench --inventory-hosts $(INVENTORY_BENCH_HOSTS) --repeats 3 --out-md docs/benchmarks.md

@@ -31,6 +31,12 @@ interleaved round by round.
 --coordinator-device compares, on the first model, coordinator + 1 worker (the coordinator's CPU keeps layers)
 with 2 workers on the same cores and threads (module coordinator_device), in at least 3 interleaved rounds.
 
+--speculative compares, on the first model re-encoded to F32 (the target) sharded over 2 rpc-servers, plain generation
+with a draft model (the model as given, on the coordinator's CPU) and with n-gram drafting, on loopback, behind
+delay relays of 0.3 ms and 2 ms one way, and behind tbf 1 Gbit + 0.3 ms (module speculative); --placement compares
+the speed planner's split with llama.cpp's memory split and at least 20 swept splits on an uneven cluster of 3
+rpc-servers, one in a CPU quota and one behind a slower link (module placement).
+
 --gateway measures the gateway instead (sollol_ops.bench.gateway, on the first model, loopback parts only):
 TTFT and generation tokens/s through `sollol-ops gateway` (OpenAI and Ollama routes) vs. direct to the same
 llama-server pool member; a pool of 2 members vs. 1 (each llama-server -t 1 pinned to its own core) under 4
@@ -57,7 +63,7 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
   settings: {repeats, tokens, prompt_tokens, ctx, grid_repeats: int; backends: [int]; links: [str];
              grid, stage, gateway, coordinator_device, use_inventory: bool}
   models: [{ref: str, synthetic: bool, size_mib: float, layers: int, n_embd: int, file_type: str, params: int}]
-  rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "coordinator-device"
+  rows: [{section: "sharding" | "links" | "coordinator" | "grid" | "coordinator-device" | "speculative" | "placement"
                  | "gateway" | "gateway-pool" | "ondemand",
           model: str, size_mib: float,
           setup: "baseline" | "rpc"          (sharding sections)
@@ -70,6 +76,9 @@ JSON schema (`--json`, "schema": "sollol-ops-bench/1"):
           ratios: {NAME: float | null},    # row median / baseline median of the same model in this run;
                                            # gateway sections: / the section's first row (its reference)
           loadavg_1m: float}]              # the host's 1-minute load average when the row was finished
+     "speculative" / "placement" rows: link "loopback" | "0.3ms" | "2ms" | "1gbit+0.3ms" | "uneven"; metrics load_s,
+     ttft_s, gen_tps; accept_rate (drafted tokens accepted / drafted), identical (1.0: the greedy answer matched plain
+     generation's of the same round), pred_tps (the speed planner's predicted tokens/s for that split).
      metric NAMEs: load_cold_s, load_warm_s, load_nocache_s, ready_s (seconds to /health 200 or to `up`
      returning), ttft_s (seconds), prompt_tps, gen_tps (tokens/s); prompt_n, gen_n (tokens per query).
      The baseline of load_nocache_s is load_cold_s, of ready_s is load_warm_s; others: the same name.

@@ -495,3 +495,58 @@ def test_bench_inventory_refuses_a_model_beside_it(tmp_path: Path) -> None:
     assert_clean_failure(run_cli("bench", "smollm2:135m", "--inventory-hosts", "40", env=env), "--inventory-hosts")
     assert_clean_failure(run_cli("bench", "--inventory-hosts", "1", env=env), "--inventory-hosts")
     assert_clean_failure(run_cli("bench", env=env), "MODEL")
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+@pytest.mark.model
+@pytest.mark.netns
+def test_bench_speculative_rows(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    """--speculative: plain, draft and n-gram rows per link on the F32 re-encoding, the greedy answers compared
+    with plain (identical), the draft's acceptance read from llama-server, the goal on the shaped 1 Gbit link."""
+    from sollol_ops.bench import speculative
+
+    md = tmp_path / "benchmarks.md"
+    args = ("smollm2:135m", "--backends", "1", "--speculative", "--out-md", str(md))
+    proc = run_cli("bench", *args, "--repeats", "1", "--tokens", "8", "--prompt-tokens", "16", "--ctx", "512",
+                   "--json", env=sollol_env, timeout=1500)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = [r for r in doc["rows"] if r["section"] == "speculative"]
+    links = {link.name for link in speculative.LINKS}
+    assert {r["link"] for r in rows} == links and len(rows) == 3 * len(links)
+    assert all(r["model"].endswith("re-encoded F32") and r["size_mib"] > 4 * 94 for r in rows)
+    for row in rows:
+        assert row["metrics"]["identical"]["median"] == 1.0, row  # greedy output as plain generation's
+        if row["settings"].startswith("draft"):
+            assert 0 < row["metrics"]["accept_rate"]["median"] <= 1
+    comps = [c for c in doc["comparisons"] if c["section"] == "speculative"]
+    goal = [c for c in comps if c["goal"]]
+    assert len(comps) == 2 * len(links) and len(goal) == 1 and speculative.GOAL_LINK in goal[0]["what"]
+    assert isinstance(goal[0]["met"], bool)
+    assert "## Speculative decoding on a sharded model" in md.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+@pytest.mark.model
+def test_bench_placement_rows(sollol_env: dict[str, str], tmp_path: Path) -> None:
+    """--placement: the planner's split, the memory split and >= 20 swept splits on the uneven cluster, each
+    loaded and measured, with the planner's prediction beside; the two goals compared and reported."""
+    from sollol_ops.bench import placement
+
+    proc = run_cli("bench", "smollm2:135m", "--backends", "1", "--placement", *TINY, env=sollol_env, timeout=1500)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = {r["settings"]: r for r in doc["rows"] if r["section"] == "placement"}
+    swept = [name for name in rows if name.startswith("sweep")]
+    assert len(swept) >= placement.MIN_SWEEP
+    assert any(n.startswith("planner ") for n in rows) and any(n.startswith("memory ") for n in rows)
+    for name, row in rows.items():
+        split = [int(x) for x in name.split()[-1].split("/")]
+        assert sum(split) == 31  # SmolLM2: 30 blocks and the output layer
+        assert row["metrics"]["gen_tps"]["n"] == placement.MIN_ROUNDS and row["metrics"]["pred_tps"]["median"] > 0
+    assert rows[next(n for n in rows if n.startswith("memory "))]["settings"] == "memory 11/10/10"
+    comps = {c["what"]: c for c in doc["comparisons"] if c["section"] == "placement"}
+    assert set(comps) == {"planner vs. best swept split", "planner vs. memory split"}
+    assert all(isinstance(c["met"], bool) and c["goal"] for c in comps.values())
