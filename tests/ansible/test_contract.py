@@ -184,6 +184,30 @@ MUTATIONS = [
         "roles/coordinator/templates/inventory.yml.j2: sollol_placement | default('memory'), cluster_vars says 'speed'",
     ),
     (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_ollama_port | default(11434)",
+        "sollol_ollama_port | default(11435)",
+        "a pool node's unset sollol_ollama_port is written as 11435, not 11434",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "sollol_gateway_default_num_predict | default(2048)",
+        "sollol_gateway_default_num_predict | default(1024)",
+        "all.vars.sollol_gateway_default_num_predict is written as 1024, not 2048",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "    ollama_nodes:\n",
+        "    pool_nodes:\n",
+        "the CLI reads ['coordinator', 'ollama_nodes', 'rpc_servers']",
+    ),
+    (
+        "roles/coordinator/templates/inventory.yml.j2",
+        "{% set gateway_part = not (coordinator__without_gateway | default(false)) %}",
+        "{% set gateway_part = true %}",
+        "the coordinator's part (coordinator__without_gateway) holds the gateway's",
+    ),
+    (
         "roles/sollol_cluster/defaults/main.yml",
         "sollol_placement: speed",
         "sollol_placement: memory",
@@ -311,3 +335,46 @@ def test_check_reports_drift(tmp_path: Path, file: str, old: str, new: str, repo
     path.write_text(text.replace(old, new, 1))
     problems = check(root)
     assert any(reported in p for p in problems), problems
+
+
+def test_the_unit_inventory_carries_the_whole_routing_picture(tmp_path: Path) -> None:
+    """What roles/coordinator writes for the gateway's unit, read back as the gateway reads it (ansible-inventory):
+    the pool with its variables, the mode and the pins, the drafts; the coordinator's part has none of the first."""
+    from contract import template_env
+
+    from sollol_ops.cluster.ansible_inventory import ansible_inventory_list
+    from sollol_ops.cluster.inventory import cluster_from_inventory_data
+    from sollol_ops.gateway.settings import PoolNode, gateway_settings_from_inventory_data
+
+    template = (REPO / "roles/coordinator/templates/inventory.yml.j2").read_text()
+    variables = {
+        **cluster_vars.DEFAULTS,
+        "ansible_managed": "managed",
+        "inventory_hostname": "coord1",
+        "groups": {"rpc_servers": ["worker1"], "ollama_nodes": ["gpu1", "box2"]},
+        "hostvars": {
+            "worker1": {"ansible_host": "10.0.0.2"},
+            "gpu1": {"ansible_host": "10.0.0.7", "sollol_ollama_api": "openai", "sollol_ollama_port": 8081},
+            "box2": {"sollol_ollama_memory_mib": 8192},
+        },
+        "sollol_gateway_mode": "hybrid",
+        "sollol_gateway_pins": {"llama3.1:70b": "shard"},
+        "sollol_draft_models": {"llama3.1:70b": "llama3.2:1b"},
+    }
+    path = tmp_path / "inventory.yml"
+    path.write_text(template_env().from_string(template).render(**variables))
+    data = ansible_inventory_list(path)
+    settings = gateway_settings_from_inventory_data(data, path)
+    assert settings.pool == [
+        PoolNode("gpu1", "10.0.0.7", 8081, "openai", None),
+        PoolNode("box2", "box2", 11434, "ollama", 8192),
+    ]
+    assert (settings.mode, settings.pins) == ("hybrid", {"llama3.1:70b": "shard"})
+    cluster = cluster_from_inventory_data(data, path)
+    assert cluster.draft_models == {"llama3.1:70b": "llama3.2:1b"}
+    assert [b.endpoint for b in cluster.backends] == ["10.0.0.2:50052"]
+    part = tmp_path / "coordinator.yml"
+    part.write_text(template_env().from_string(template).render(**variables, coordinator__without_gateway=True))
+    alone = gateway_settings_from_inventory_data(ansible_inventory_list(part), part)
+    assert (alone.pool, alone.mode, alone.pins) == ([], None, {})
+    assert cluster_from_inventory_data(ansible_inventory_list(part), part).draft_models == cluster.draft_models

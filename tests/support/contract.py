@@ -172,17 +172,23 @@ def check(root: Path) -> list[str]:
     return problems
 
 
-def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
-    """The inventory roles/coordinator writes for the CLI: the CLI's default groups, cluster_vars' defaults."""
-    path = root / "roles/coordinator/templates/inventory.yml.j2"
+def template_env() -> jinja2.Environment:
+    """Jinja as Ansible renders the roles' templates, with the filters they use."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["to_json"] = json.dumps
     env.filters["bool"] = lambda v: v if isinstance(v, bool) else str(v).strip().lower() in ("true", "yes", "on", "1")
+    return env
+
+
+def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
+    """The inventory roles/coordinator writes for the CLI: the CLI's default groups, cluster_vars' defaults."""
+    path = root / "roles/coordinator/templates/inventory.yml.j2"
+    env = template_env()
     variables = {
         "ansible_managed": "managed",
         "inventory_hostname": "coord1",
-        "groups": {cv.RPC_GROUP: ["worker1"]},
-        "hostvars": {"worker1": {}},
+        "groups": {cv.RPC_GROUP: ["worker1"], cv.POOL_GROUP: ["node1"]},
+        "hostvars": {"worker1": {}, "node1": {}},
         **cv.DEFAULTS,
     }
     try:
@@ -190,12 +196,30 @@ def _check_cli_inventory_template(root: Path, cv: ModuleType) -> list[str]:
         children = data["all"]["children"]
         worker = children[cv.RPC_GROUP]["hosts"]["worker1"]
         coordinator = (children.get(cv.COORDINATOR_GROUP) or {}).get("hosts", {}).get("coord1")
+        node = ((children.get(cv.POOL_GROUP) or {}).get("hosts") or {}).get("node1") or {}
+        part = _load(env.from_string(path.read_text()).render(**variables, coordinator__without_gateway=True))
     except (jinja2.TemplateError, yaml.YAMLError, KeyError, TypeError, AttributeError, OSError) as exc:
         return [f"{_rel(root, path)}: no {cv.RPC_GROUP} host in the rendered inventory ({type(exc).__name__}: {exc})"]
     problems = []
-    cli_groups = sorted([cv.RPC_GROUP, cv.COORDINATOR_GROUP])
+    cli_groups = sorted([cv.RPC_GROUP, cv.COORDINATOR_GROUP, cv.POOL_GROUP])
     if sorted(children) != cli_groups:
         problems.append(f"{_rel(root, path)}: writes groups {sorted(children)}, the CLI reads {cli_groups}")
+    # the gateway's routing picture: every pool node with its variables, the gateway-wide variables
+    for key, value in cv.POOL_DEFAULTS.items():
+        if node.get(key) != value:
+            problems.append(
+                f"{_rel(root, path)}: a pool node's unset {key} is written as {node.get(key)!r}, not {value!r}"
+            )
+    for key, value in cv.GATEWAY_DEFAULTS.items():
+        got = (data["all"].get("vars") or {}).get(key, "missing")
+        if got != value:
+            problems.append(f"{_rel(root, path)}: all.vars.{key} is written as {got!r}, not {value!r}")
+    # the coordinator's part (a change of which restarts its unit) leaves out exactly the gateway's
+    gateway_keys = {*cv.GATEWAY_DEFAULTS} & set((part.get("all") or {}).get("vars") or {})
+    if cv.POOL_GROUP in ((part.get("all") or {}).get("children") or {}) or gateway_keys:
+        problems.append(
+            f"{_rel(root, path)}: the coordinator's part (coordinator__without_gateway) holds the gateway's"
+        )
     wide: dict[str, Any] = getattr(cv, "CLUSTER_WIDE", {})
     skip = {*cv.GROUP_VARS, *wide, *cv.COORDINATOR_VARS, "sollol_rpc_address"}
     want = {k: v for k, v in cv.DEFAULTS.items() if k not in skip}
