@@ -11,9 +11,9 @@ own `-np -1` is 4). An explicit `-np N` wins, and is refused when it does not fi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from sollol_ops.cluster.placement import Plan, Slot, plan_placement
+from sollol_ops.cluster.placement import Plan, Slot, plan_for_split, plan_placement
 from sollol_ops.errors import PlacementError
 from sollol_ops.model.gguf_info import GGUFInfo
 
@@ -34,21 +34,39 @@ def room_for_slots(plan: Plan) -> int:
     return 1 + (extra if extra is not None else MAX_AUTO_SLOTS)
 
 
-def fit_parallel(info: GGUFInfo, slots: Sequence[Slot], n_ctx: int, model: str, wanted: int = AUTO) -> tuple[Plan, int]:
+def fit_parallel(
+    info: GGUFInfo,
+    slots: Sequence[Slot],
+    n_ctx: int,
+    model: str,
+    wanted: int = AUTO,
+    choose: Callable[[Plan], Plan] = lambda plan: plan,
+) -> tuple[Plan, int]:
     """The placement for `wanted` slots of `n_ctx` each (an explicit -np), or with AUTO the most slots up to
     MAX_AUTO_SLOTS that fit; the plan (sized for n_ctx x slots) and the slot count. PlacementError when
-    even one slot (or the explicit count) does not fit."""
+    even one slot (or the explicit count) does not fit. `choose` turns the memory plan into the one that runs
+    (the speed planner's split, speed_plan.choose): with AUTO the slots are sized from the memory *its* split
+    leaves, and kept to that split, so extra slots never bring back a worker the planner left out."""
     if wanted != AUTO:
         try:
             plan = plan_placement(info, slots, n_ctx * wanted, model)
         except PlacementError as exc:
             raise PlacementError(f"{exc} (-np {wanted}: {wanted} slots of ctx {n_ctx} each)") from exc
-        return plan, wanted
-    plan = plan_placement(info, slots, n_ctx, model)
+        return choose(plan), wanted
+    memory = plan_placement(info, slots, n_ctx, model)
+    plan = choose(memory)
+    by_speed = plan is not memory  # choose() returns the memory plan itself when it keeps it
     count = min(MAX_AUTO_SLOTS, room_for_slots(plan))
     while count > 1:  # the split shifts with the KV cache: the plan itself must fit
         try:
-            bigger = plan_placement(info, slots, n_ctx * count, model)
+            if by_speed:  # the same split, a bigger KV cache
+                bigger = plan_for_split(info, [s.slot for s in plan.shares], plan.tensor_split, n_ctx * count,
+                                        plan.notes)  # fmt: skip
+                if not all(s.fits for s in bigger.shares):
+                    raise PlacementError("does not fit")
+            else:
+                bigger = plan_placement(info, slots, n_ctx * count, model)
+                bigger.notes = [*plan.notes, *(n for n in bigger.notes if n not in plan.notes)]  # choose()'s notes
         except PlacementError:
             count -= 1
             continue

@@ -172,15 +172,18 @@ def plan_command(
     room = drafting.host_room(draft, coordinator)  # a draft outside the offer takes host memory first
     slots = build_slots(probes, coordinator=coordinator, local_devices=local_devices, local_available=room)
     slots, draft_notes = drafting.fit(draft, slots, info)
-    try:
-        plan, parallel = fit_parallel(info, slots, opts.n_ctx, model, opts.parallel)  # -np: given, or what fits
+    totals = {(b.endpoint, d.index): d.total for b, r in probes for d in r.devices}
+
+    def choose(memory_plan: Plan) -> Plan:  # by measured speed where sollol_placement says so (speed_plan.choose)
+        return speed_plan.choose(memory_plan, info, slots, totals, placement, toolchain, reporter.warn)
+
+    try:  # -np: given, or as many as the chosen split leaves room for
+        plan, parallel = fit_parallel(info, slots, opts.n_ctx, model, opts.parallel, choose)
     except PlacementError as exc:
         if not skipped:
             raise
         without = ", ".join(lo.describe() for lo in left_out(skipped))
         raise PlacementError(f"{exc} (on the {len(probes)} healthy backend(s), without {without})") from exc
-    totals = {(b.endpoint, d.index): d.total for b, r in probes for d in r.devices}
-    plan = speed_plan.choose(plan, info, slots, totals, placement, toolchain, reporter.warn)
     plan.notes += draft_notes
     opts = dataclasses.replace(opts, parallel=parallel)
     argv = command.command(toolchain, blob, opts, plan, draft=draft)
