@@ -12,6 +12,7 @@ from sollol_ops.gateway.errors import ApiError, body_for
 from sollol_ops.gateway.metrics import Metrics
 from sollol_ops.gateway.ondemand import Lease
 from sollol_ops.gateway.pool import Pool
+from sollol_ops.gateway.requests_log import TAIL_BYTES, RequestLog, tokens_from_tail
 from sollol_ops.gateway.routing import Target
 
 log = logging.getLogger("sollol_ops.gateway")
@@ -20,7 +21,9 @@ log = logging.getLogger("sollol_ops.gateway")
 class Call:
     """Book-keeping of one request: metrics, the one log line, pool accounting."""
 
-    def __init__(self, metrics: Metrics, pool: Pool, request: Request, endpoint: str) -> None:
+    def __init__(
+        self, metrics: Metrics, pool: Pool, request: Request, endpoint: str, book: RequestLog | None = None
+    ) -> None:
         self.metrics = metrics
         self.pool = pool
         self.method = request.method
@@ -36,6 +39,15 @@ class Call:
         self.done = False
         self.queued = False
         self.lease: Lease | None = None
+        self.tokens: int | None = None  # generated, when the answer states it (set, or read from its tail)
+        self.tail = b""
+        self.book = book
+        self.record = book.begin(self) if book is not None else None
+
+    def keep_tail(self, chunk: bytes) -> None:
+        """Keep the answer's last bytes (a listed request's token count is read from them at the end)."""
+        if self.record is not None:
+            self.tail = (self.tail + chunk)[-TAIL_BYTES:]
 
     def bind(self, target: Target) -> None:
         self.target = target
@@ -80,6 +92,12 @@ class Call:
         m.duration.labels(self.route, self.model, self.node).observe(total)
         if self.ttft is not None:
             m.ttft.labels(self.route, self.model, self.node).observe(self.ttft)
+        if self.tokens is None and self.tail:
+            self.tokens = tokens_from_tail(self.tail)
+        if self.tokens:
+            m.tokens.labels(self.route, self.model, self.node).inc(self.tokens)
+        if self.book is not None and self.record is not None:
+            self.book.end(self.record, status, total, self.tokens, self.error)
         detail = f" error={self.error!r}" if self.error else ""
         line = "%s %s %d route=%s node=%s model=%s %.3fs%s%s"
         args = (self.method, self.path, status, self.route, self.node, self.model, total, detail, note)
