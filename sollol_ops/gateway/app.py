@@ -12,19 +12,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sollol_ops.cluster.inventory import Cluster
+from sollol_ops.gateway.actions import Actions
 from sollol_ops.gateway.auth import check_key
 from sollol_ops.gateway.call import Call
 from sollol_ops.gateway.catalog import Catalog
+from sollol_ops.gateway.cluster_view import ClusterView
 from sollol_ops.gateway.errors import ApiError, body_for
+from sollol_ops.gateway.events import Events
 from sollol_ops.gateway.listings import Listings
 from sollol_ops.gateway.loading import Loading
 from sollol_ops.gateway.metrics import Metrics
 from sollol_ops.gateway.ollama_routes import OllamaRoutes
 from sollol_ops.gateway.ondemand import OnDemand
+from sollol_ops.gateway.ondemand_status import Phase
 from sollol_ops.gateway.openai_routes import OpenAIRoutes
 from sollol_ops.gateway.pool import Pool
+from sollol_ops.gateway.requests_log import RequestLog
 from sollol_ops.gateway.routing import GatewayConfig, Router
+from sollol_ops.gateway.series import Series
 from sollol_ops.gateway.status import GatewayStatus
+from sollol_ops.gateway.ui import Page
 from sollol_ops.gateway.upstream import Upstream
 
 log = logging.getLogger("sollol_ops.gateway")
@@ -35,7 +43,14 @@ Handler = Callable[[Request, Call], Awaitable[Response]]
 class Gateway:
     """The parts of one gateway (router, upstream, the route handlers) and the HTTP client they share."""
 
-    def __init__(self, config: GatewayConfig, pool: Pool, catalog: Catalog, shard: OnDemand | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        pool: Pool,
+        catalog: Catalog,
+        shard: OnDemand | None = None,
+        cluster: Callable[[], Cluster] | None = None,
+    ) -> None:
         self.config = config
         self.pool = pool
         self.catalog = catalog
@@ -52,6 +67,19 @@ class Gateway:
         self.status = GatewayStatus(self.router, self.shard, self.metrics)
         if self.shard is not None:
             self.shard.subscribe(self.status.refresh_gauges)
+        # The page (/ui): recent requests, the counters' series, the cluster's view, the event stream, actions.
+        self.requests = RequestLog()
+        self.series = Series(self.metrics)
+        od = self.shard
+        loading = (lambda: od.phase == Phase.LOADING) if od is not None else (lambda: False)
+        root = od.root if od is not None else catalog.state_root
+        self.view = ClusterView(cluster if self.router.uses_shard else None, pool, root, loading)
+        self.page = Page(self.status, self.shard, self.requests, self.series, self.view, bool(config.api_key))
+        self.events = Events(self.page.streamed, self.view)
+        self.page.clients = lambda: self.events.clients
+        self.actions = Actions(self.router, self.shard)
+        for part in (self.requests, self.series, self.view, *([self.shard] if self.shard is not None else [])):
+            part.subscribe(self.events.changed)
 
     def http(self) -> httpx.AsyncClient:
         assert self.client is not None, "gateway not started"
@@ -64,8 +92,11 @@ class Gateway:
         self.pool.start(self.client)
         if self.shard is not None:
             self.shard.start()
+        self.series.start()
 
     async def shutdown(self) -> None:
+        await self.series.stop()
+        await self.view.close()
         if self.shard is not None:
             await self.shard.close()
         await self.pool.stop()
@@ -78,7 +109,7 @@ class Gateway:
         """`handler` with its Call, the API key checked (`auth`), and every error answered in the API's shape."""
 
         async def run(request: Request) -> Response:
-            call = Call(self.metrics, self.pool, request, name)
+            call = Call(self.metrics, self.pool, request, name, self.requests)
             try:
                 if auth:
                     check_key(request, self.config.api_key)
@@ -107,7 +138,7 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 def create_app(gw: Gateway) -> Starlette:
     ep, o, oa = gw.endpoint, "ollama", "openai"
-    about, listings, ollama, openai = gw.status, gw.listings, gw.ollama, gw.openai
+    about, listings, ollama, openai, page = gw.status, gw.listings, gw.ollama, gw.openai, gw.page
     routes = [
         Route("/", ep(o, "root", about.root, auth=False), methods=["GET", "HEAD"]),
         Route("/health", ep(o, "health", about.health, auth=False), methods=["GET"]),
@@ -124,7 +155,12 @@ def create_app(gw: Gateway) -> Starlette:
         Route("/v1/completions", ep(oa, "completions", openai.proxy), methods=["POST"]),
         Route("/v1/embeddings", ep(oa, "embeddings", openai.proxy), methods=["POST"]),
         Route("/metrics", ep(o, "metrics", about.prometheus), methods=["GET"]),
-        Route("/gateway/status", ep(o, "status", about.report), methods=["GET"]),
+        Route("/gateway/status", ep(o, "status", page.report), methods=["GET"]),
+        Route("/gateway/events", ep(o, "events", gw.events.stream), methods=["GET"]),
+        Route("/gateway/load", ep(o, "load", gw.actions.load), methods=["POST"]),
+        Route("/gateway/unload", ep(o, "unload", gw.actions.unload), methods=["POST"]),
+        Route("/ui", ep(o, "ui", page.page, auth=False), methods=["GET"]),
+        Route("/ui/{name}", ep(o, "ui", page.page, auth=False), methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager

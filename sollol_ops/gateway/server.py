@@ -53,7 +53,7 @@ def build(opts: ServeOptions, settings: GatewaySettings, cluster: Callable[[], C
     shard = None
     if opts.on_demand is not None and cluster is not None and mode in ("shard", "hybrid"):
         shard = OnDemand(opts.on_demand, cluster, opts.ollama_models)
-    return Gateway(config, Pool(settings.pool, opts.pool), Catalog(opts.ollama_models), shard)
+    return Gateway(config, Pool(settings.pool, opts.pool), Catalog(opts.ollama_models), shard, cluster)
 
 
 def bind(host: str, port: int) -> socket.socket:
