@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,6 +60,7 @@ class Gateway:
         self.router.on_demand = self.shard is not None
         self.metrics = Metrics()
         self.client: httpx.AsyncClient | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         upstream = Upstream(self.http, pool)
         loading = Loading(self.shard, self.router)
         self.ollama = OllamaRoutes(config.max_body, self.router, loading, upstream)
@@ -85,7 +87,13 @@ class Gateway:
         assert self.client is not None, "gateway not started"
         return self.client
 
+    def stopping(self) -> None:
+        """The server was told to stop (any thread, a signal handler too): end the page's event streams."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.events.close)
+
     async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         timeout = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None)
         self.client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"Accept-Encoding": "identity"})

@@ -31,6 +31,7 @@ class Events:
         self.view = view
         self.version = 0
         self.clients = 0
+        self.closed = False  # the gateway is stopping: every stream ends (an open page must not hold it up)
         self._event = asyncio.Event()
         self._built: tuple[int, bytes] | None = None
 
@@ -39,6 +40,11 @@ class Events:
         self.version += 1
         self._event.set()
         self._event = asyncio.Event()
+
+    def close(self) -> None:
+        """End every stream (the gateway stops); the pages show `reconnecting`."""
+        self.closed = True
+        self.changed()
 
     async def _encoded(self) -> tuple[int, bytes]:
         """The snapshot of the current version as one SSE event, built once for every client."""
@@ -51,11 +57,13 @@ class Events:
     async def frames(self) -> AsyncIterator[bytes]:
         """The stream of one client: a snapshot at once, then after each change (at most every MIN_GAP_S)."""
         sent = -1
-        while True:
+        while not self.closed:
             event = self._event
             if self.version == sent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), HEARTBEAT_S)
+                if self.closed:
+                    return
                 if self.version == sent:
                     yield b": idle\n\n"
                     continue

@@ -7,6 +7,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 from sollol_ops.cluster import facts as cluster_vars
 from sollol_ops.cluster.inventory import Cluster
@@ -83,4 +84,12 @@ def serve(gw: Gateway, sock: socket.socket) -> None:
     import uvicorn
 
     config = uvicorn.Config(create_app(gw), log_config=None, access_log=False, lifespan="on", timeout_keep_alive=30)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    told = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:  # uvicorn waits for open responses: end the pages'
+        gw.stopping()
+        told(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run(sockets=[sock])

@@ -111,6 +111,25 @@ def test_without_the_key_the_data_endpoints_answer_401(tmp_path: Path, monkeypat
         assert json.loads(data[6:])["mode"] == "shard"
 
 
+def test_an_open_page_does_not_hold_up_the_gateways_stop(tmp_path: Path) -> None:
+    """uvicorn waits for open responses when told to stop: the event streams end at SIGTERM."""
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CACHE_HOME": str(tmp_path / "cache"), "SOLLOL_INVENTORY": ""}
+    inv = tmp_path / "empty.ini"
+    inv.write_text("[rpc_servers]\n")
+    gw = GatewayProc(env, inv, tmp_path, "stop", "--mode", "shard", "--no-load-on-demand")
+    try:
+        client = httpx.Client(timeout=httpx.Timeout(5, read=20))
+        with client, client.stream("GET", f"{gw.url}/gateway/events") as events:
+            lines = events.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            gw.proc.send_signal(signal.SIGTERM)
+            for _ in lines:  # the stream ends (raises ReadTimeout if it does not)
+                pass
+        assert gw.proc.wait(10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has stopped
+    finally:
+        gw.stop()
+
+
 def hostile_snapshot() -> dict[str, Any]:
     h = HOSTILE
     device = {"name": f"{h}:1", "model_mib": 1.0, "kv_mib": 1.0, "compute_mib": 1.0, "layers": 3}
