@@ -135,6 +135,8 @@ def hostile_snapshot() -> dict[str, Any]:
     device = {"name": f"{h}:1", "model_mib": 1.0, "kv_mib": 1.0, "compute_mib": 1.0, "layers": 3}
     coordinator = {"state": "serving", "model": h, "endpoint": h, "pid": 1, "detail": h, "degraded": False}
     coordinator["distribution"] = {"devices": [device], "offloaded": [3, 3], "draft": {"name": h, "model_mib": 1.0}}
+    coordinator["draft"] = {"mode": h, "model": h, "device": h, "need_mib": 9, "drafted": 10, "accepted": 7}
+    coordinator["draft"]["acceptance_rate"] = 0.7
     request = {"id": 1, "started_at": 0, "model": h, "endpoint": h, "route": h, "node": h, "state": "failed"}
     request.update(status=500, ttft_s=0.1, duration_s=1.0, tokens=3, tok_s=3.0, error=h)
     return {
@@ -203,6 +205,11 @@ def test_the_page_shows_every_string_as_text_and_reconnects(chromium: Any, artif
         text = page.inner_text("body")
         assert text.count(HOSTILE) >= 10, text
         assert page.locator("#models option").filter(has_text=HOSTILE).count() == 1
+        draft = page.locator("#draft .draft").inner_text()
+        assert (
+            draft
+            == f"draft {HOSTILE} on the coordinator's {HOSTILE} · 1.0 MiB weights · acceptance 70.0% (7 of 10 drafted)"
+        )
     finally:
         page.close()
 

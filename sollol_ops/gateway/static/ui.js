@@ -208,9 +208,16 @@ function renderModel(s) {
   });
   bar.replaceChildren(...segs);
   legend.replaceChildren(...items);
-  const draft = dist.draft || c.draft;
-  $("draft").replaceChildren(draft ? el("div", { class: "muted", data: { draft: "1" } },
-    "draft: " + (draft.model || draft.name || "yes") + (draft.model_mib ? " · " + num(draft.model_mib, 1) + " MiB on the coordinator" : "")) : "");
+  // The draft model (speculative decoding), where the coordinator has one: it runs on the coordinator.
+  const cd = c.draft, dd = dist.draft;
+  if (!cd && !dd) { $("draft").replaceChildren(); return; }
+  const name = cd ? (cd.model || (cd.mode === "ngram" ? "n-gram" : cd.mode)) : "draft";
+  const where = cd && cd.device ? " on the coordinator's " + cd.device : " on the coordinator";
+  const size = dd && dd.model_mib ? " · " + num(dd.model_mib, 1) + " MiB weights" : (cd && cd.need_mib ? " · " + num(cd.need_mib, 0) + " MiB" : "");
+  const rate = cd && cd.acceptance_rate !== null && cd.acceptance_rate !== undefined
+    ? " · acceptance " + (cd.acceptance_rate * 100).toFixed(1) + "% (" + cd.accepted + " of " + cd.drafted + " drafted)" : "";
+  const sw = el("span", { class: "swatch draft-swatch" });
+  $("draft").replaceChildren(el("div", { class: "draft", data: { draft: name } }, sw, "draft " + name + where + size + rate));
 }
 
 function renderLoad(s) {
