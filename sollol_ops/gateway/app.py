@@ -117,10 +117,11 @@ class Gateway:
         """`handler` with its Call, the API key checked (`auth`), and every error answered in the API's shape."""
 
         async def run(request: Request) -> Response:
-            call = Call(self.metrics, self.pool, request, name, self.requests)
+            call = Call(self.metrics, self.pool, request, name)
             try:
                 if auth:
                     check_key(request, self.config.api_key)
+                call.list_in(self.requests)  # after the key: a caller without it cannot fill the page's list
                 return await handler(request, call)
             except ApiError as exc:
                 return call.fail(api, exc)

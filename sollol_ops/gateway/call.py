@@ -12,7 +12,7 @@ from sollol_ops.gateway.errors import ApiError, body_for
 from sollol_ops.gateway.metrics import Metrics
 from sollol_ops.gateway.ondemand import Lease
 from sollol_ops.gateway.pool import Pool
-from sollol_ops.gateway.requests_log import TAIL_BYTES, RequestLog, tokens_from_tail
+from sollol_ops.gateway.requests_log import TAIL_BYTES, RequestLog, RequestRecord, tokens_from_tail
 from sollol_ops.gateway.routing import Target
 
 log = logging.getLogger("sollol_ops.gateway")
@@ -21,9 +21,7 @@ log = logging.getLogger("sollol_ops.gateway")
 class Call:
     """Book-keeping of one request: metrics, the one log line, pool accounting."""
 
-    def __init__(
-        self, metrics: Metrics, pool: Pool, request: Request, endpoint: str, book: RequestLog | None = None
-    ) -> None:
+    def __init__(self, metrics: Metrics, pool: Pool, request: Request, endpoint: str) -> None:
         self.metrics = metrics
         self.pool = pool
         self.method = request.method
@@ -41,8 +39,12 @@ class Call:
         self.lease: Lease | None = None
         self.tokens: int | None = None  # generated, when the answer states it (set, or read from its tail)
         self.tail = b""
-        self.book = book
-        self.record = book.begin(self) if book is not None else None
+        self.book: RequestLog | None = None
+        self.record: RequestRecord | None = None
+
+    def list_in(self, book: RequestLog) -> None:
+        """List this request among the recent ones (the page's), when its endpoint is one the page lists."""
+        self.book, self.record = book, book.begin(self)
 
     def keep_tail(self, chunk: bytes) -> None:
         """Keep the answer's last bytes (a listed request's token count is read from them at the end)."""

@@ -105,6 +105,7 @@ def test_without_the_key_the_data_endpoints_answer_401(tmp_path: Path, monkeypat
         assert client.get("/ui/app.py").status_code == 404 and client.get("/ui/..%2fapp.py").status_code == 404
         ok = client.get("/gateway/status?cluster=1", headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code == 200 and ok.json()["cluster"]["backends"] == [] and ok.json()["gateway"]["api_key"]
+        assert ok.json()["requests"] == []  # the refused calls are not listed on the page
         with client.stream("GET", "/gateway/events", headers={"X-API-Key": KEY}) as events:
             assert events.headers["content-type"].startswith("text/event-stream")
             data = next(line for line in events.iter_lines() if line.startswith("data: "))
