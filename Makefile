@@ -75,7 +75,7 @@ lint: venv
 pytest: venv llama model
 	SOLLOL_TEST_MODELS=$(MODELS) PATH=$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
-FAST_TESTS := not toolchain and not model and not netns and not slow
+FAST_TESTS := not toolchain and not model and not netns and not slow and not browser
 
 unit: venv
 	PATH=$(BIN):$$PATH $(BIN)/pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)

@@ -18,7 +18,13 @@ from sollol_ops.dev.netlab import NetLab
 from sollol_ops.paths import cache_dir
 
 # A fixture that needs a real part -> the marker a test using it (directly or through another fixture) carries.
-FIXTURE_MARKERS = {"smollm2_store": "model", "local2": "toolchain", "local3": "toolchain", "rpc_server": "toolchain"}
+FIXTURE_MARKERS = {
+    "smollm2_store": "model",
+    "local2": "toolchain",
+    "local3": "toolchain",
+    "rpc_server": "toolchain",
+    "chromium": "browser",  # tests/gateway/test_ui.py: the system's Chromium under Playwright
+}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

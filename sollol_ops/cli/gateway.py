@@ -179,4 +179,7 @@ def gateway(
         f"pins: {settings.pins or 'none'})",
         err=True,
     )
+    where = f"[{host}]" if ":" in host else host
+    key_note = " (it asks for the API key)" if api_key else ""
+    click.echo(f"sollol-ops gateway: the cluster's page is at http://{where}:{port}/ui{key_note}", err=True)
     server.serve(gw, sock)

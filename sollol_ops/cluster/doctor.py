@@ -20,7 +20,7 @@ from sollol_ops.cluster import local as local_cluster
 from sollol_ops.cluster import rpc
 from sollol_ops.cluster.inventory import Backend, Cluster
 from sollol_ops.errors import CheckFailed, SollolError
-from sollol_ops.serve import coordinator
+from sollol_ops.serve import coordinator, doctor_links
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 MIN_LINK_BPS = 1e9  # the original system: "1 Gbps minimum" between coordinator and workers
@@ -293,7 +293,9 @@ def check_memory(cluster: Cluster, opts: DoctorOptions, idle: list[Backend], rep
     report.add("memory", resolved.ref, OK, f"fits at -c {opts.n_ctx}: needs {need:,.0f} of {usable:,.0f} MiB usable")
 
 
-def check_links(idle: list[Backend], opts: DoctorOptions, report: DoctorReport) -> None:
+def check_links(idle: list[Backend], opts: DoctorOptions, report: DoctorReport) -> dict[str, tuple[float, float]]:
+    """Measure each idle worker's link; endpoint -> (bit/s, round trip ms) of those measured."""
+    measured: dict[str, tuple[float, float]] = {}
     for b in idle:
         target = f"{b.host} ({b.endpoint})"
         result = rpc_link.measure_link(b.endpoint, opts.link_bytes, uploads=opts.link_uploads)
@@ -301,6 +303,7 @@ def check_links(idle: list[Backend], opts: DoctorOptions, report: DoctorReport) 
             report.add("link", target, WARN, f"not measured: {result.detail}", "re-run doctor when the worker is idle")
             continue
         detail = f"{_format_bps(result.throughput_bps)}, round trip {result.rtt_ms:.2f} ms"
+        measured[b.endpoint] = (result.throughput_bps, result.rtt_ms)
         if result.throughput_bps < opts.min_link_bps:
             report.add(
                 "link",
@@ -311,6 +314,7 @@ def check_links(idle: list[Backend], opts: DoctorOptions, report: DoctorReport) 
             )
         else:
             report.add("link", target, OK, detail)
+    return measured
 
 
 def run(
@@ -332,5 +336,10 @@ def run(
         check_memory(cluster, opts, idle, report)
     if idle:
         step(f"measuring the link to {len(idle)} idle backend(s)")
-        check_links(idle, opts, report)
+        measured = check_links(idle, opts, report)
+        try:  # kept for the gateway's page (serve/doctor_links.py); the checks stand without it
+            if measured:
+                doctor_links.record(measured, root)
+        except SollolError as exc:
+            step(f"the link figures were not kept: {exc}")
     return report

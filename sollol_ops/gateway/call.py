@@ -13,6 +13,7 @@ from sollol_ops.gateway.metrics import Metrics
 from sollol_ops.gateway.ondemand import Lease
 from sollol_ops.gateway.pool import Pool
 from sollol_ops.gateway.priority import Priority
+from sollol_ops.gateway.requests_log import TAIL_BYTES, RequestLog, RequestRecord, tokens_from_tail
 from sollol_ops.gateway.routing import Target
 
 log = logging.getLogger("sollol_ops.gateway")
@@ -38,6 +39,19 @@ class Call:
         self.queued = False
         self.lease: Lease | None = None
         self.priority = Priority.INTERACTIVE  # on the sharded model's slots (gateway.priority)
+        self.tokens: int | None = None  # generated, when the answer states it (set, or read from its tail)
+        self.tail = b""
+        self.book: RequestLog | None = None
+        self.record: RequestRecord | None = None
+
+    def list_in(self, book: RequestLog) -> None:
+        """List this request among the recent ones (the page's), when its endpoint is one the page lists."""
+        self.book, self.record = book, book.begin(self)
+
+    def keep_tail(self, chunk: bytes) -> None:
+        """Keep the answer's last bytes (a listed request's token count is read from them at the end)."""
+        if self.record is not None:
+            self.tail = (self.tail + chunk)[-TAIL_BYTES:]
 
     def bind(self, target: Target) -> None:
         self.target = target
@@ -82,6 +96,12 @@ class Call:
         m.duration.labels(self.route, self.model, self.node).observe(total)
         if self.ttft is not None:
             m.ttft.labels(self.route, self.model, self.node).observe(self.ttft)
+        if self.tokens is None and self.tail:
+            self.tokens = tokens_from_tail(self.tail)
+        if self.tokens:
+            m.tokens.labels(self.route, self.model, self.node).inc(self.tokens)
+        if self.book is not None and self.record is not None:
+            self.book.end(self.record, status, total, self.tokens, self.error)
         detail = f" error={self.error!r}" if self.error else ""
         line = "%s %s %d route=%s node=%s model=%s %.3fs%s%s"
         args = (self.method, self.path, status, self.route, self.node, self.model, total, detail, note)

@@ -71,6 +71,12 @@ class Metrics:
         self.duration = self._latency(
             "sollol_gateway_request_duration_seconds", "From the request to the last byte of the answer."
         )
+        self.tokens = Counter(
+            "sollol_gateway_tokens_generated",
+            "Tokens generated in answers (as each answer states them), counted when the answer ends.",
+            ["route", "model", "node"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "sollol_gateway_requests_in_flight", "Requests being answered now.", ["route", "node"], registry=r
         )

@@ -114,8 +114,10 @@ class OllamaRoutes(ModelRoutes):
             return call.left()
         if failure is not None:
             return call.fail("ollama", failure)
+        answer = conv.final(aggregate=True)
+        call.tokens = answer.get("eval_count")
         call.finish(200)
-        return JSONResponse(conv.final(aggregate=True), headers=call.headers(notes))
+        return JSONResponse(answer, headers=call.headers(notes))
 
     async def drain(self, call: Call, resp: httpx.Response, conv: streams.OllamaStream) -> ApiError | None:
         """A whole OpenAI answer fed through `conv` (a request not streamed); the error that broke it off."""
@@ -150,7 +152,9 @@ class OllamaRoutes(ModelRoutes):
                         yield "".join(lines).encode()
                 if not conv.finished:
                     raise ApiError(502, f"{call.node} ended the answer before its end")
-                yield (json.dumps(conv.final()) + "\n").encode()
+                final = conv.final()
+                call.tokens = final.get("eval_count")
+                yield (json.dumps(final) + "\n").encode()
             except ApiError as exc:
                 state["error"] = exc.message
                 yield (json.dumps({"error": exc.message}) + "\n").encode()

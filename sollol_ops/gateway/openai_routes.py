@@ -63,5 +63,6 @@ class OpenAIRoutes(ModelRoutes):
         if isinstance(data, ApiError):
             return call.fail("openai", data)
         ctype = resp.headers.get("content-type", "application/json")
+        call.keep_tail(data)
         call.finish(resp.status_code)
         return Response(data, status_code=resp.status_code, media_type=ctype, headers=call.headers())

@@ -7,6 +7,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 from sollol_ops.cluster import facts as cluster_vars
 from sollol_ops.cluster.inventory import Cluster
@@ -58,7 +59,7 @@ def build(opts: ServeOptions, settings: GatewaySettings, cluster: Callable[[], C
     shard = None
     if opts.on_demand is not None and cluster is not None and mode in ("shard", "hybrid"):
         shard = OnDemand(opts.on_demand, cluster, opts.ollama_models)
-    return Gateway(config, Pool(settings.pool, opts.pool), Catalog(opts.ollama_models), shard)
+    return Gateway(config, Pool(settings.pool, opts.pool), Catalog(opts.ollama_models), shard, cluster)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -88,4 +89,12 @@ def serve(gw: Gateway, sock: socket.socket) -> None:
     import uvicorn
 
     config = uvicorn.Config(create_app(gw), log_config=None, access_log=False, lifespan="on", timeout_keep_alive=30)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    told = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:  # uvicorn waits for open responses: end the pages'
+        gw.stopping()
+        told(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run(sockets=[sock])

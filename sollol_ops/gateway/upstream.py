@@ -151,6 +151,7 @@ class Upstream:
             try:
                 async for chunk in resp.aiter_raw():
                     call.first_byte()
+                    call.keep_tail(chunk)
                     yield chunk
             except httpx.HTTPError as exc:  # the upstream died mid-answer: say so in the API's shape
                 call.error = f"{call.node} broke off the answer: {type(exc).__name__}"

@@ -73,6 +73,13 @@ def test_wheel_carries_the_playbooks_and_roles(wheel: Path) -> None:
     assert {n.split("/")[0] for n in names} == {"sollol_ops", f"sollol_ops-{__version__}.dist-info"}
 
 
+def test_wheel_carries_the_gateway_page(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        for name in ("ui.html", "ui.js", "ui.css"):  # GET /ui serves them from the installed package
+            member = f"sollol_ops/gateway/static/{name}"
+            assert zf.read(member) == (REPO / member).read_bytes(), member
+
+
 def test_build_wheel_once_per_source_state(wheel: Path, wheel_dir: Path) -> None:
     status, path = _build_wheel(REPO, wheel_dir)
     assert (status, path) == ("cached", wheel)

@@ -39,6 +39,10 @@ def test_doctor_on_a_healthy_local_cluster(local2: Local) -> None:
     assert [c for c in found.values() if c["check"] == "unit" and c["status"] != "ok"] == []
     assert found[("memory", "smollm2:135m")]["status"] == "ok"
     assert "fits" in found[("memory", "smollm2:135m")]["detail"]
+    # the link figures are kept for the gateway's page (serve/doctor_links.py)
+    kept = json.loads((Path(local2.env["XDG_STATE_HOME"]) / "sollol-ops/doctor-links.json").read_text())["links"]
+    assert sorted(f["endpoint"] for f in kept) == sorted(local2.endpoints)
+    assert all(f["throughput_bps"] > 0 and f["rtt_ms"] > 0 for f in kept), kept
     # the human form: an aligned table, no advice lines when all is well
     proc = local2.cli("doctor", timeout=120)
     assert proc.returncode == 0, proc.stderr
