@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sollol_ops.bench.settings import NO_LATENCY_NOTE
@@ -151,6 +152,12 @@ SECTION_TITLES = {
 }
 
 
+def public_command(command: str) -> str:
+    """The command as docs show it: this machine's home directory written `~` (no machine path in docs)."""
+    home = str(Path.home())
+    return command.replace(home + "/", "~/") if home not in ("/", "") else command
+
+
 def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, str]:
     """Markdown sections keyed by their `## ` heading, for the sections this run has rows for."""
     m, s = doc["machine"], doc["settings"]
@@ -158,7 +165,7 @@ def render_markdown(doc: dict[str, Any], plot: str | None = None) -> dict[str, s
         f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_mib']:,} MiB RAM, kernel {m['kernel']}, "
         f"llama.cpp {m['llama_cpp_version']} (RPC protocol {m['rpc_protocol']}); load average "
         f"{m['loadavg_start'][0]} at the start, {(m['loadavg_end'] or ['?'])[0]} at the end (other work shares "
-        f"these cores, so figures are noisy). Command: `{doc['command']}` ({s['repeats']} repeat(s), "
+        f"these cores, so figures are noisy). Command: `{public_command(doc['command'])}` ({s['repeats']} repeat(s), "
         f"{s['tokens']} generated / {s['prompt_tokens']} prompt tokens, ctx {s['ctx']}; run took "
         f"{doc['wall_s']:.0f} s). Cells: median (min-max); `x`: ratio to the local-only baseline of the same "
         "model measured in the same run."

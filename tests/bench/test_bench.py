@@ -550,3 +550,12 @@ def test_bench_placement_rows(sollol_env: dict[str, str], tmp_path: Path) -> Non
     comps = {c["what"]: c for c in doc["comparisons"] if c["section"] == "placement"}
     assert set(comps) == {"planner vs. best swept split", "planner vs. memory split"}
     assert all(isinstance(c["met"], bool) and c["goal"] for c in comps.values())
+
+
+def test_the_command_in_docs_names_no_machine_path() -> None:
+    from sollol_ops.bench.report import public_command
+
+    home = str(Path.home())
+    assert (
+        public_command(f"sollol-ops bench x --up-before {home}/.cache/b") == "sollol-ops bench x --up-before ~/.cache/b"
+    )
