@@ -97,7 +97,10 @@ exec unshare -m --propagation unchanged bash -euo pipefail -c '
   mount --make-rprivate /sys
   umount -l /sys/fs/cgroup
   mount -t cgroup2 cgroup2 /sys/fs/cgroup
-  bash "$REPO/molecule/image/build.sh"
+  # The base images the scenario names (localhost/debian<N>-systemd), each built once.
+  for release in $(sed -n "s/^ *image: *localhost\/debian\([0-9]*\)-systemd.*/\1/p" "$REPO/molecule/$SCENARIO/molecule.yml" | sort -u); do
+    bash "$REPO/molecule/image/build.sh" "$release"
+  done
   # Stale aardvark-dns records of this scenario'"'"'s network (destroy does not always remove them) keep the resolver
   # on an old gateway address, and the containers cannot resolve each other'"'"'s names. Remove containers an aborted
   # run left on the scenario'"'"'s own network, then the file: netavark writes a fresh one for the first new container.
