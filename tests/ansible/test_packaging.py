@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -225,3 +226,36 @@ def test_coordinator_role_without_wheel_or_checkout(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert f"coordinator_wheel '{not_a_wheel}' is not a sollol-ops wheel" in bad.stdout
     assert not (tmp_path / "venv").exists()
+
+
+WHEELHOUSE = REPO / "roles/coordinator/files/wheelhouse.sh"
+
+
+@pytest.mark.slow
+def test_wheelhouse_holds_wheels_for_the_coordinators_python(wheel: Path, tmp_path: Path) -> None:
+    """A coordinator whose Python is not the controller's (Debian 13's 3.13 from a Debian 12 controller) gets a
+    wheelhouse of its own tags: before the fix it held the controller's cp311 wheels, which pip on 3.13 refuses."""
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    target = "3.13" if here != "3.13" else "3.12"
+    tag = "cp" + target.replace(".", "")
+    done = _run(["bash", WHEELHOUSE, wheel, tmp_path, sys.executable, target, "x86_64", "2.41"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    key, state = done.stdout.split()[-2:]
+    assert state == "built" and key.endswith(f"-{tag}-x86_64-2.41")
+    with tarfile.open(tmp_path / f"{key}.tar") as tar:
+        names = [Path(n).name for n in tar.getnames() if n.endswith(".whl")]
+    compiled = [n for n in names if re.search(r"-cp3\d+-", n)]
+    assert any(n.startswith("sollol_ops-") for n in names)
+    assert any(n.lower().startswith("pyyaml-") for n in compiled), names
+    # Each compiled wheel is the target's own ABI or the stable ABI (cryptography's cp311-abi3 runs on 3.11+).
+    assert all(f"-{tag}-{tag}-" in n or "-abi3-" in n for n in compiled), compiled
+    again = _run(["bash", WHEELHOUSE, wheel, tmp_path, sys.executable, target, "x86_64", "2.41"], cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.split()[-2:] == [key, "cached"]
+
+
+@pytest.mark.parametrize("target", [["3.13", "x86_64", "x"], ["three", "x86_64", "2.41"], ["3.13", "x/86", "2.41"]])
+def test_wheelhouse_refuses_a_malformed_target(wheel: Path, tmp_path: Path, target: list[str]) -> None:
+    done = _run(["bash", WHEELHOUSE, wheel, tmp_path, sys.executable, *target], cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "is not 'PYTHON_VERSION MACHINE GLIBC'" in done.stderr
+    assert not list(tmp_path.glob("*.tar"))
