@@ -104,15 +104,21 @@ class Node:
         }
 
 
+# Names taken from one /v1/models entry (llama-server's --alias a,b,...): a peer cannot flood the catalog.
+MAX_ALIASES = 64
+
+
 def _openai_listing(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """An OpenAI /v1/models answer as Ollama tags and ps entries (llama-server adds `meta` with sizes)."""
+    """An OpenAI /v1/models answer as Ollama tags and ps entries (llama-server adds `meta` with sizes), one per
+    name the model answers to: its id and the `aliases` llama-server lists (`--alias a,b`)."""
     models: dict[str, dict[str, Any]] = {}
     loaded: dict[str, dict[str, Any]] = {}
     for item in (data or {}).get("data") or []:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
-        meta = item.get("meta") or {}
-        name = normalize(item["id"])
+        meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
+        aliases = item.get("aliases") if isinstance(item.get("aliases"), list) else []
+        names = [item["id"], *(a for a in aliases[:MAX_ALIASES] if isinstance(a, str) and a)]
         details = {
             "format": "gguf",
             "family": "",
@@ -120,22 +126,23 @@ def _openai_listing(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dic
             "parameter_size": _param_size(meta.get("n_params")),
             "quantization_level": str(meta.get("ftype") or ""),
         }
-        size = int(meta.get("size") or 0)
-        entry = {
-            "name": name,
-            "model": name,
-            "modified_at": "1970-01-01T00:00:00Z",
-            "size": size,
-            "digest": "",
-            "details": details,
-        }
-        models[name] = entry
-        loaded[name] = {
-            **{k: entry[k] for k in ("name", "model", "size", "digest", "details")},
-            "size_vram": 0,
-            "expires_at": "9999-12-31T23:59:59Z",
-            "context_length": int(meta.get("n_ctx") or 0),
-        }
+        size = int(meta.get("size") or 0) if isinstance(meta.get("size"), int | float) else 0
+        for name in dict.fromkeys(normalize(n) for n in names):
+            entry = {
+                "name": name,
+                "model": name,
+                "modified_at": "1970-01-01T00:00:00Z",
+                "size": size,
+                "digest": "",
+                "details": details,
+            }
+            models[name] = entry
+            loaded[name] = {
+                **{k: entry[k] for k in ("name", "model", "size", "digest", "details")},
+                "size_vram": 0,
+                "expires_at": "9999-12-31T23:59:59Z",
+                "context_length": int(meta.get("n_ctx") or 0) if isinstance(meta.get("n_ctx"), int | float) else 0,
+            }
     return models, loaded
 
 

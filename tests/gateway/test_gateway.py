@@ -25,6 +25,7 @@ from sollol_ops.model.ollama import resolve_model
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain, pytest.mark.model]
 
 SHARDED = "smollm2:sharded"  # the same weights under a second name, served only by the coordinator
+ALIAS = "smollm2-alias:135m"  # a further name the pool members answer to (llama-server --alias MODEL,ALIAS)
 KEY = "test-key-1234"
 OPTS = {"num_predict": 4, "temperature": 0}
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
@@ -40,7 +41,7 @@ def gw_env(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> dic
 
 @pytest.fixture(scope="module")
 def members(gw_env: dict[str, Any]) -> Iterator[list[Member]]:
-    started = [Member(gw_env["blob"], gw_env["root"], f"m{i}").start() for i in (1, 2)]
+    started = [Member(gw_env["blob"], gw_env["root"], f"m{i}", aliases=(ALIAS,)).start() for i in (1, 2)]
     yield started
     for m in started:
         m.kill()
@@ -174,6 +175,13 @@ def test_pool_mode(g_pool: GatewayProc) -> None:
     assert route_of(g_pool, MODEL)[0] == "pool"
 
 
+def test_a_member_answers_to_every_alias_it_lists(g_pool: GatewayProc) -> None:
+    """llama-server lists `--alias a,b` as one /v1/models entry with `aliases`: the pool routes each of them."""
+    tags = httpx.get(f"{g_pool.url}/api/tags", timeout=10).json()
+    assert {MODEL, ALIAS} <= {m["name"] for m in tags["models"]}
+    assert route_of(g_pool, ALIAS)[0] == "pool"
+
+
 def test_shard_mode(g_shard: GatewayProc) -> None:
     check_ollama_client(g_shard, SHARDED, embed_ok=False)
     check_openai_client(g_shard, SHARDED)
@@ -193,7 +201,8 @@ def test_hybrid_mode(g_hybrid: GatewayProc) -> None:
     assert route_of(g_hybrid, SHARDED)[0] == "shard"
     tags = httpx.get(f"{g_hybrid.url}/api/tags", headers=g_hybrid.headers, timeout=10).json()["models"]
     names = [m["model"] for m in tags]
-    assert sorted(names) == sorted({MODEL, SHARDED}), names  # de-duplicated: MODEL is in the pool and the store
+    # de-duplicated: MODEL is in the pool and the store; ALIAS is the members' second name, passed on by the double
+    assert sorted(names) == sorted({MODEL, SHARDED, ALIAS}), names
     ps = httpx.get(f"{g_hybrid.url}/api/ps", headers=g_hybrid.headers, timeout=10).json()["models"]
     assert {(m["model"], m["node"].split("@")[0]) for m in ps} >= {(MODEL, "olla"), (SHARDED, "coordinator")}
 

@@ -41,10 +41,14 @@ def wait_until(predicate: Any, deadline_s: float, what: str, poll: float = 0.1) 
 
 
 class Member:
-    """A real llama-server serving the test model under its Ollama name, with embeddings and 4 slots."""
+    """A real llama-server serving the test model under its Ollama name (and any further `aliases`, as
+    `--alias a,b` does), with embeddings and 4 slots."""
 
-    def __init__(self, blob: Path, log_dir: Path, name: str, port: int | None = None) -> None:
+    def __init__(
+        self, blob: Path, log_dir: Path, name: str, port: int | None = None, aliases: tuple[str, ...] = ()
+    ) -> None:
         self.blob = blob
+        self.aliases = (MODEL, *aliases)
         self.name = name
         self.port = port or free_port()
         self.log = log_dir / f"{name}.log"
@@ -60,7 +64,10 @@ class Member:
             port=self.port,
             n_ctx=1024,
             threads=1,
-            extra_args=["--alias", MODEL, "--embeddings", "--pooling", "mean", "-np", "4", "--metrics"],
+            extra_args=[
+                *("--alias", ",".join(self.aliases)),
+                *("--embeddings", "--pooling", "mean", "-np", "4", "--metrics"),
+            ],
         )
         argv = command.command(find_toolchain(), self.blob, opts)
         with open(self.log, "ab") as log:
