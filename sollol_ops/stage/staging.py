@@ -9,6 +9,7 @@ are sollol_ops.stage.upkeep.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from sollol_ops.cluster.inventory import Backend
 from sollol_ops.cluster.placement import Plan, is_local_address
@@ -75,6 +76,36 @@ def place(model: str, digest: str, blob: Path, info: GGUFInfo, backends: Sequenc
     return Prepared(model, digest, blob, info, plan, table, worker_shares(plan, table))
 
 
+# copy_file_range's refusals that a plain copy does not have: another filesystem (the pack's temporary directory on
+# a tmpfs, the model on disk), a kernel or filesystem without it.
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+_CHUNK = 1 << 20
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, at: int, size: int, short: str) -> None:
+    """`size` bytes of `src` from `offset` to `dst` at `at`: in the kernel where it can, else in 1 MiB reads."""
+    left = size
+    while left:
+        try:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), left, offset, at)
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_RANGE:
+                raise
+            break
+        if n == 0:
+            raise StageError(short)
+        left, offset, at = left - n, offset + n, at + n
+    src.seek(offset)
+    dst.seek(at)
+    while left:
+        chunk = src.read(min(left, _CHUNK))
+        if not chunk:
+            raise StageError(short)
+        dst.write(chunk)
+        left -= len(chunk)
+    dst.flush()  # the next piece may go through copy_file_range again, past the buffer
+
+
 def write_pack(share: WorkerShare, table: TensorTable, directory: Path) -> tuple[Path, Path]:
     """The worker's cached tensors, back to back, in `<dir>/<endpoint>.pack`, and the manifest the worker's
     staging client reads (`python3 -m sollol_ops.stage.worker --source PACK --manifest MANIFEST`)."""
@@ -85,13 +116,7 @@ def write_pack(share: WorkerShare, table: TensorTable, directory: Path) -> tuple
     with open(table.path, "rb") as src, open(pack, "wb") as dst:
         at = 0
         for t in share.cached:
-            left, offset = t.n_bytes, table.file_offset(t)
-            while left:
-                n = os.copy_file_range(src.fileno(), dst.fileno(), left, offset, at + t.n_bytes - left)
-                if n == 0:
-                    raise StageError(f"{table.path} ends inside tensor {t.name}")
-                left -= n
-                offset += n
+            _copy_range(src, dst, table.file_offset(t), at, t.n_bytes, f"{table.path} ends inside tensor {t.name}")
             pieces.append({"name": t.name, "offset": at, "size": t.n_bytes})
             at += t.n_bytes
     manifest.write_text(json.dumps({"endpoint": share.endpoint, "device": share.device, "pieces": pieces}))
