@@ -101,8 +101,7 @@ collection: venv
 
 # Molecule scenarios on podman systemd containers (root; needs `make llama` for the artifact they install).
 molecule: venv llama model
-	VENV_BIN=$(BIN) bash molecule/run.sh default && VENV_BIN=$(BIN) bash molecule/run.sh debian13 \
-	&& VENV_BIN=$(BIN) bash molecule/run.sh user-scope
+	VENV_BIN=$(BIN) bash molecule/all.sh default debian13 user-scope
 
 # Benchmark (sollol_ops/bench/): sharding vs. one node, coordinator start-up, shaped links (and staging on them),
 # settings grid, the coordinator as a device, the gateway (--gateway) and big inventories. Four sessions, each

@@ -33,10 +33,15 @@ if [ "$dns" != true ]; then
   exit 1
 fi
 
-# 1. containers.conf: the host's hard limits (nofile 20000, memlock 8 MiB) and runc.
+# Scenarios may run at once (molecule/all.sh): what they share on this host is set up by one at a time.
 mkdir -p "$CACHE"
+exec 9>"$CACHE/molecule.lock"
+flock 9
+
+# 1. containers.conf: the host's hard limits (nofile 20000, memlock 8 MiB) and runc.
 export CONTAINERS_CONF="$CACHE/containers.conf"
-cat >"$CONTAINERS_CONF.tmp" <<'CONF'
+conf_tmp="$(mktemp "$CONTAINERS_CONF.XXXXXX")"
+cat >"$conf_tmp" <<'CONF'
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768", "memlock=8388608:8388608"]
 pids_limit = 0
@@ -44,7 +49,8 @@ pids_limit = 0
 [engine]
 runtime = "runc"
 CONF
-mv "$CONTAINERS_CONF.tmp" "$CONTAINERS_CONF"
+chmod 644 "$conf_tmp"
+mv "$conf_tmp" "$CONTAINERS_CONF"
 
 # 2. Hybrid cgroup layout: mount every controller still on cgroup2 as a v1 hierarchy, so cgroup2 holds none.
 if [ -f /sys/fs/cgroup/unified/cgroup.controllers ]; then
@@ -79,7 +85,7 @@ export ANSIBLE_COLLECTIONS_PATH="$COLLECTIONS"
 # 4. Freeze the sollol-ops sources for this run: the coordinator role builds its wheelhouse from this copy
 #    (molecule.yml: coordinator_source), so edits to the checkout during the run cannot show up as changes in
 #    the idempotence step.
-export SOLLOL_MOLECULE_SOURCE="$CACHE/molecule/source"
+export SOLLOL_MOLECULE_SOURCE="$CACHE/molecule/source-$SCENARIO"
 rm -rf "$SOLLOL_MOLECULE_SOURCE"
 mkdir -p "$SOLLOL_MOLECULE_SOURCE"
 tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md sollol_ops roles playbooks | tar -C "$SOLLOL_MOLECULE_SOURCE" -xf -
@@ -92,20 +98,23 @@ if ! grep -q ' /run/netns .* shared:' /proc/self/mountinfo; then
   mountpoint -q /run/netns || mount --bind /run/netns /run/netns
   mount --make-shared /run/netns
 fi
-export REPO SCENARIO MOLECULE_CMD
+export REPO SCENARIO MOLECULE_CMD CACHE
+flock -u 9
+exec 9>&-
 exec unshare -m --propagation unchanged bash -euo pipefail -c '
   mount --make-rprivate /sys
   umount -l /sys/fs/cgroup
   mount -t cgroup2 cgroup2 /sys/fs/cgroup
   # The base images the scenario names (localhost/debian<N>-systemd), each built once.
   for release in $(sed -n "s/^ *image: *localhost\/debian\([0-9]*\)-systemd.*/\1/p" "$REPO/molecule/$SCENARIO/molecule.yml" | sort -u); do
-    bash "$REPO/molecule/image/build.sh" "$release"
+    flock "$CACHE/molecule.lock" bash "$REPO/molecule/image/build.sh" "$release"
   done
   # Stale aardvark-dns records of this scenario'"'"'s network (destroy does not always remove them) keep the resolver
   # on an old gateway address, and the containers cannot resolve each other'"'"'s names. Remove containers an aborted
   # run left on the scenario'"'"'s own network, then the file: netavark writes a fresh one for the first new container.
+  # Only before a whole `molecule test`: `MOLECULE_CMD=verify` etc. run against the containers a converge left.
   net="$(sed -n "s/^ *network: *\([A-Za-z0-9_.-]*\).*/\1/p" "$REPO/molecule/$SCENARIO/molecule.yml" | head -n1)"
-  if [ -n "$net" ]; then
+  if [ -n "$net" ] && [ "$MOLECULE_CMD" = test ]; then
     left="$(podman ps -aq --filter "network=$net" 2>/dev/null || true)"
     for c in $left; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
     rm -f "/run/containers/networks/aardvark-dns/$net"

@@ -44,11 +44,14 @@ for wheel in "$dest"/sollol_ops-*.whl; do
 done
 
 "$python" -m pip wheel -q --disable-pip-version-check --no-deps -w "$out" "$snap" >&2
-rm -rf "$dest.tmp"
-mkdir -p "$dest.tmp"
-mv "$out"/sollol_ops-*.whl "$dest.tmp"/
-rm -rf "$dest"
-mv "$dest.tmp" "$dest"
+# Into place in one rename: builds of the same source may run at once (Molecule scenarios side by side); the first
+# one's directory stays, and a directory left without a wheel (an interrupted older layout) is replaced.
+staged="$(mktemp -d "$outdir/.dest.XXXXXX")"
+trap 'rm -rf "$snap" "$out" "$staged"' EXIT
+mv "$out"/sollol_ops-*.whl "$staged"/
+chmod 755 "$staged"
+if [ -d "$dest" ] && ! compgen -G "$dest/sollol_ops-*.whl" >/dev/null; then rm -rf "$dest"; fi
+mv -T "$staged" "$dest" 2>/dev/null || true
 for wheel in "$dest"/sollol_ops-*.whl; do
   echo "built $wheel"
 done

@@ -38,7 +38,7 @@ if [ -s "$tarball" ]; then
   exit 0
 fi
 out="$(mktemp -d "$wheelhouse/.wheels.XXXXXX")"
-trap 'rm -rf "$out"' EXIT
+trap 'rm -rf "$out" "${tmp_tar:-}"' EXIT
 if [ -z "$cross" ]; then
   "$python" -m pip wheel -q --disable-pip-version-check -w "$out" "$wheel" >&2
 else
@@ -50,6 +50,9 @@ else
     --python-version "$target_py" --implementation cp --abi "$cross" "${platforms[@]}" "$wheel" >&2 \
     || { echo "wheelhouse.sh: no wheels of sollol-ops' dependencies for Python $target_py on $machine (glibc $glibc): install the coordinator's Python version on the controller and provision from it" >&2; exit 1; }
 fi
-tar -C "$out" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$tarball.tmp" .
-mv "$tarball.tmp" "$tarball"
+# A private temporary name, then one rename: two runs for the same key (at once) both end with a whole tarball.
+tmp_tar="$(mktemp "$wheelhouse/.$hash.XXXXXX")"
+tar -C "$out" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$tmp_tar" .
+chmod 644 "$tmp_tar"
+mv "$tmp_tar" "$tarball"
 echo "$hash built"
