@@ -254,7 +254,7 @@ MUTATIONS = [
         "molecule/default/molecule.yml",
         "groups: [coordinator]",
         "groups: [coord]",
-        "molecule: no scenario has a platform in group coordinator",
+        "molecule/default/molecule.yml: group_vars for coordinator, but no platform in that group",
     ),
     (
         "sollol_ops/cluster/toolchain.py",

@@ -268,6 +268,9 @@ def _check_files_outside_roles(root: Path, cv: ModuleType) -> list[str]:
         groups_here = {g for p in data.get("platforms") or [] for g in p.get("groups") or []}
         if cv.RPC_GROUP not in groups_here:
             problems.append(f"{_rel(root, scenario)}: no platform in group {cv.RPC_GROUP} ({sorted(groups_here)})")
+        for group in group_vars:
+            if group != "all" and group not in groups_here:
+                problems.append(f"{_rel(root, scenario)}: group_vars for {group}, but no platform in that group")
         platform_groups |= groups_here
     if (root / "molecule").is_dir() and cv.COORDINATOR_GROUP not in platform_groups:
         problems.append(f"molecule: no scenario has a platform in group {cv.COORDINATOR_GROUP}")
