@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ def _openai_listing(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dic
             "parameter_size": _param_size(meta.get("n_params")),
             "quantization_level": str(meta.get("ftype") or ""),
         }
-        size = int(meta.get("size") or 0) if isinstance(meta.get("size"), int | float) else 0
+        size, n_ctx = _count(meta.get("size")), _count(meta.get("n_ctx"))
         for name in dict.fromkeys(normalize(n) for n in names):
             entry = {
                 "name": name,
@@ -141,9 +142,15 @@ def _openai_listing(data: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dic
                 **{k: entry[k] for k in ("name", "model", "size", "digest", "details")},
                 "size_vram": 0,
                 "expires_at": "9999-12-31T23:59:59Z",
-                "context_length": int(meta.get("n_ctx") or 0) if isinstance(meta.get("n_ctx"), int | float) else 0,
+                "context_length": n_ctx,
             }
     return models, loaded
+
+
+def _count(value: Any) -> int:
+    """A size or count from a peer's JSON: a finite number as an int, anything else (NaN, Infinity: json reads
+    them) 0."""
+    return int(value) if isinstance(value, int | float) and math.isfinite(value) else 0
 
 
 def _param_size(n: Any) -> str:

@@ -155,3 +155,43 @@ def test_inventory_rejects_bad_gateway_variables(hostvars: dict, needle: str) ->
     with pytest.raises(InventoryError) as exc:
         gateway_settings_from_inventory_data(inv(hostvars, ["a"], rpc=["b"] if "b" in hostvars else None), Path("i"))
     assert needle in str(exc.value)
+
+
+def test_a_peer_listing_infinite_sizes_is_healthy_with_size_0() -> None:
+    """Python's json reads Infinity and NaN: a pool peer answering them in /v1/models must not break the check
+    (int(inf) raised OverflowError, which the check did not catch: the health loop died)."""
+    import asyncio
+    import http.server
+    import threading
+
+    import httpx
+
+    body = b'{"data": [{"id": "odd:1b", "aliases": ["odd2:1b"], "meta": {"size": Infinity, "n_ctx": NaN}}]}'
+
+    class Peer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = b'{"status": "ok"}' if self.path == "/health" else body
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Peer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pool = Pool([PoolNode("odd", "127.0.0.1", server.server_address[1], "openai")])
+        node = pool.nodes[0]
+
+        async def check() -> bool:
+            async with httpx.AsyncClient() as client:
+                return await pool.check(client, node)
+
+        assert asyncio.run(check())
+        assert node.healthy and node.models["odd:1b"]["size"] == 0 and node.loaded["odd2:1b"]["context_length"] == 0
+    finally:
+        server.shutdown()
+        server.server_close()
